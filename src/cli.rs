@@ -1,0 +1,80 @@
+//! The command line, as clap definitions only; [`crate::commands`] runs them.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "usersync",
+    version,
+    about = "Keeps every Supabase auth user paired with exactly one profile"
+)]
+pub struct Cli {
+    /// Configuration file (TOML); its keys override the built-in defaults.
+    #[arg(
+        long,
+        short = 'c',
+        global = true,
+        env = "USERSYNC_CONFIG",
+        value_name = "FILE"
+    )]
+    pub config: Option<PathBuf>,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Print the effective configuration, secrets redacted.
+    Config,
+    /// Install, roll back, show and verify the schema usersync needs.
+    Migrate {
+        #[command(subcommand)]
+        command: Migrate,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Migrate {
+    /// Apply pending migrations; a no-op when all are applied.
+    Up {
+        /// Stop after this version.
+        #[arg(long, value_name = "V")]
+        to: Option<i32>,
+        /// Install usersync's trigger even though auth.users already has a profile trigger.
+        #[arg(long)]
+        allow_existing_trigger: bool,
+        #[command(flatten)]
+        output: Output,
+    },
+    /// Roll back the latest migration, or every migration above --to.
+    Down {
+        /// Roll back to this version (0 removes everything usersync installed).
+        #[arg(long, value_name = "V")]
+        to: Option<i32>,
+        #[command(flatten)]
+        output: Output,
+    },
+    /// Show applied, pending and drifted migrations.
+    Status {
+        #[command(flatten)]
+        output: Output,
+    },
+    /// Check every object the migrations promise; exit 1 when one is broken.
+    Verify {
+        /// Also run a sign-up probe inside a transaction that is rolled back.
+        #[arg(long)]
+        e2e: bool,
+        #[command(flatten)]
+        output: Output,
+    },
+}
+
+#[derive(Clone, Copy, Debug, Args)]
+pub struct Output {
+    /// Print one JSON document on stdout instead of text.
+    #[arg(long)]
+    pub json: bool,
+}

@@ -1,0 +1,367 @@
+//! Layered configuration: raw keys from defaults, file and environment, validated into
+//! [`Settings`] before anything connects.
+
+use std::fmt;
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// `config/usersync.toml`, built in: every key with its default.
+pub const DEFAULTS: &str = include_str!("../config/usersync.toml");
+
+/// What usersync runs with, every value checked.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub database: DatabaseSettings,
+    pub sync: SyncSettings,
+    pub log: LogSettings,
+    raw: Raw,
+}
+
+#[derive(Clone)]
+pub struct DatabaseSettings {
+    /// Parsed connection parameters; holds the password, so it is never printed.
+    pub pg: tokio_postgres::Config,
+    pub pool_size: usize,
+    pub connect_timeout: Duration,
+}
+
+impl fmt::Debug for DatabaseSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DatabaseSettings")
+            .field("target", &target(&self.pg))
+            .field("pool_size", &self.pool_size)
+            .field("connect_timeout", &self.connect_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct SyncSettings {
+    pub schedule: String,
+    pub repair_schedule: String,
+    pub batch_size: u32,
+    pub workers: u32,
+    pub include_anonymous: bool,
+}
+
+#[derive(Clone, Debug)]
+pub struct LogSettings {
+    pub level: String,
+    pub format: LogFormat,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+// The raw keys, exactly as in config/usersync.toml. Unknown keys are rejected here.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Raw {
+    database: RawDatabase,
+    sync: RawSync,
+    log: RawLog,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDatabase {
+    url: String,
+    pool_size: i64,
+    connect_timeout_secs: i64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSync {
+    schedule: String,
+    repair_schedule: String,
+    batch_size: i64,
+    workers: i64,
+    include_anonymous: bool,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLog {
+    level: String,
+    format: LogFormat,
+}
+
+/// Where configuration comes from besides the built-in defaults.
+#[derive(Clone, Debug, Default)]
+pub struct Sources<'a> {
+    /// `--config FILE`.
+    pub file: Option<&'a Path>,
+    /// The process environment as (name, value) pairs; tests pass their own.
+    pub env: Vec<(String, String)>,
+}
+
+impl Sources<'_> {
+    pub fn from_process(file: Option<&Path>) -> Sources<'_> {
+        Sources {
+            file,
+            env: std::env::vars().collect(),
+        }
+    }
+}
+
+const ENV_PREFIX: &str = "USERSYNC__";
+
+impl Settings {
+    /// Defaults, then the file, then `DATABASE_URL`, then `USERSYNC__SECTION__KEY`.
+    pub fn load(sources: &Sources<'_>) -> Result<Settings> {
+        let mut builder = config::Config::builder()
+            .add_source(config::File::from_str(DEFAULTS, config::FileFormat::Toml));
+        if let Some(path) = sources.file {
+            if !path.is_file() {
+                return Err(Error::ConfigSource(format!(
+                    "{}: no such file",
+                    path.display()
+                )));
+            }
+            builder = builder.add_source(
+                config::File::from(path)
+                    .format(config::FileFormat::Toml)
+                    .required(true),
+            );
+        }
+        let env_url = sources.env.iter().find(|(k, _)| k == "DATABASE_URL");
+        if let Some((_, url)) = env_url {
+            builder = builder
+                .set_override("database.url", url.as_str())
+                .map_err(map_config_error)?;
+        }
+        // Applied by hand rather than with config::Environment so that an unknown variable
+        // is an error naming it, and a value is typed by the key it sets.
+        for (name, value) in &sources.env {
+            let Some(rest) = name.strip_prefix(ENV_PREFIX) else {
+                continue;
+            };
+            let key = rest.to_ascii_lowercase().replace("__", ".");
+            let typed = env_value(&key, value).map_err(|message| Error::Config {
+                key: name.clone(),
+                message,
+            })?;
+            builder = builder.set_override(key, typed).map_err(map_config_error)?;
+        }
+        let raw: Raw = builder
+            .build()
+            .map_err(map_config_error)?
+            .try_deserialize()
+            .map_err(map_config_error)?;
+        Settings::validate(raw)
+    }
+
+    fn validate(raw: Raw) -> Result<Settings> {
+        let pg = tokio_postgres::Config::from_str(&raw.database.url)
+            .map_err(|e| Error::config("database.url", format!("not a PostgreSQL URL: {e}")))?;
+        if pg.get_hosts().is_empty() {
+            return Err(Error::config("database.url", "names no host"));
+        }
+        let database = DatabaseSettings {
+            pg,
+            pool_size: in_range("database.pool_size", raw.database.pool_size, 1, 1000)? as usize,
+            connect_timeout: Duration::from_secs(in_range(
+                "database.connect_timeout_secs",
+                raw.database.connect_timeout_secs,
+                1,
+                300,
+            )? as u64),
+        };
+        let sync = SyncSettings {
+            schedule: cron("sync.schedule", &raw.sync.schedule)?,
+            repair_schedule: cron("sync.repair_schedule", &raw.sync.repair_schedule)?,
+            batch_size: in_range("sync.batch_size", raw.sync.batch_size, 1, 100_000)? as u32,
+            workers: in_range("sync.workers", raw.sync.workers, 1, 64)? as u32,
+            include_anonymous: raw.sync.include_anonymous,
+        };
+        tracing_subscriber::EnvFilter::try_new(&raw.log.level)
+            .map_err(|e| Error::config("log.level", format!("not a level or filter: {e}")))?;
+        let log = LogSettings {
+            level: raw.log.level.clone(),
+            format: raw.log.format,
+        };
+        Ok(Settings {
+            database,
+            sync,
+            log,
+            raw,
+        })
+    }
+
+    /// The effective configuration as TOML, the database password and any token redacted.
+    pub fn to_redacted_toml(&self) -> String {
+        let mut raw = self.raw.clone();
+        raw.database.url = redact_url(&raw.database.url);
+        toml::to_string_pretty(&raw).expect("configuration serializes")
+    }
+}
+
+/// host:port list of a connection config, for messages. Never includes the password.
+pub fn target(pg: &tokio_postgres::Config) -> String {
+    let ports = pg.get_ports();
+    pg.get_hosts()
+        .iter()
+        .enumerate()
+        .map(|(i, host)| {
+            let port = ports.get(i).or(ports.first()).copied().unwrap_or(5432);
+            match host {
+                tokio_postgres::config::Host::Tcp(h) => format!("{h}:{port}"),
+                tokio_postgres::config::Host::Unix(p) => format!("{}:{port}", p.display()),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Replaces the password in a URL (`scheme://user:secret@host`) or a key=value string.
+pub fn redact_url(url: &str) -> String {
+    if let Some(scheme_end) = url.find("://") {
+        let rest = &url[scheme_end + 3..];
+        let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+        if let Some(at) = rest[..authority_end].rfind('@') {
+            let userinfo = &rest[..at];
+            if let Some(colon) = userinfo.find(':') {
+                return format!(
+                    "{}{}:***{}",
+                    &url[..scheme_end + 3],
+                    &userinfo[..colon],
+                    &rest[at..]
+                );
+            }
+        }
+        url.to_string()
+    } else {
+        url.split_whitespace()
+            .map(|part| match part.split_once('=') {
+                Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}=***"),
+                _ => part.to_string(),
+            })
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+}
+
+fn in_range(key: &str, value: i64, min: i64, max: i64) -> Result<i64> {
+    if (min..=max).contains(&value) {
+        Ok(value)
+    } else {
+        Err(Error::config(
+            key,
+            format!("{value} is out of range {min}..={max}"),
+        ))
+    }
+}
+
+/// Checked with the parser and options tokio-cron-scheduler uses: six fields, seconds first.
+fn cron(key: &str, expr: &str) -> Result<String> {
+    croner::parser::CronParser::builder()
+        .seconds(croner::parser::Seconds::Required)
+        .build()
+        .parse(expr)
+        .map(|_| expr.to_string())
+        .map_err(|e| {
+            Error::config(
+                key,
+                format!("{expr:?} is not a cron expression with seconds (sec min hour day month weekday): {e}"),
+            )
+        })
+}
+
+/// Types an environment value by the key it sets, so "8" becomes a number for pool_size.
+fn env_value(key: &str, value: &str) -> std::result::Result<config::Value, String> {
+    let defaults: toml::Table = DEFAULTS.parse().expect("built-in defaults parse");
+    let mut path = key.split('.');
+    let (Some(section), Some(field), None) = (path.next(), path.next(), path.next()) else {
+        return Err("unknown key: expected USERSYNC__SECTION__KEY".into());
+    };
+    let default = defaults
+        .get(section)
+        .and_then(|s| s.get(field))
+        .ok_or_else(|| format!("unknown key {section}.{field}"))?;
+    Ok(match default {
+        toml::Value::Integer(_) => value
+            .trim()
+            .parse::<i64>()
+            .map_err(|_| format!("{value:?} is not an integer"))?
+            .into(),
+        toml::Value::Boolean(_) => match value.trim().to_ascii_lowercase().as_str() {
+            "true" | "1" | "yes" | "on" => true.into(),
+            "false" | "0" | "no" | "off" => false.into(),
+            _ => return Err(format!("{value:?} is not a boolean")),
+        },
+        _ => value.into(),
+    })
+}
+
+fn map_config_error(e: config::ConfigError) -> Error {
+    use config::ConfigError as C;
+    match e {
+        C::Type {
+            unexpected,
+            expected,
+            key,
+            ..
+        } => Error::Config {
+            key: key.unwrap_or_else(|| "?".into()),
+            message: format!("expected {expected}, found {unexpected}"),
+        },
+        C::At {
+            error,
+            key: Some(key),
+            ..
+        } => match *error {
+            C::Message(m) => Error::Config { key, message: m },
+            other => Error::Config {
+                key,
+                message: other.to_string(),
+            },
+        },
+        C::NotFound(key) => Error::Config {
+            key,
+            message: "missing".into(),
+        },
+        C::FileParse { uri, cause } => Error::ConfigSource(format!(
+            "{}: {}",
+            uri.unwrap_or_else(|| "built-in defaults".into()),
+            cause.to_string().lines().next().unwrap_or_default()
+        )),
+        C::Message(m) => Error::ConfigSource(m),
+        other => Error::ConfigSource(other.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn built_in_defaults_are_valid_settings() {
+        let s = Settings::load(&Sources::default()).unwrap();
+        assert_eq!(s.database.pool_size, 8);
+        assert_eq!(s.sync.batch_size, 10_000);
+        assert_eq!(s.log.format, LogFormat::Text);
+    }
+
+    #[test]
+    fn redaction_hides_url_and_keyword_passwords() {
+        assert_eq!(
+            redact_url("postgres://app:s3cr%40t@db.example:6543/postgres?sslmode=require"),
+            "postgres://app:***@db.example:6543/postgres?sslmode=require"
+        );
+        assert_eq!(redact_url("postgres://app@h/db"), "postgres://app@h/db");
+        assert_eq!(
+            redact_url("host=h password=x user=u"),
+            "host=h password=*** user=u"
+        );
+    }
+}

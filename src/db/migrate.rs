@@ -1,0 +1,474 @@
+//! The embedded migrations, their history table and checksums, and `migrate up|down|status`.
+//!
+//! Each migration runs with its history row in one transaction, under an advisory lock so that
+//! two deploys never migrate at once. History lives in `usersync.schema_migrations`, which
+//! migration 0001 itself creates, so `down` to zero leaves no trace.
+
+use std::time::Instant;
+
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use tokio_postgres::Client;
+
+use crate::error::{DbContext, Error, Result};
+
+/// One versioned schema change: plain SQL files under `migrations/`, built into the binary.
+#[derive(Debug)]
+pub struct Migration {
+    pub version: i32,
+    pub name: &'static str,
+    pub up: &'static str,
+    pub down: &'static str,
+}
+
+impl Migration {
+    /// SHA-256 of the up file: what `status` compares to detect a drifted migration.
+    pub fn checksum(&self) -> String {
+        hex::encode(Sha256::digest(self.up.as_bytes()))
+    }
+
+    pub fn up_file(&self) -> String {
+        format!("migrations/{:04}_{}.up.sql", self.version, self.name)
+    }
+}
+
+macro_rules! migration {
+    ($version:literal, $prefix:literal, $name:literal) => {
+        Migration {
+            version: $version,
+            name: $name,
+            up: include_str!(concat!("../../migrations/", $prefix, "_", $name, ".up.sql")),
+            down: include_str!(concat!(
+                "../../migrations/",
+                $prefix,
+                "_",
+                $name,
+                ".down.sql"
+            )),
+        }
+    };
+}
+
+/// Every migration, in order.
+pub static MIGRATIONS: &[Migration] = &[migration!(1, "0001", "user_profiles")];
+
+/// The latest version this binary knows.
+pub fn latest() -> i32 {
+    MIGRATIONS.last().map_or(0, |m| m.version)
+}
+
+// Any constant works as long as nothing else uses it; this one spells "usersync".
+const MIGRATE_LOCK: i64 = 0x7573_6572_7379_6e63;
+
+/// Where one migration stands in a database.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "state")]
+pub enum State {
+    Applied {
+        applied_at: String,
+        duration_ms: i64,
+    },
+    Pending,
+    /// Applied, but the file built into this binary has changed since.
+    Drifted {
+        applied_checksum: String,
+    },
+    /// In the history but unknown to this binary (applied by a newer usersync).
+    Unknown,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct MigrationStatus {
+    pub version: i32,
+    pub name: String,
+    pub checksum: String,
+    #[serde(flatten)]
+    pub state: State,
+}
+
+impl MigrationStatus {
+    pub fn is_applied(&self) -> bool {
+        matches!(
+            self.state,
+            State::Applied { .. } | State::Drifted { .. } | State::Unknown
+        )
+    }
+}
+
+/// The result of `up` or `down`: which versions ran, and how long each took.
+#[derive(Clone, Debug, Serialize)]
+pub struct Step {
+    pub version: i32,
+    pub name: String,
+    pub direction: &'static str,
+    pub duration_ms: i64,
+}
+
+struct HistoryRow {
+    version: i32,
+    name: String,
+    checksum: String,
+    applied_at: String,
+    duration_ms: i64,
+}
+
+async fn history(client: &Client) -> Result<Vec<HistoryRow>> {
+    let exists: bool = client
+        .query_one(
+            "SELECT pg_catalog.to_regclass('usersync.schema_migrations') IS NOT NULL",
+            &[],
+        )
+        .await
+        .context("reading migration history")?
+        .get(0);
+    if !exists {
+        return Ok(Vec::new());
+    }
+    let rows = client
+        .query(
+            "SELECT version, name, checksum,
+                    pg_catalog.to_char(applied_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'),
+                    duration_ms
+             FROM usersync.schema_migrations ORDER BY version",
+            &[],
+        )
+        .await
+        .context("reading migration history")?;
+    Ok(rows
+        .iter()
+        .map(|r| HistoryRow {
+            version: r.get(0),
+            name: r.get(1),
+            checksum: r.get(2),
+            applied_at: r.get(3),
+            duration_ms: r.get(4),
+        })
+        .collect())
+}
+
+/// Every known and every recorded migration, in version order.
+pub async fn status(client: &Client) -> Result<Vec<MigrationStatus>> {
+    let history = history(client).await?;
+    let mut out: Vec<MigrationStatus> = MIGRATIONS
+        .iter()
+        .map(|m| {
+            let checksum = m.checksum();
+            let state = match history.iter().find(|h| h.version == m.version) {
+                None => State::Pending,
+                Some(h) if h.checksum != checksum => State::Drifted {
+                    applied_checksum: h.checksum.clone(),
+                },
+                Some(h) => State::Applied {
+                    applied_at: h.applied_at.clone(),
+                    duration_ms: h.duration_ms,
+                },
+            };
+            MigrationStatus {
+                version: m.version,
+                name: m.name.to_string(),
+                checksum,
+                state,
+            }
+        })
+        .collect();
+    for h in history
+        .iter()
+        .filter(|h| MIGRATIONS.iter().all(|m| m.version != h.version))
+    {
+        out.push(MigrationStatus {
+            version: h.version,
+            name: h.name.clone(),
+            checksum: h.checksum.clone(),
+            state: State::Unknown,
+        });
+    }
+    out.sort_by_key(|s| s.version);
+    Ok(out)
+}
+
+/// Fails with the Supabase hint when the database has no `auth.users`.
+pub async fn require_auth_users(client: &Client) -> Result<()> {
+    let present: bool = client
+        .query_one(
+            "SELECT pg_catalog.to_regclass('auth.users') IS NOT NULL",
+            &[],
+        )
+        .await
+        .context("looking for auth.users")?
+        .get(0);
+    if present {
+        Ok(())
+    } else {
+        Err(Error::NotSupabase)
+    }
+}
+
+/// A trigger on `auth.users` that is not ours but looks like a profile trigger.
+#[derive(Clone, Debug, Serialize)]
+pub struct ForeignTrigger {
+    pub trigger: String,
+    pub function: String,
+}
+
+/// Triggers someone else installed to create profiles: the classic `on_auth_user_created`
+/// calling `handle_new_user()`, or any trigger function that writes `user_profiles`.
+pub async fn foreign_profile_triggers(client: &Client) -> Result<Vec<ForeignTrigger>> {
+    let rows = client
+        .query(
+            "SELECT t.tgname::text, p.oid::regprocedure::text
+             FROM pg_catalog.pg_trigger t
+             JOIN pg_catalog.pg_proc p ON p.oid = t.tgfoid
+             JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
+             WHERE t.tgrelid = 'auth.users'::regclass
+               AND NOT t.tgisinternal
+               AND n.nspname <> 'usersync'
+               AND (t.tgname = 'on_auth_user_created'
+                    OR p.proname = 'handle_new_user'
+                    OR p.prosrc ILIKE '%profile%')
+             ORDER BY 1",
+            &[],
+        )
+        .await
+        .context("looking for existing profile triggers")?;
+    Ok(rows
+        .iter()
+        .map(|r| ForeignTrigger {
+            trigger: r.get(0),
+            function: r.get(1),
+        })
+        .collect())
+}
+
+/// Options of `migrate up`.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct UpOptions {
+    /// Stop after this version (default: the latest).
+    pub to: Option<i32>,
+    /// Install our trigger even though another profile trigger exists on auth.users.
+    pub allow_existing_trigger: bool,
+}
+
+/// Applies every pending migration up to `to`. Running it again is a no-op.
+pub async fn up(client: &mut Client, options: UpOptions) -> Result<Vec<Step>> {
+    let target = options.to.unwrap_or_else(latest);
+    if MIGRATIONS.iter().all(|m| m.version != target) {
+        return Err(Error::Migration(format!(
+            "--to {target}: no such migration (known: {})",
+            known_versions()
+        )));
+    }
+    with_lock(client, async |client: &mut Client| {
+        require_auth_users(client).await?;
+        let status = status(client).await?;
+        if let Some(d) = status
+            .iter()
+            .find(|s| matches!(s.state, State::Drifted { .. }))
+        {
+            let file = MIGRATIONS
+                .iter()
+                .find(|m| m.version == d.version)
+                .map(Migration::up_file)
+                .unwrap_or_default();
+            return Err(Error::Migration(format!(
+                "migration {:04} has drifted: {file} differs from what was applied; \
+                 restore the file, or roll back with `usersync migrate down --to {}` first",
+                d.version,
+                d.version - 1
+            )));
+        }
+        let pending: Vec<&Migration> = MIGRATIONS
+            .iter()
+            .filter(|m| m.version <= target)
+            .filter(|m| {
+                status
+                    .iter()
+                    .any(|s| s.version == m.version && s.state == State::Pending)
+            })
+            .collect();
+        if pending.iter().any(|m| m.version == 1) {
+            preflight_first_install(client, options.allow_existing_trigger).await?;
+        }
+        let mut steps = Vec::new();
+        for m in pending {
+            let started = Instant::now();
+            let tx = client
+                .transaction()
+                .await
+                .context("starting a transaction")?;
+            tx.batch_execute(m.up)
+                .await
+                .context(format!("applying {}", m.up_file()))?;
+            let duration_ms = started.elapsed().as_millis() as i64;
+            tx.execute(
+                "INSERT INTO usersync.schema_migrations (version, name, checksum, duration_ms)
+                 VALUES ($1, $2, $3, $4)",
+                &[&m.version, &m.name, &m.checksum(), &duration_ms],
+            )
+            .await
+            .context("recording migration history")?;
+            tx.commit()
+                .await
+                .context(format!("committing {}", m.up_file()))?;
+            tracing::info!(
+                version = m.version,
+                name = m.name,
+                duration_ms,
+                "migration applied"
+            );
+            steps.push(Step {
+                version: m.version,
+                name: m.name.to_string(),
+                direction: "up",
+                duration_ms,
+            });
+        }
+        Ok(steps)
+    })
+    .await
+}
+
+/// Before the first install: no profile table of someone else's, no doubled trigger.
+async fn preflight_first_install(client: &Client, allow_existing_trigger: bool) -> Result<()> {
+    let exists: bool = client
+        .query_one(
+            "SELECT pg_catalog.to_regclass('public.user_profiles') IS NOT NULL",
+            &[],
+        )
+        .await
+        .context("looking for public.user_profiles")?
+        .get(0);
+    if exists {
+        return Err(Error::Migration(
+            "public.user_profiles already exists and was not created by usersync; \
+             rename or drop it before `usersync migrate up`"
+                .into(),
+        ));
+    }
+    let foreign = foreign_profile_triggers(client).await?;
+    if !foreign.is_empty() && !allow_existing_trigger {
+        let list = foreign
+            .iter()
+            .map(|f| format!("{} calling {}", f.trigger, f.function))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let first = &foreign[0].trigger;
+        return Err(Error::Migration(format!(
+            "auth.users already has a profile trigger ({list}); usersync installs its own: \
+             drop yours (DROP TRIGGER \"{first}\" ON auth.users;) or keep both with \
+             --allow-existing-trigger"
+        )));
+    }
+    for f in &foreign {
+        tracing::warn!(trigger = %f.trigger, function = %f.function,
+            "keeping an existing profile trigger on auth.users beside usersync's");
+    }
+    Ok(())
+}
+
+/// Rolls back applied migrations above `to` (default: the latest one only), newest first.
+pub async fn down(client: &mut Client, to: Option<i32>) -> Result<Vec<Step>> {
+    if let Some(to) = to
+        && to != 0
+        && MIGRATIONS.iter().all(|m| m.version != to)
+    {
+        return Err(Error::Migration(format!(
+            "--to {to}: no such migration (known: 0, {})",
+            known_versions()
+        )));
+    }
+    with_lock(client, async move |client: &mut Client| {
+        let status = status(client).await?;
+        if let Some(u) = status.iter().find(|s| s.state == State::Unknown) {
+            return Err(Error::Migration(format!(
+                "migration {:04} ({}) was applied by a newer usersync; roll it back with that version",
+                u.version, u.name
+            )));
+        }
+        let applied: Vec<i32> = status.iter().filter(|s| s.is_applied()).map(|s| s.version).collect();
+        let Some(&newest) = applied.last() else { return Ok(Vec::new()) };
+        let target = to.unwrap_or_else(|| applied.iter().rev().nth(1).copied().unwrap_or(0));
+        let mut steps = Vec::new();
+        for m in MIGRATIONS.iter().rev().filter(|m| m.version > target && m.version <= newest) {
+            if !applied.contains(&m.version) {
+                continue;
+            }
+            let started = Instant::now();
+            let tx = client.transaction().await.context("starting a transaction")?;
+            // Delete the history row first: migration 0001's down drops the history table.
+            tx.execute("DELETE FROM usersync.schema_migrations WHERE version = $1", &[&m.version])
+                .await
+                .context("updating migration history")?;
+            tx.batch_execute(m.down)
+                .await
+                .context(format!("rolling back {:04}_{}", m.version, m.name))?;
+            tx.commit().await.context("committing the rollback")?;
+            let duration_ms = started.elapsed().as_millis() as i64;
+            tracing::info!(version = m.version, name = m.name, duration_ms, "migration rolled back");
+            steps.push(Step {
+                version: m.version,
+                name: m.name.to_string(),
+                direction: "down",
+                duration_ms,
+            });
+        }
+        Ok(steps)
+    })
+    .await
+}
+
+fn known_versions() -> String {
+    MIGRATIONS
+        .iter()
+        .map(|m| m.version.to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Runs `body` holding the migration advisory lock, and releases it whatever happens: the
+/// connection may go back to a pool.
+async fn with_lock<T>(
+    client: &mut Client,
+    body: impl AsyncFnOnce(&mut Client) -> Result<T>,
+) -> Result<T> {
+    client
+        .execute("SELECT pg_catalog.pg_advisory_lock($1)", &[&MIGRATE_LOCK])
+        .await
+        .context("waiting for the migration lock")?;
+    let result = body(client).await;
+    let unlocked = client
+        .execute("SELECT pg_catalog.pg_advisory_unlock($1)", &[&MIGRATE_LOCK])
+        .await;
+    if let Err(e) = unlocked {
+        tracing::warn!(error = %e, "could not release the migration lock; it goes with the connection");
+    }
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_migration_file_is_built_in_and_in_order() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/migrations");
+        let mut files: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        files.sort();
+        let expected: Vec<String> = MIGRATIONS
+            .iter()
+            .flat_map(|m| {
+                let base = format!("{:04}_{}", m.version, m.name);
+                [format!("{base}.down.sql"), format!("{base}.up.sql")]
+            })
+            .collect();
+        assert_eq!(files, expected);
+        assert!(
+            MIGRATIONS
+                .windows(2)
+                .all(|w| w[0].version + 1 == w[1].version)
+        );
+        assert_eq!(MIGRATIONS[0].version, 1);
+    }
+}

@@ -1,0 +1,64 @@
+//! Database access: the connection pool, and the SQL usersync runs, one module per concern.
+
+pub mod migrate;
+pub mod probe;
+pub mod verify;
+
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use tokio_postgres::NoTls;
+
+use crate::config::{DatabaseSettings, target};
+use crate::error::{Error, Result, db_message};
+
+pub use deadpool_postgres::{Client, Object};
+
+/// Builds the pool and opens one connection, so an unreachable database is reported at once.
+pub async fn connect(settings: &DatabaseSettings) -> Result<Pool> {
+    let pool = pool(settings)?;
+    let client = get(&pool, settings).await?;
+    drop(client);
+    Ok(pool)
+}
+
+/// Builds the pool without connecting.
+pub fn pool(settings: &DatabaseSettings) -> Result<Pool> {
+    let mut pg = settings.pg.clone();
+    pg.connect_timeout(settings.connect_timeout);
+    if pg.get_application_name().is_none() {
+        pg.application_name("usersync");
+    }
+    let manager = Manager::from_config(
+        pg,
+        NoTls,
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
+    Pool::builder(manager)
+        .max_size(settings.pool_size)
+        .runtime(Runtime::Tokio1)
+        .create_timeout(Some(settings.connect_timeout + Duration::from_secs(1)))
+        .wait_timeout(Some(settings.connect_timeout * 6))
+        .build()
+        .map_err(|e| Error::ConfigSource(format!("database pool: {e}")))
+}
+
+/// A pooled connection; failing to open one is `Unreachable` (exit 69), named by host and port.
+pub async fn get(pool: &Pool, settings: &DatabaseSettings) -> Result<Object> {
+    use deadpool_postgres::PoolError;
+    pool.get().await.map_err(|e| {
+        let reason = match &e {
+            PoolError::Backend(pg) => db_message(pg),
+            PoolError::Timeout(_) => {
+                format!("timed out after {}s", settings.connect_timeout.as_secs())
+            }
+            other => other.to_string(),
+        };
+        Error::Unreachable {
+            target: target(&settings.pg),
+            reason,
+        }
+    })
+}

@@ -1,0 +1,174 @@
+//! `migrate verify --e2e`: a sign-up probe inside one transaction that is always rolled back.
+//!
+//! It inserts a GoTrue-shaped user and expects a profile with the defaults, deletes the user
+//! and expects the profile gone, then makes profile creation fail (a `CHECK (false)` added
+//! `NOT VALID` inside the transaction) and expects a second sign-up to commit anyway and land in
+//! the repair queue. The rollback removes everything, including the NOTIFY, which PostgreSQL
+//! only delivers on commit.
+//!
+//! Adding the CHECK takes an ACCESS EXCLUSIVE lock on `public.user_profiles` for the few
+//! milliseconds the probe lasts; `lock_timeout` keeps the probe from queueing real sign-ups
+//! behind it when the table is busy.
+
+use tokio_postgres::{Client, Transaction};
+use uuid::Uuid;
+
+use crate::db::verify::{Finding, Report};
+use crate::error::{DbContext, Error, Result, db_message, is_connection_error};
+
+/// What GoTrue writes for an e-mail sign-up, reduced to what a trigger can see.
+const SIGN_UP: &str = "\
+INSERT INTO auth.users (
+    instance_id, id, aud, role, email, encrypted_password, email_confirmed_at,
+    confirmation_token, recovery_token, email_change_token_new, email_change,
+    raw_app_meta_data, raw_user_meta_data, created_at, updated_at, is_sso_user, is_anonymous)
+VALUES (
+    '00000000-0000-0000-0000-000000000000', $1, 'authenticated', 'authenticated', $2, '',
+    now(), '', '', '', '',
+    '{\"provider\": \"email\", \"providers\": [\"email\"]}',
+    jsonb_build_object('full_name', $3::text), now(), now(), false, false)";
+
+const PROBE_NAME: &str = "usersync e2e probe";
+
+/// Runs the probe and adds one finding per step that did not behave.
+pub async fn run(client: &mut Client, report: &mut Report) -> Result<()> {
+    let tx = client
+        .transaction()
+        .await
+        .context("starting the e2e probe")?;
+    tx.batch_execute("SET LOCAL lock_timeout = '2s'; SET LOCAL statement_timeout = '30s'")
+        .await
+        .context("starting the e2e probe")?;
+    let findings = steps(&tx).await;
+    // Whatever happened, nothing of the probe stays.
+    let rolled_back = tx.rollback().await.context("rolling back the e2e probe");
+    let findings = match findings {
+        Ok(findings) => findings,
+        // A statement the probe needs failed (a missing table, a busy lock): that is a finding.
+        Err(Error::Db { context, source }) if !is_connection_error(&source) => vec![step(
+            "e2e",
+            "the probe runs",
+            format!("{context}: {}", db_message(&source)),
+            "fix what usersync migrate verify (without --e2e) reports, then probe again",
+        )],
+        Err(e) => return Err(e),
+    };
+    rolled_back?;
+    report.checks += 3;
+    report.findings.extend(findings);
+    report.ok = report.findings.is_empty();
+    Ok(())
+}
+
+async fn steps(tx: &Transaction<'_>) -> Result<Vec<Finding>> {
+    let mut findings = Vec::new();
+    let first = Uuid::new_v4();
+    let email = probe_email(first);
+
+    // 1. A sign-up gets a profile with the defaults.
+    if let Err(e) = tx.execute(SIGN_UP, &[&first, &email, &PROBE_NAME]).await {
+        findings.push(step(
+            "e2e.signup",
+            "the sign-up commits",
+            format!("the sign-up failed: {}", db_message(&e)),
+            "usersync migrate verify (without --e2e) names the broken object",
+        ));
+        return Ok(findings);
+    }
+    let profile = tx
+        .query_opt(
+            "SELECT role, is_active, full_name FROM public.user_profiles WHERE id = $1",
+            &[&first],
+        )
+        .await
+        .context("e2e probe: reading the profile")?;
+    let found = match &profile {
+        None => Some("no profile".to_string()),
+        Some(r) => {
+            let (role, active, name): (String, bool, Option<String>) =
+                (r.get(0), r.get(1), r.get(2));
+            (role != "user" || !active || name.as_deref() != Some(PROBE_NAME)).then(|| {
+                format!("profile with role {role:?}, is_active {active}, full_name {name:?}")
+            })
+        }
+    };
+    if let Some(found) = found {
+        findings.push(step(
+            "e2e.signup",
+            "a profile with role 'user', is_active true and the name from the metadata",
+            found,
+            "usersync migrate verify (without --e2e) names the broken object",
+        ));
+    }
+
+    // 2. Deleting the user deletes the profile.
+    tx.execute("DELETE FROM auth.users WHERE id = $1", &[&first])
+        .await
+        .context("e2e probe: deleting the probe user")?;
+    let left: i64 = tx
+        .query_one(
+            "SELECT count(*) FROM public.user_profiles WHERE id = $1",
+            &[&first],
+        )
+        .await
+        .context("e2e probe: reading the profile")?
+        .get(0);
+    if left != 0 {
+        findings.push(step(
+            "e2e.delete_cascade",
+            "deleting the user deletes the profile",
+            "the profile is still there",
+            "usersync migrate verify (without --e2e) names the broken foreign key",
+        ));
+    }
+
+    // 3. A failing profile insert does not fail the sign-up, and is queued for repair.
+    tx.batch_execute(
+        "ALTER TABLE public.user_profiles ADD CONSTRAINT usersync_e2e_probe CHECK (false) NOT VALID",
+    )
+    .await
+    .context("e2e probe: making profile creation fail (is public.user_profiles busy?)")?;
+    let second = Uuid::new_v4();
+    let email = probe_email(second);
+    if let Err(e) = tx.execute(SIGN_UP, &[&second, &email, &PROBE_NAME]).await {
+        findings.push(step(
+            "e2e.failure_queued",
+            "the sign-up commits although its profile cannot be created",
+            format!("the sign-up failed: {}", db_message(&e)),
+            "ALTER FUNCTION usersync.on_auth_user_created() must catch every error: \
+             restore it from migrations/0001_user_profiles.up.sql",
+        ));
+        return Ok(findings);
+    }
+    let queued: i64 = tx
+        .query_one(
+            "SELECT count(*) FROM usersync.repair_queue WHERE user_id = $1 AND last_sqlstate = '23514'",
+            &[&second],
+        )
+        .await
+        .context("e2e probe: reading the repair queue")?
+        .get(0);
+    if queued != 1 {
+        findings.push(step(
+            "e2e.failure_queued",
+            "the failed profile is in usersync.repair_queue",
+            "not queued",
+            "restore usersync.on_auth_user_created() from migrations/0001_user_profiles.up.sql",
+        ));
+    }
+    Ok(findings)
+}
+
+fn probe_email(id: Uuid) -> String {
+    // .invalid is reserved (RFC 2606): nothing can ever be sent there.
+    format!("usersync-probe-{id}@probe.invalid")
+}
+
+fn step(check: &str, expected: &str, found: impl Into<String>, fix: &str) -> Finding {
+    Finding {
+        check: check.to_string(),
+        expected: expected.to_string(),
+        found: found.into(),
+        fix: fix.to_string(),
+    }
+}

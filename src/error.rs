@@ -1,0 +1,119 @@
+//! The crate-wide error and the exit code each kind of failure maps to.
+
+use std::fmt;
+
+/// Exit codes, as documented in README.md (sysexits.h where one fits).
+pub mod exit {
+    /// Success.
+    pub const OK: u8 = 0;
+    /// The command ran and found a problem (verify failed, a user failed to sync, a migration failed).
+    pub const FAILED: u8 = 1;
+    /// Usage error on the command line (clap's own code).
+    pub const USAGE: u8 = 2;
+    /// The database cannot be reached (EX_UNAVAILABLE).
+    pub const UNAVAILABLE: u8 = 69;
+    /// Bad configuration (EX_CONFIG).
+    pub const CONFIG: u8 = 78;
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A configuration key is missing, of the wrong type, unknown, or impossible.
+    #[error("configuration: {key}: {message}")]
+    Config { key: String, message: String },
+
+    /// The configuration could not be read at all (a missing file, a TOML syntax error).
+    #[error("configuration: {0}")]
+    ConfigSource(String),
+
+    /// No connection could be opened. `target` is host:port, never the password.
+    #[error("cannot reach PostgreSQL at {target}: {reason}")]
+    Unreachable { target: String, reason: String },
+
+    /// The database is not shaped like a Supabase project.
+    #[error("no auth.users table: is this a Supabase database?")]
+    NotSupabase,
+
+    /// A migration problem that the operator has to resolve.
+    #[error("{0}")]
+    Migration(String),
+
+    /// A statement failed; `context` says what usersync was doing.
+    #[error("{context}: {}", db_message(.source))]
+    Db {
+        context: String,
+        #[source]
+        source: tokio_postgres::Error,
+    },
+
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl Error {
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Error::Config { .. } | Error::ConfigSource(_) => exit::CONFIG,
+            Error::Unreachable { .. } => exit::UNAVAILABLE,
+            Error::Db { source, .. } if is_connection_error(source) => exit::UNAVAILABLE,
+            _ => exit::FAILED,
+        }
+    }
+
+    pub fn config(key: impl Into<String>, message: impl fmt::Display) -> Self {
+        Error::Config {
+            key: key.into(),
+            message: message.to_string(),
+        }
+    }
+}
+
+/// Adds what usersync was doing to a database error.
+pub trait DbContext<T> {
+    fn context(self, context: impl Into<String>) -> Result<T>;
+}
+
+impl<T> DbContext<T> for std::result::Result<T, tokio_postgres::Error> {
+    fn context(self, context: impl Into<String>) -> Result<T> {
+        self.map_err(|source| Error::Db {
+            context: context.into(),
+            source,
+        })
+    }
+}
+
+/// The server's own message and SQLSTATE when there is one, else the client's description.
+pub fn db_message(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => {
+            let mut s = format!("{} (SQLSTATE {})", db.message(), db.code().code());
+            if let Some(detail) = db.detail() {
+                s.push_str(": ");
+                s.push_str(detail);
+            }
+            s
+        }
+        None => match std::error::Error::source(e) {
+            Some(inner) => format!("{e}: {inner}"),
+            None => e.to_string(),
+        },
+    }
+}
+
+/// True when the error means the connection is gone rather than that a statement failed.
+pub fn is_connection_error(e: &tokio_postgres::Error) -> bool {
+    if e.is_closed() {
+        return true;
+    }
+    match e.as_db_error() {
+        // admin_shutdown, crash_shutdown, cannot_connect_now, too_many_connections
+        Some(db) => matches!(db.code().code(), "57P01" | "57P02" | "57P03" | "53300"),
+        None => std::error::Error::source(e).is_some_and(|s| s.is::<std::io::Error>()),
+    }
+}
