@@ -41,8 +41,10 @@ CREATE TABLE usersync.repair_queue (
 CREATE INDEX repair_queue_next_attempt_at_idx ON usersync.repair_queue (next_attempt_at);
 
 -- The one definition of a new profile. The trigger and the daemon both insert what this
--- returns, so a repaired profile is the one the trigger would have made. A set-returning SQL
--- function without SET options, so the planner inlines it into the daemon's batch INSERT.
+-- returns, so a repaired profile is the one the trigger would have made. The name and picture
+-- come from OAuth-style metadata (full_name or name, avatar_url or picture), taken only when
+-- they are non-blank JSON strings. A set-returning SQL function without SET options, so the
+-- planner inlines it into the daemon's batch INSERT.
 CREATE FUNCTION usersync.build_profile(u auth.users)
 RETURNS TABLE (
     id uuid,
@@ -58,10 +60,14 @@ LANGUAGE sql STABLE PARALLEL SAFE
 AS $$
     SELECT u.id,
            u.email::text,
-           COALESCE(NULLIF(pg_catalog.btrim(u.raw_user_meta_data OPERATOR(pg_catalog.->>) 'full_name'), ''),
-                    NULLIF(pg_catalog.btrim(u.raw_user_meta_data OPERATOR(pg_catalog.->>) 'name'), '')),
-           COALESCE(NULLIF(pg_catalog.btrim(u.raw_user_meta_data OPERATOR(pg_catalog.->>) 'avatar_url'), ''),
-                    NULLIF(pg_catalog.btrim(u.raw_user_meta_data OPERATOR(pg_catalog.->>) 'picture'), '')),
+           COALESCE(NULLIF(pg_catalog.btrim(CASE WHEN pg_catalog.jsonb_typeof(u.raw_user_meta_data OPERATOR(pg_catalog.->) 'full_name') = 'string'
+                                                 THEN u.raw_user_meta_data OPERATOR(pg_catalog.->>) 'full_name' END), ''),
+                    NULLIF(pg_catalog.btrim(CASE WHEN pg_catalog.jsonb_typeof(u.raw_user_meta_data OPERATOR(pg_catalog.->) 'name') = 'string'
+                                                 THEN u.raw_user_meta_data OPERATOR(pg_catalog.->>) 'name' END), '')),
+           COALESCE(NULLIF(pg_catalog.btrim(CASE WHEN pg_catalog.jsonb_typeof(u.raw_user_meta_data OPERATOR(pg_catalog.->) 'avatar_url') = 'string'
+                                                 THEN u.raw_user_meta_data OPERATOR(pg_catalog.->>) 'avatar_url' END), ''),
+                    NULLIF(pg_catalog.btrim(CASE WHEN pg_catalog.jsonb_typeof(u.raw_user_meta_data OPERATOR(pg_catalog.->) 'picture') = 'string'
+                                                 THEN u.raw_user_meta_data OPERATOR(pg_catalog.->>) 'picture' END), '')),
            'user'::text,
            true,
            COALESCE(u.created_at, pg_catalog.now()),

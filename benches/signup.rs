@@ -1,0 +1,136 @@
+//! What the sign-up trigger costs a sign-up: GoTrue-shaped single-row inserts into
+//! `auth.users` with no trigger, with the classic hand-written `handle_new_user` trigger (no
+//! error handling, so a failing insert fails the sign-up), and with usersync's trigger (an
+//! exception block, a pinned search_path, the shared profile builder), side by side in one run.
+//!
+//! `cargo bench --bench signup` against `USERSYNC_BENCH_DATABASE_URL`, else `DATABASE_URL`,
+//! else `postgres://postgres@127.0.0.1:5432/postgres` (a superuser: the bench creates and drops
+//! its own database). `USERSYNC_BENCH_SIGNUPS` sets sign-ups per round (default 2000).
+
+use std::str::FromStr;
+use std::time::{Duration, Instant};
+
+use tokio_postgres::{Client, Config, NoTls};
+use uuid::Uuid;
+
+const ROLES_SQL: &str = include_str!("../tests/fixtures/roles.sql");
+const AUTH_SQL: &str = include_str!("../tests/fixtures/auth_schema.sql");
+const ROUNDS: usize = 5;
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() {
+    let url = std::env::var("USERSYNC_BENCH_DATABASE_URL")
+        .or_else(|_| std::env::var("DATABASE_URL"))
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+    let per_round: usize = std::env::var("USERSYNC_BENCH_SIGNUPS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2000);
+    let admin_config = Config::from_str(&url).expect("a PostgreSQL URL");
+    let admin = connect(&admin_config).await;
+    let name = format!("usersync_bench_{}", std::process::id());
+    admin
+        .batch_execute(&format!("CREATE DATABASE {name}"))
+        .await
+        .unwrap();
+
+    let mut config = admin_config.clone();
+    config.dbname(&name);
+    let mut db = connect(&config).await;
+    db.batch_execute(ROLES_SQL).await.unwrap();
+    db.batch_execute(AUTH_SQL).await.unwrap();
+    usersync::db::migrate::up(&mut db, Default::default())
+        .await
+        .unwrap();
+    db.batch_execute(NAIVE_TRIGGER).await.unwrap();
+
+    let insert = db
+        .prepare(
+            "INSERT INTO auth.users (instance_id, id, aud, role, email, encrypted_password,
+                 confirmation_token, recovery_token, email_change_token_new, email_change,
+                 raw_app_meta_data, raw_user_meta_data, created_at, updated_at)
+             VALUES ('00000000-0000-0000-0000-000000000000', $1, 'authenticated',
+                 'authenticated', $2, '', '', '', '', '', '{\"provider\": \"email\"}',
+                 jsonb_build_object('full_name', 'Bench User'), now(), now())",
+        )
+        .await
+        .unwrap();
+    let variants = [
+        ("no trigger", None),
+        ("naive trigger", Some("bench_naive")),
+        ("usersync trigger", Some("usersync_on_auth_user_created")),
+    ];
+    let mut samples = vec![Vec::new(); variants.len()];
+    // Warm-up, then alternate so that drift in the machine hits every variant alike.
+    sign_ups(&db, &insert, per_round / 4).await;
+    for _ in 0..ROUNDS {
+        for (i, (_, trigger)) in variants.iter().enumerate() {
+            db.batch_execute("ALTER TABLE auth.users DISABLE TRIGGER USER")
+                .await
+                .unwrap();
+            if let Some(t) = trigger {
+                db.batch_execute(&format!("ALTER TABLE auth.users ENABLE TRIGGER {t}"))
+                    .await
+                    .unwrap();
+            }
+            samples[i].push(sign_ups(&db, &insert, per_round).await);
+        }
+    }
+    drop(db);
+    admin
+        .batch_execute(&format!("DROP DATABASE {name} WITH (FORCE)"))
+        .await
+        .unwrap();
+
+    println!(
+        "sign-up (single-row INSERT into auth.users, autocommit), {ROUNDS} rounds of {per_round}, median per sign-up:"
+    );
+    let base = micros(median(samples[0].clone()) / per_round as u32);
+    for ((label, _), s) in variants.iter().zip(samples) {
+        let us = micros(median(s) / per_round as u32);
+        println!(
+            "  {label:<17} {us:>7.1} µs   +{:>6.1} µs   {:.2}x",
+            us - base,
+            us / base
+        );
+    }
+}
+
+/// The trigger most projects start with: no exception handler, no pinned search_path.
+const NAIVE_TRIGGER: &str = "
+    CREATE FUNCTION public.bench_naive() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER AS $$
+    BEGIN
+        INSERT INTO public.user_profiles (id, email, full_name)
+        VALUES (NEW.id, NEW.email, NEW.raw_user_meta_data ->> 'full_name');
+        RETURN NEW;
+    END $$;
+    CREATE TRIGGER bench_naive AFTER INSERT ON auth.users
+        FOR EACH ROW EXECUTE FUNCTION public.bench_naive();";
+
+async fn sign_ups(db: &Client, insert: &tokio_postgres::Statement, n: usize) -> Duration {
+    let started = Instant::now();
+    for _ in 0..n {
+        let id = Uuid::new_v4();
+        let email = format!("{}@bench.invalid", id.simple());
+        db.execute(insert, &[&id, &email]).await.unwrap();
+    }
+    started.elapsed()
+}
+
+fn median(mut samples: Vec<Duration>) -> Duration {
+    samples.sort();
+    samples[samples.len() / 2]
+}
+
+fn micros(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
+}
+
+async fn connect(config: &Config) -> Client {
+    let (client, connection) = config
+        .connect(NoTls)
+        .await
+        .expect("connecting to PostgreSQL");
+    tokio::spawn(connection);
+    client
+}

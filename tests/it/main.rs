@@ -1,0 +1,9 @@
+//! The integration tests: one binary, a module per area, all against a real PostgreSQL.
+
+mod property;
+mod support;
+
+mod cli;
+mod migrate;
+mod signup;
+mod verify;

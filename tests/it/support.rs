@@ -1,0 +1,644 @@
+//! The database harness: one PostgreSQL cluster per test binary, a fresh database per test.
+//!
+//! The admin connection comes from `USERSYNC_TEST_DATABASE_URL`, else `DATABASE_URL`, else
+//! `postgres://postgres@127.0.0.1:5432/postgres` when something answers there, else a
+//! throwaway cluster started from the local PostgreSQL binaries (as the `postgres` OS user when
+//! the tests run as root, since initdb refuses root). `USERSYNC_TEST_CLUSTER=throwaway` forces
+//! the throwaway cluster.
+//!
+//! Every test database is a copy of a template holding the fixture auth schema, owned by
+//! `supabase_auth_admin`. usersync connects as `usersync_app`: LOGIN, not a superuser,
+//! BYPASSRLS, like the `postgres` role of a hosted project. Hosted projects let that role drop
+//! and alter triggers on `auth.users` through the supautils extension; here membership in
+//! `supabase_auth_admin` stands in for it.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::str::FromStr;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use tokio_postgres::{Client, Config, NoTls};
+use uuid::Uuid;
+
+pub const APP_ROLE: &str = "usersync_app";
+const APP_PASSWORD: &str = "usersync-test";
+const ROLES_SQL: &str = include_str!("../fixtures/roles.sql");
+const AUTH_SQL: &str = include_str!("../fixtures/auth_schema.sql");
+
+/// The cluster the whole test binary shares.
+struct Cluster {
+    /// Superuser connection to the maintenance database.
+    admin: Config,
+    /// Database every test database is copied from.
+    template: String,
+    /// Keeps a throwaway server alive as long as the binary runs.
+    _throwaway: Option<Throwaway>,
+}
+
+static CLUSTER: OnceLock<Cluster> = OnceLock::new();
+static NEXT_DB: AtomicU32 = AtomicU32::new(1);
+
+fn cluster() -> &'static Cluster {
+    // Started on a plain thread with its own runtime: callers are inside #[tokio::test].
+    CLUSTER.get_or_init(|| {
+        std::thread::spawn(|| {
+            runtime().block_on(async {
+                let (admin, throwaway) = find_or_start_cluster().await;
+                let template = prepare_template(&admin).await;
+                Cluster {
+                    admin,
+                    template,
+                    _throwaway: throwaway,
+                }
+            })
+        })
+        .join()
+        .expect("starting the test cluster")
+    })
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+async fn find_or_start_cluster() -> (Config, Option<Throwaway>) {
+    let forced = std::env::var("USERSYNC_TEST_CLUSTER").is_ok_and(|v| v == "throwaway");
+    if !forced {
+        for var in ["USERSYNC_TEST_DATABASE_URL", "DATABASE_URL"] {
+            if let Ok(url) = std::env::var(var) {
+                let config = Config::from_str(&url).unwrap_or_else(|e| panic!("{var}: {e}"));
+                return (config, None);
+            }
+        }
+        let local = Config::from_str("postgres://postgres@127.0.0.1:5432/postgres").unwrap();
+        if try_connect(&local, Duration::from_secs(2)).await.is_ok() {
+            return (local, None);
+        }
+    }
+    let server = Throwaway::start();
+    let config = Config::from_str(&format!(
+        "postgres://postgres@127.0.0.1:{}/postgres",
+        server.port
+    ))
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match try_connect(&config, Duration::from_secs(2)).await {
+            Ok(_) => break,
+            Err(e) if Instant::now() > deadline => {
+                panic!("throwaway PostgreSQL did not start: {e}\n{}", server.log())
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+    (config, Some(server))
+}
+
+async fn try_connect(config: &Config, timeout: Duration) -> Result<Client, String> {
+    let mut config = config.clone();
+    config.connect_timeout(timeout);
+    let (client, connection) = config.connect(NoTls).await.map_err(|e| e.to_string())?;
+    tokio::spawn(connection);
+    Ok(client)
+}
+
+/// Opens a connection and drives it on the current runtime.
+pub async fn connect(config: &Config) -> Client {
+    let (client, connection) = config
+        .connect(NoTls)
+        .await
+        .unwrap_or_else(|e| panic!("connecting to {:?}: {e}", config.get_dbname()));
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    client
+}
+
+/// Roles once per cluster, then this binary's template database with the fixture.
+async fn prepare_template(admin: &Config) -> String {
+    let client = connect(admin).await;
+    // Several test binaries may share one cluster: create the roles one at a time.
+    client
+        .batch_execute(&format!(
+            "SELECT pg_advisory_lock(7573657273);
+             {ROLES_SQL}
+             DO $$ BEGIN
+                 IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '{APP_ROLE}') THEN
+                     CREATE ROLE {APP_ROLE} LOGIN NOSUPERUSER BYPASSRLS PASSWORD '{APP_PASSWORD}';
+                 END IF;
+             END $$;
+             GRANT supabase_auth_admin TO {APP_ROLE};
+             SELECT pg_advisory_unlock(7573657273);"
+        ))
+        .await
+        .expect("creating the Supabase roles");
+    drop_stale_databases(&client).await;
+
+    let template = format!("usersync_it_{}_tmpl", std::process::id());
+    // One statement per call: CREATE and DROP DATABASE refuse to run in a transaction block.
+    for sql in [
+        format!("DROP DATABASE IF EXISTS {template}"),
+        format!("CREATE DATABASE {template}"),
+    ] {
+        client
+            .batch_execute(&sql)
+            .await
+            .expect("creating the template database");
+    }
+    let mut config = admin.clone();
+    config.dbname(&template);
+    let tmpl = connect(&config).await;
+    tmpl.batch_execute(AUTH_SQL)
+        .await
+        .expect("loading tests/fixtures/auth_schema.sql");
+    tmpl.batch_execute(&format!(
+        "GRANT USAGE ON SCHEMA auth TO {APP_ROLE};
+         GRANT ALL ON ALL TABLES IN SCHEMA auth TO {APP_ROLE};
+         GRANT ALL ON ALL SEQUENCES IN SCHEMA auth TO {APP_ROLE};
+         GRANT CREATE ON SCHEMA public TO {APP_ROLE};"
+    ))
+    .await
+    .expect("granting the app role its Supabase privileges");
+    drop(tmpl);
+    template
+}
+
+/// Databases left by test binaries that died before their cleanup ran.
+async fn drop_stale_databases(client: &Client) {
+    let rows = client
+        .query(
+            "SELECT datname::text FROM pg_database WHERE datname LIKE 'usersync\\_it\\_%'",
+            &[],
+        )
+        .await
+        .unwrap();
+    for row in rows {
+        let name: String = row.get(0);
+        let pid = name.split('_').nth(2).and_then(|p| p.parse::<u32>().ok());
+        if pid.is_some_and(|pid| {
+            pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists()
+        }) {
+            let _ = client
+                .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                .await;
+        }
+    }
+}
+
+/// A fresh database for one test, dropped when the value goes out of scope (set
+/// `USERSYNC_TEST_KEEP=1` to keep it for a look after a failure).
+pub struct TestDb {
+    pub name: String,
+    admin: Config,
+    app: Config,
+}
+
+impl TestDb {
+    /// A copy of the fixture: auth schema and roles, no usersync objects.
+    pub async fn new() -> TestDb {
+        let cluster = cluster();
+        let name = format!(
+            "usersync_it_{}_{}",
+            std::process::id(),
+            NEXT_DB.fetch_add(1, Ordering::Relaxed)
+        );
+        let client = connect(&cluster.admin).await;
+        let create = format!("CREATE DATABASE {name} TEMPLATE {}", cluster.template);
+        let grant = format!("GRANT CREATE ON DATABASE {name} TO {APP_ROLE}");
+        for sql in [create, grant] {
+            client
+                .batch_execute(&sql)
+                .await
+                .expect("creating a test database");
+        }
+        let mut admin = cluster.admin.clone();
+        admin.dbname(&name);
+        let mut app = cluster.admin.clone();
+        app.dbname(&name).user(APP_ROLE).password(APP_PASSWORD);
+        TestDb { name, admin, app }
+    }
+
+    /// A fresh database with every migration applied, as usersync_app.
+    pub async fn migrated() -> TestDb {
+        let db = TestDb::new().await;
+        let mut client = db.app().await;
+        usersync::db::migrate::up(&mut client, Default::default())
+            .await
+            .expect("migrate up");
+        db
+    }
+
+    /// A superuser connection, for sabotage and for reading what the test checks.
+    pub async fn admin(&self) -> Client {
+        connect(&self.admin).await
+    }
+
+    /// A connection as usersync_app whose connection half the caller drives, to read
+    /// notifications.
+    pub async fn connect_raw(
+        &self,
+    ) -> (
+        Client,
+        tokio_postgres::Connection<tokio_postgres::Socket, tokio_postgres::tls::NoTlsStream>,
+    ) {
+        self.app
+            .connect(NoTls)
+            .await
+            .expect("connecting as usersync_app")
+    }
+
+    /// A connection as the role usersync runs as.
+    pub async fn app(&self) -> Client {
+        connect(&self.app).await
+    }
+
+    /// The URL the usersync binary is given, as DATABASE_URL.
+    pub fn app_url(&self) -> String {
+        let host = match &self.app.get_hosts()[0] {
+            tokio_postgres::config::Host::Tcp(h) => h.clone(),
+            tokio_postgres::config::Host::Unix(p) => p.display().to_string(),
+        };
+        let port = self.app.get_ports().first().copied().unwrap_or(5432);
+        format!(
+            "postgres://{APP_ROLE}:{APP_PASSWORD}@{host}:{port}/{}",
+            self.name
+        )
+    }
+
+    /// Settings pointing at this database, as the binary would load them.
+    pub fn settings(&self) -> usersync::config::Settings {
+        let sources = usersync::config::Sources {
+            file: None,
+            env: vec![("DATABASE_URL".into(), self.app_url())],
+        };
+        usersync::config::Settings::load(&sources).expect("test settings")
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        if std::env::var("USERSYNC_TEST_KEEP").is_ok_and(|v| v == "1") {
+            eprintln!("keeping test database {}", self.name);
+            return;
+        }
+        let name = self.name.clone();
+        let admin = cluster().admin.clone();
+        // Drop may run inside a runtime: do the work on a thread of its own.
+        let _ = std::thread::spawn(move || {
+            runtime().block_on(async {
+                let client = connect(&admin).await;
+                client
+                    .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                    .await
+            })
+        })
+        .join();
+    }
+}
+
+/// What GoTrue would insert for one user; tests build these and [`insert_users`] writes them.
+#[derive(Clone, Debug)]
+pub struct AuthUser {
+    pub id: Uuid,
+    pub email: Option<String>,
+    pub phone: Option<String>,
+    pub is_anonymous: bool,
+    pub user_meta: Option<serde_json::Value>,
+    /// Whether created_at is set (GoTrue always sets it; imports may not).
+    pub created_at: Option<chrono::DateTime<chrono::Utc>>,
+    pub deleted: bool,
+}
+
+impl AuthUser {
+    pub fn email(address: &str) -> AuthUser {
+        AuthUser {
+            id: Uuid::new_v4(),
+            email: Some(address.to_string()),
+            phone: None,
+            is_anonymous: false,
+            user_meta: Some(serde_json::json!({})),
+            created_at: Some(chrono::Utc::now()),
+            deleted: false,
+        }
+    }
+}
+
+/// Inserts users the way GoTrue does: as `supabase_auth_admin`, which has no privilege on
+/// `public.user_profiles`, so the trigger works only through SECURITY DEFINER.
+pub async fn insert_users(
+    client: &Client,
+    users: &[AuthUser],
+) -> Result<(), tokio_postgres::Error> {
+    client.batch_execute("SET ROLE supabase_auth_admin").await?;
+    let result = async {
+        for u in users {
+            client
+                .execute(
+                    "INSERT INTO auth.users (instance_id, id, aud, role, email, phone,
+                         encrypted_password, confirmation_token, recovery_token,
+                         email_change_token_new, email_change, raw_app_meta_data,
+                         raw_user_meta_data, created_at, updated_at, is_anonymous, deleted_at)
+                     VALUES ('00000000-0000-0000-0000-000000000000', $1, 'authenticated',
+                         'authenticated', $2, $3, '', '', '', '', '',
+                         '{\"provider\": \"email\"}', $4, $5, $5, $6,
+                         CASE WHEN $7 THEN now() END)",
+                    &[
+                        &u.id,
+                        &u.email,
+                        &u.phone,
+                        &u.user_meta,
+                        &u.created_at,
+                        &u.is_anonymous,
+                        &u.deleted,
+                    ],
+                )
+                .await?;
+        }
+        Ok(())
+    }
+    .await;
+    client.batch_execute("RESET ROLE").await?;
+    result
+}
+
+/// Runs the usersync binary with `args`, only the given environment, and returns
+/// (exit code, stdout, stderr).
+pub fn usersync(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_usersync"))
+        .args(args)
+        .env_clear()
+        .envs(env.iter().copied())
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .output()
+        .expect("running the usersync binary");
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// A PostgreSQL cluster in a temporary directory, stopped when the test binary exits.
+struct Throwaway {
+    dir: PathBuf,
+    port: u16,
+}
+
+impl Throwaway {
+    fn start() -> Throwaway {
+        let bindir = find_bindir();
+        let owner = postgres_os_user();
+        remove_stale_dirs();
+        let dir = std::env::temp_dir().join(format!("usersync-it-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("creating the cluster directory");
+        if let Some((uid, gid)) = owner {
+            std::os::unix::fs::chown(&dir, Some(uid), Some(gid)).expect("chown cluster dir");
+        }
+        let data = dir.join("data");
+        let status = as_owner(Command::new(bindir.join("initdb")), owner)
+            .args(["-D"])
+            .arg(&data)
+            .args([
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "-E",
+                "UTF8",
+                "--no-sync",
+                "--no-instructions",
+            ])
+            .current_dir(&dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .output()
+            .expect("running initdb");
+        assert!(
+            status.status.success(),
+            "initdb failed: {}",
+            String::from_utf8_lossy(&status.stderr)
+        );
+        let port = free_port();
+        let log = std::fs::File::create(dir.join("postgres.log")).unwrap();
+        if let Some((uid, gid)) = owner {
+            std::os::unix::fs::chown(dir.join("postgres.log"), Some(uid), Some(gid)).unwrap();
+        }
+        let mut command = as_owner(Command::new(bindir.join("postgres")), owner);
+        command
+            .arg("-D")
+            .arg(&data)
+            .args(["-p", &port.to_string()])
+            .arg("-c")
+            .arg(format!("unix_socket_directories={}", dir.display()))
+            .args(["-c", "listen_addresses=127.0.0.1"])
+            .args([
+                "-c",
+                "fsync=off",
+                "-c",
+                "synchronous_commit=off",
+                "-c",
+                "full_page_writes=off",
+            ])
+            .args(["-c", "max_connections=200"])
+            .current_dir(&dir)
+            .stdout(Stdio::null())
+            .stderr(log);
+        // The server must not outlive the test binary: it gets SIGINT (fast shutdown) when
+        // the thread that spawned it ends, and that thread lives as long as the process.
+        unsafe {
+            use std::os::unix::process::CommandExt;
+            command.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGINT) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let (tx, rx) = std::sync::mpsc::channel::<std::io::Result<()>>();
+        std::thread::spawn(move || match command.spawn() {
+            Ok(child) => {
+                let _ = tx.send(Ok(()));
+                keep_forever(child);
+            }
+            Err(e) => {
+                let _ = tx.send(Err(e));
+            }
+        });
+        rx.recv().unwrap().expect("starting postgres");
+        Throwaway { dir, port }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("postgres.log")).unwrap_or_default()
+    }
+}
+
+fn keep_forever(mut child: Child) -> ! {
+    let _ = child.wait();
+    // The server stopped on its own: keep the thread, so nothing else is signalled.
+    loop {
+        std::thread::park();
+    }
+}
+
+fn find_bindir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("USERSYNC_PG_BINDIR") {
+        return PathBuf::from(dir);
+    }
+    if let Ok(out) = Command::new("pg_config").arg("--bindir").output()
+        && out.status.success()
+    {
+        let dir = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+        if dir.join("initdb").exists() {
+            return dir;
+        }
+    }
+    let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .map(|e| e.path().join("bin"))
+                .collect()
+        })
+        .unwrap_or_default();
+    versions.sort();
+    if let Some(dir) = versions
+        .into_iter()
+        .rev()
+        .find(|d| d.join("initdb").exists())
+    {
+        return dir;
+    }
+    for dir in std::env::var("PATH").unwrap_or_default().split(':') {
+        if Path::new(dir).join("initdb").exists() {
+            return PathBuf::from(dir);
+        }
+    }
+    panic!(
+        "no PostgreSQL server reachable and no initdb found: install PostgreSQL 15 or set USERSYNC_TEST_DATABASE_URL"
+    )
+}
+
+/// (uid, gid) of the `postgres` OS user when running as root; initdb refuses root.
+fn postgres_os_user() -> Option<(u32, u32)> {
+    if unsafe { libc::geteuid() } != 0 {
+        return None;
+    }
+    let name = std::ffi::CString::new("postgres").unwrap();
+    let pw = unsafe { libc::getpwnam(name.as_ptr()) };
+    assert!(
+        !pw.is_null(),
+        "running as root and there is no `postgres` OS user to run initdb as"
+    );
+    Some(unsafe { ((*pw).pw_uid, (*pw).pw_gid) })
+}
+
+fn as_owner(mut command: Command, owner: Option<(u32, u32)>) -> Command {
+    use std::os::unix::process::CommandExt;
+    if let Some((uid, gid)) = owner {
+        command.uid(uid).gid(gid).env("HOME", std::env::temp_dir());
+    }
+    command
+}
+
+fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port()
+}
+
+/// Directories of throwaway clusters whose test binary has died.
+fn remove_stale_dirs() {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name
+            .strip_prefix("usersync-it-")
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
+/// The database's schema as sorted text lines, free of OIDs: schemas, relations, columns,
+/// constraints, indexes, triggers, functions, policies, owners, grants and comments.
+/// Two databases with equal snapshots have the same schema for everything usersync touches.
+pub async fn schema_snapshot(client: &Client) -> Vec<String> {
+    const SQL: &str = "
+        WITH ns AS (
+            SELECT oid, nspname FROM pg_namespace
+            WHERE nspname NOT IN ('pg_catalog', 'information_schema', 'pg_toast')
+              AND nspname NOT LIKE 'pg_temp_%' AND nspname NOT LIKE 'pg_toast_temp_%'
+        ), rel AS (
+            SELECT c.* FROM pg_class c JOIN ns ON ns.oid = c.relnamespace
+        )
+        SELECT format('schema %s owner %s acl %s comment %s', nspname,
+                      pg_get_userbyid(n.nspowner), n.nspacl, obj_description(n.oid, 'pg_namespace'))
+        FROM pg_namespace n WHERE n.oid IN (SELECT oid FROM ns)
+        UNION ALL
+        SELECT format('relation %s kind %s owner %s rls %s/%s acl %s comment %s', oid::regclass,
+                      relkind, pg_get_userbyid(relowner), relrowsecurity, relforcerowsecurity,
+                      relacl, obj_description(oid, 'pg_class'))
+        FROM rel
+        UNION ALL
+        SELECT format('column %s.%s %s notnull %s default %s generated %s', a.attrelid::regclass,
+                      a.attname, format_type(a.atttypid, a.atttypmod), a.attnotnull,
+                      pg_get_expr(d.adbin, d.adrelid), a.attgenerated)
+        FROM pg_attribute a JOIN rel ON rel.oid = a.attrelid
+        LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
+        WHERE a.attnum > 0 AND NOT a.attisdropped AND rel.relkind IN ('r', 'v', 'p')
+        UNION ALL
+        SELECT format('constraint %s.%s %s valid %s', c.conrelid::regclass, c.conname,
+                      pg_get_constraintdef(c.oid), c.convalidated)
+        FROM pg_constraint c JOIN rel ON rel.oid = c.conrelid
+        UNION ALL
+        SELECT format('index %s', pg_get_indexdef(i.indexrelid))
+        FROM pg_index i JOIN rel ON rel.oid = i.indrelid
+        UNION ALL
+        SELECT format('trigger %s enabled %s', pg_get_triggerdef(t.oid), t.tgenabled)
+        FROM pg_trigger t JOIN rel ON rel.oid = t.tgrelid WHERE NOT t.tgisinternal
+        UNION ALL
+        SELECT format('function %s owner %s secdef %s config %s acl %s body %s',
+                      p.oid::regprocedure, pg_get_userbyid(p.proowner), p.prosecdef, p.proconfig,
+                      p.proacl, md5(p.prosrc))
+        FROM pg_proc p JOIN ns ON ns.oid = p.pronamespace
+        UNION ALL
+        SELECT format('policy %s.%s %s %s', polrelid::regclass, polname, polcmd,
+                      pg_get_expr(polqual, polrelid))
+        FROM pg_policy
+        ORDER BY 1";
+    client
+        .query(SQL, &[])
+        .await
+        .expect("reading the schema snapshot")
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
+/// Lines in one snapshot and not the other, for assertion messages.
+pub fn snapshot_diff(before: &[String], after: &[String]) -> String {
+    let gone: Vec<&String> = before.iter().filter(|l| !after.contains(l)).collect();
+    let new: Vec<&String> = after.iter().filter(|l| !before.contains(l)).collect();
+    format!("only before: {gone:#?}\nonly after: {new:#?}")
+}
+
+/// Number of rows in a table (a trusted name from the test itself).
+pub async fn count(client: &Client, table: &str) -> i64 {
+    client
+        .query_one(&format!("SELECT count(*) FROM {table}"), &[])
+        .await
+        .unwrap_or_else(|e| panic!("counting {table}: {e}"))
+        .get(0)
+}
