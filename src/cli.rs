@@ -29,6 +29,17 @@ pub struct Cli {
 pub enum Command {
     /// Print the effective configuration, secrets redacted.
     Config,
+    /// One reconciliation pass: create the missing profiles (exit 1 if any user failed).
+    Sync {
+        /// Detect only: list the users that would get a profile and write nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// With --dry-run, also show the profile each user would get.
+        #[arg(short, long)]
+        verbose: bool,
+        #[command(flatten)]
+        output: Output,
+    },
     /// Install, roll back, show and verify the schema usersync needs.
     Migrate {
         #[command(subcommand)]

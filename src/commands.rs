@@ -10,6 +10,7 @@ use crate::cli::{Cli, Command, Migrate};
 use crate::config::{Settings, Sources};
 use crate::db::{self, migrate, probe, verify};
 use crate::error::{Error, Result, exit};
+use crate::sync;
 
 /// Runs `cli` with settings already loaded; returns the process exit code.
 pub async fn run(cli: Cli, settings: Settings) -> Result<u8> {
@@ -19,6 +20,142 @@ pub async fn run(cli: Cli, settings: Settings) -> Result<u8> {
             Ok(exit::OK)
         }
         Command::Migrate { command } => run_migrate(command, &settings).await,
+        Command::Sync {
+            dry_run,
+            verbose,
+            output,
+        } => sync_command(&settings, dry_run, verbose, output.json).await,
+    }
+}
+
+async fn sync_command(settings: &Settings, dry_run: bool, verbose: bool, json: bool) -> Result<u8> {
+    let db = db::connect(&settings.database).await?;
+    let options = sync::Options {
+        dry_run,
+        preview: verbose,
+        ..sync::Options::from_settings(&settings.sync)
+    };
+    let progress = std::sync::Arc::new(sync::Progress::default());
+    let bar = progress_bar::start(progress.clone());
+    let report = sync::run(&db, &options, Some(progress)).await;
+    progress_bar::finish(bar).await;
+    let report = report?;
+    if json {
+        print_json(&report)?;
+    } else {
+        write_stdout(&sync_text(&report, verbose))?;
+    }
+    Ok(if report.failed > 0 {
+        exit::FAILED
+    } else {
+        exit::OK
+    })
+}
+
+fn sync_text(r: &sync::Report, verbose: bool) -> String {
+    let mut out = String::new();
+    if r.dry_run {
+        out.push_str(&format!(
+            "dry run: {} users would get a profile ({} scanned, {} soft-deleted and {} anonymous skipped); nothing written\n",
+            r.missing, r.scanned, r.skipped_deleted, r.skipped_anonymous
+        ));
+        if verbose {
+            for p in &r.profiles {
+                out.push_str(&format!("{p}\n"));
+            }
+        } else {
+            for id in &r.would_create {
+                out.push_str(&format!("{id}\n"));
+            }
+        }
+        return out;
+    }
+    if let Some(repair) = &r.repair {
+        out.push_str(&format!(
+            "repair queue: {} due, {} created, {} resolved, {} failed, {} remaining\n",
+            repair.due, repair.created, repair.resolved, repair.failed, repair.remaining
+        ));
+    }
+    out.push_str(&format!(
+        "sweep: {} scanned, {} missing, {} created, {} raced, {} deferred, {} failed; \
+         skipped {} soft-deleted, {} anonymous; {} batches (longest {:.0} ms) in {:.0} ms\n",
+        r.scanned,
+        r.missing,
+        r.created,
+        r.raced,
+        r.deferred,
+        r.failed,
+        r.skipped_deleted,
+        r.skipped_anonymous,
+        r.batches,
+        r.longest_batch_ms,
+        r.duration_ms
+    ));
+    if r.ranges_busy > 0 {
+        out.push_str(&format!(
+            "{} of {} ranges were being swept by another process\n",
+            r.ranges_busy, r.ranges
+        ));
+    }
+    for f in &r.failures {
+        out.push_str(&format!(
+            "failed {}: {} (SQLSTATE {})\n",
+            f.user_id, f.reason, f.sqlstate
+        ));
+    }
+    out
+}
+
+/// A progress bar on stderr for passes long enough to want one, only in a terminal.
+mod progress_bar {
+    use std::io::IsTerminal;
+    use std::sync::Arc;
+    use std::sync::atomic::Ordering;
+    use std::time::Duration;
+
+    use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+    use tokio::task::JoinHandle;
+
+    use crate::sync::Progress;
+
+    pub struct Bar {
+        bar: ProgressBar,
+        ticker: JoinHandle<()>,
+    }
+
+    pub fn start(progress: Arc<Progress>) -> Option<Bar> {
+        if !std::io::stderr().is_terminal() {
+            return None;
+        }
+        let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
+        bar.set_style(
+            ProgressStyle::with_template(
+                "{bar:30} {pos}/{len} users scanned, {msg} created  {per_sec}  ETA {eta}",
+            )
+            .expect("a valid template"),
+        );
+        let ticker_bar = bar.clone();
+        let ticker = tokio::spawn(async move {
+            // Nothing for the first second: short passes stay quiet.
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            loop {
+                let total = progress.total.load(Ordering::Relaxed);
+                let scanned = progress.scanned.load(Ordering::Relaxed);
+                ticker_bar.set_length(total.max(scanned));
+                ticker_bar.set_position(scanned);
+                ticker_bar.set_message(progress.created.load(Ordering::Relaxed).to_string());
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        });
+        Some(Bar { bar, ticker })
+    }
+
+    pub async fn finish(bar: Option<Bar>) {
+        if let Some(Bar { bar, ticker }) = bar {
+            ticker.abort();
+            let _ = ticker.await;
+            bar.finish_and_clear();
+        }
     }
 }
 
@@ -28,8 +165,8 @@ pub fn load_settings(cli: &Cli) -> Result<Settings> {
 }
 
 async fn run_migrate(command: Migrate, settings: &Settings) -> Result<u8> {
-    let pool = db::connect(&settings.database).await?;
-    let mut client = db::get(&pool, &settings.database).await?;
+    let db = db::connect(&settings.database).await?;
+    let mut client = db.get().await?;
     let client: &mut tokio_postgres::Client = &mut client;
     match command {
         Migrate::Up {

@@ -184,6 +184,15 @@ impl Settings {
             workers: in_range("sync.workers", raw.sync.workers, 1, 64)? as u32,
             include_anonymous: raw.sync.include_anonymous,
         };
+        if sync.workers as usize > database.pool_size {
+            return Err(Error::config(
+                "sync.workers",
+                format!(
+                    "{} workers need as many connections, but database.pool_size is {}",
+                    sync.workers, database.pool_size
+                ),
+            ));
+        }
         tracing_subscriber::EnvFilter::try_new(&raw.log.level)
             .map_err(|e| Error::config("log.level", format!("not a level or filter: {e}")))?;
         let log = LogSettings {

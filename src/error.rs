@@ -40,6 +40,10 @@ pub enum Error {
     #[error("{0}")]
     Migration(String),
 
+    /// Something usersync itself got wrong (a task that panicked).
+    #[error("internal error: {0}")]
+    Internal(String),
+
     /// A statement failed; `context` says what usersync was doing.
     #[error("{context}: {}", db_message(.source))]
     Db {

@@ -5,6 +5,8 @@
 //! - [`db`]: the pool; [`db::migrate`] the embedded migrations and their history;
 //!   [`db::verify`] the catalog checks behind `migrate verify`; [`db::probe`] the
 //!   rolled-back sign-up probe of `migrate verify --e2e`.
+//! - [`sync`]: the reconcile step: [`sync::plan`] detects users without a profile,
+//!   [`sync::apply`] creates them in batches, [`sync::repair`] drains the repair queue.
 //! - [`error`]: the crate-wide error and its exit codes.
 //! - [`telemetry`]: tracing to stderr, text or JSON.
 //! - [`cli`]: the command line definitions; [`commands`] runs them.
@@ -14,6 +16,7 @@ pub mod commands;
 pub mod config;
 pub mod db;
 pub mod error;
+pub mod sync;
 pub mod telemetry;
 
 pub use error::{Error, Result};

@@ -14,16 +14,48 @@ use crate::error::{Error, Result, db_message};
 
 pub use deadpool_postgres::{Client, Object};
 
+/// The pool, with what its errors need to name: host and port, never the password.
+#[derive(Clone)]
+pub struct Db {
+    pub pool: Pool,
+    target: String,
+    connect_timeout: Duration,
+}
+
+impl Db {
+    /// A pooled connection; failing to open one is `Unreachable` (exit 69).
+    pub async fn get(&self) -> Result<Object> {
+        use deadpool_postgres::PoolError;
+        self.pool.get().await.map_err(|e| {
+            let reason = match &e {
+                PoolError::Backend(pg) => db_message(pg),
+                PoolError::Timeout(_) => {
+                    format!("timed out after {}s", self.connect_timeout.as_secs())
+                }
+                other => other.to_string(),
+            };
+            Error::Unreachable {
+                target: self.target.clone(),
+                reason,
+            }
+        })
+    }
+
+    /// host:port of the database, for messages.
+    pub fn target(&self) -> &str {
+        &self.target
+    }
+}
+
 /// Builds the pool and opens one connection, so an unreachable database is reported at once.
-pub async fn connect(settings: &DatabaseSettings) -> Result<Pool> {
-    let pool = pool(settings)?;
-    let client = get(&pool, settings).await?;
-    drop(client);
-    Ok(pool)
+pub async fn connect(settings: &DatabaseSettings) -> Result<Db> {
+    let db = pool(settings)?;
+    drop(db.get().await?);
+    Ok(db)
 }
 
 /// Builds the pool without connecting.
-pub fn pool(settings: &DatabaseSettings) -> Result<Pool> {
+pub fn pool(settings: &DatabaseSettings) -> Result<Db> {
     let mut pg = settings.pg.clone();
     pg.connect_timeout(settings.connect_timeout);
     if pg.get_application_name().is_none() {
@@ -36,29 +68,16 @@ pub fn pool(settings: &DatabaseSettings) -> Result<Pool> {
             recycling_method: RecyclingMethod::Fast,
         },
     );
-    Pool::builder(manager)
+    let pool = Pool::builder(manager)
         .max_size(settings.pool_size)
         .runtime(Runtime::Tokio1)
         .create_timeout(Some(settings.connect_timeout + Duration::from_secs(1)))
         .wait_timeout(Some(settings.connect_timeout * 6))
         .build()
-        .map_err(|e| Error::ConfigSource(format!("database pool: {e}")))
-}
-
-/// A pooled connection; failing to open one is `Unreachable` (exit 69), named by host and port.
-pub async fn get(pool: &Pool, settings: &DatabaseSettings) -> Result<Object> {
-    use deadpool_postgres::PoolError;
-    pool.get().await.map_err(|e| {
-        let reason = match &e {
-            PoolError::Backend(pg) => db_message(pg),
-            PoolError::Timeout(_) => {
-                format!("timed out after {}s", settings.connect_timeout.as_secs())
-            }
-            other => other.to_string(),
-        };
-        Error::Unreachable {
-            target: target(&settings.pg),
-            reason,
-        }
+        .map_err(|e| Error::ConfigSource(format!("database pool: {e}")))?;
+    Ok(Db {
+        pool,
+        target: target(&settings.pg),
+        connect_timeout: settings.connect_timeout,
     })
 }

@@ -1,0 +1,101 @@
+//! The repair queue drain: users the sign-up trigger failed on, retried first and quickly.
+//!
+//! Due items (`next_attempt_at <= now()`) are claimed with `FOR UPDATE SKIP LOCKED` and a
+//! short lease, so two replicas draining at once never take the same user. Each is retried through the same batch
+//! creation as the sweep; an item that fails again gets one more attempt recorded, its error,
+//! and a longer backoff, and never blocks the others.
+
+use tokio_postgres::Client;
+use uuid::Uuid;
+
+use crate::error::{DbContext, Result};
+use crate::sync::apply;
+
+/// What a repair pass did.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct RepairReport {
+    /// Items whose backoff had expired.
+    pub due: u64,
+    pub created: u64,
+    /// Resolved meanwhile: the user has a profile, was deleted, or is not eligible.
+    pub resolved: u64,
+    pub failed: u64,
+    /// Items still in the queue after the pass, due or not.
+    pub remaining: u64,
+}
+
+/// Items taken per round; a pass keeps going until no due item is left.
+const ROUND: i64 = 1000;
+
+/// Drains every due item. `include_anonymous` follows `sync.include_anonymous`.
+pub async fn drain(
+    client: &mut Client,
+    include_anonymous: bool,
+    failures: &mut Vec<apply::Failure>,
+) -> Result<RepairReport> {
+    let mut report = RepairReport::default();
+    loop {
+        // Claim a round: a lease of a minute keeps other replicas off these items while this
+        // one works on them; success removes an item, failure sets its real backoff.
+        let tx = client
+            .transaction()
+            .await
+            .context("starting a repair round")?;
+        let ids: Vec<Uuid> = tx
+            .query(
+                "UPDATE usersync.repair_queue q SET next_attempt_at = now() + interval '1 minute'
+                 WHERE q.user_id IN (SELECT user_id FROM usersync.repair_queue
+                                     WHERE next_attempt_at <= now()
+                                     ORDER BY next_attempt_at LIMIT $1 FOR UPDATE SKIP LOCKED)
+                 RETURNING q.user_id",
+                &[&ROUND],
+            )
+            .await
+            .context("claiming repair queue items")?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        if ids.is_empty() {
+            tx.commit().await.context("ending a repair round")?;
+            break;
+        }
+        // Users that no longer need a profile leave the queue without an attempt.
+        let resolved: Vec<Uuid> = tx
+            .query(
+                "DELETE FROM usersync.repair_queue q USING auth.users u
+                 WHERE q.user_id = ANY($1) AND u.id = q.user_id
+                   AND (u.deleted_at IS NOT NULL
+                        OR (u.is_anonymous AND NOT $2)
+                        OR EXISTS (SELECT 1 FROM public.user_profiles p WHERE p.id = u.id))
+                 RETURNING q.user_id",
+                &[&ids, &include_anonymous],
+            )
+            .await
+            .context("removing resolved repair queue items")?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        tx.commit().await.context("ending a repair round")?;
+
+        report.due += ids.len() as u64;
+        report.resolved += resolved.len() as u64;
+        let retry: Vec<Uuid> = ids
+            .into_iter()
+            .filter(|id| !resolved.contains(id))
+            .collect();
+        if retry.is_empty() {
+            continue;
+        }
+        let outcome = apply::create(client, &retry, include_anonymous, true).await?;
+        report.created += outcome.created;
+        report.resolved += outcome.raced;
+        report.failed += outcome.failures.len() as u64;
+        failures.extend(outcome.failures);
+    }
+    report.remaining = client
+        .query_one("SELECT count(*) FROM usersync.repair_queue", &[])
+        .await
+        .context("counting the repair queue")?
+        .get::<_, i64>(0) as u64;
+    Ok(report)
+}
