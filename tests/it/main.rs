@@ -6,4 +6,5 @@ mod support;
 mod cli;
 mod migrate;
 mod signup;
+mod sync;
 mod verify;

@@ -1,0 +1,532 @@
+//! The sync engine: properties 6-10 on random populations, the repair queue, concurrency.
+
+use std::collections::BTreeSet;
+
+use proptest::prelude::*;
+use serde_json::json;
+use tokio_postgres::Client;
+use usersync::sync::{self, Options};
+use uuid::Uuid;
+
+use crate::property;
+use crate::support::{AuthUser, TestDb, count, insert_users, usersync};
+
+/// One user of a generated population.
+#[derive(Clone, Debug)]
+struct Member {
+    user: AuthUser,
+    /// Some(edits) when the user already has a profile, edited by the application.
+    profile: Option<AppEdits>,
+}
+
+#[derive(Clone, Debug)]
+struct AppEdits {
+    full_name: Option<String>,
+    role: String,
+    is_active: bool,
+}
+
+fn member() -> impl Strategy<Value = Member> {
+    let kind = 0..4u8; // email, phone, anonymous, email with OAuth metadata
+    let edits = prop::option::of(
+        (
+            prop::option::of("\\PC{0,30}"),
+            prop_oneof![
+                Just("user".to_string()),
+                Just("admin".to_string()),
+                "[a-z]{1,8}"
+            ],
+            any::<bool>(),
+        )
+            .prop_map(|(full_name, role, is_active)| AppEdits {
+                full_name,
+                role,
+                is_active,
+            }),
+    );
+    (kind, any::<bool>(), prop::bool::weighted(0.2), edits).prop_map(
+        |(kind, named, deleted, profile)| {
+            let id = Uuid::new_v4();
+            let meta = match (kind, named) {
+                (3, _) => json!({"name": "Ada Lovelace", "picture": "https://example.test/a.png"}),
+                (_, true) => json!({"full_name": "  Grace Hopper  "}),
+                (_, false) => json!({}),
+            };
+            Member {
+                user: AuthUser {
+                    id,
+                    email: matches!(kind, 0 | 3).then(|| format!("{}@example.test", id.simple())),
+                    phone: (kind == 1).then(|| format!("1{}", id.as_u128() % 10u128.pow(14))),
+                    is_anonymous: kind == 2,
+                    user_meta: Some(meta),
+                    created_at: Some(chrono::Utc::now()),
+                    deleted,
+                },
+                profile,
+            }
+        },
+    )
+}
+
+/// A population plus how the pass runs over it.
+#[derive(Clone, Debug)]
+struct Case {
+    members: Vec<Member>,
+    workers: u32,
+    batch_size: u32,
+    include_anonymous: bool,
+}
+
+fn case() -> impl Strategy<Value = Case> {
+    (
+        prop::collection::vec(member(), 0..60),
+        1u32..4,
+        1u32..25,
+        any::<bool>(),
+    )
+        .prop_map(|(members, workers, batch_size, include_anonymous)| Case {
+            members,
+            workers,
+            batch_size,
+            include_anonymous,
+        })
+}
+
+/// Loads a population with the trigger off (users from before the trigger, a restore), then
+/// gives some of them a profile the application has edited.
+async fn load(admin: &Client, members: &[Member]) -> Result<(), TestCaseError> {
+    admin
+        .batch_execute(
+            "TRUNCATE auth.users CASCADE;
+             ALTER TABLE auth.users DISABLE TRIGGER usersync_on_auth_user_created",
+        )
+        .await
+        .map_err(property::fail)?;
+    let users: Vec<AuthUser> = members.iter().map(|m| m.user.clone()).collect();
+    insert_users(admin, &users).await.map_err(property::fail)?;
+    admin
+        .batch_execute("ALTER TABLE auth.users ENABLE TRIGGER usersync_on_auth_user_created")
+        .await
+        .map_err(property::fail)?;
+    for m in members {
+        if let Some(e) = &m.profile {
+            admin
+                .execute(
+                    "INSERT INTO public.user_profiles (id, email, full_name, role, is_active, created_at, updated_at)
+                     VALUES ($1, 'edited@app.test', $2, $3, $4, '2001-01-01', '2002-02-02')",
+                    &[&m.user.id, &e.full_name, &e.role, &e.is_active],
+                )
+                .await
+                .map_err(property::fail)?;
+        }
+    }
+    Ok(())
+}
+
+/// Every profile as text, by id: what "byte-identical" is compared on.
+async fn profiles(client: &Client) -> Vec<(Uuid, String)> {
+    client
+        .query(
+            "SELECT id, to_jsonb(p)::text FROM public.user_profiles p ORDER BY id",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect()
+}
+
+/// The users that should get a profile, computed independently of usersync's SQL.
+async fn missing_by_sql(client: &Client, include_anonymous: bool) -> Vec<Uuid> {
+    client
+        .query(
+            "SELECT id FROM auth.users WHERE deleted_at IS NULL AND ($1 OR NOT is_anonymous)
+             EXCEPT SELECT id FROM public.user_profiles ORDER BY 1",
+            &[&include_anonymous],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
+async fn scalar(client: &Client, sql: &str) -> i64 {
+    client.query_one(sql, &[]).await.unwrap().get(0)
+}
+
+fn options(case: &Case, dry_run: bool) -> Options {
+    Options {
+        dry_run,
+        preview: false,
+        workers: case.workers,
+        batch_size: case.batch_size,
+        include_anonymous: case.include_anonymous,
+    }
+}
+
+/// Properties 6-10 on one population: detection, creation, preservation, reporting accuracy
+/// and idempotence. One population serves all five, so each case checks them together.
+#[test]
+fn property_06_to_10_sync_detects_creates_preserves_reports_and_is_idempotent() {
+    let rt = property::runtime();
+    let (test_db, db) = rt.block_on(async {
+        let test_db = TestDb::migrated().await;
+        let db = usersync::db::connect(&test_db.settings().database)
+            .await
+            .unwrap();
+        (test_db, db)
+    });
+    property::check("property_06_to_10", case(), |case| {
+        rt.block_on(async {
+            let admin = test_db.admin().await;
+            load(&admin, &case.members).await?;
+            let before = profiles(&admin).await;
+            let expected = missing_by_sql(&admin, case.include_anonymous).await;
+            let deleted_without = scalar(&admin, "SELECT count(*) FROM auth.users u WHERE deleted_at IS NOT NULL AND NOT EXISTS (SELECT 1 FROM public.user_profiles p WHERE p.id = u.id)").await;
+            let anonymous_without = scalar(&admin, "SELECT count(*) FROM auth.users u WHERE deleted_at IS NULL AND is_anonymous AND NOT EXISTS (SELECT 1 FROM public.user_profiles p WHERE p.id = u.id)").await;
+            let deleted_with: Vec<(Uuid, String)> = before
+                .iter()
+                .filter(|(id, _)| case.members.iter().any(|m| m.user.id == *id && m.user.deleted))
+                .cloned()
+                .collect();
+
+            // Property 6, detection: the dry run finds exactly the SQL's set and writes nothing.
+            let dry = sync::run(&db, &options(&case, true), None).await.map_err(property::fail)?;
+            prop_assert_eq!(&dry.would_create, &expected);
+            prop_assert_eq!(dry.missing, expected.len() as u64);
+            prop_assert_eq!(profiles(&admin).await, before.clone(), "a dry run wrote");
+
+            let report = sync::run(&db, &options(&case, false), None).await.map_err(property::fail)?;
+            let after = profiles(&admin).await;
+
+            // Property 7, creation: every live (eligible) user has one profile with the
+            // defaults; no deleted user gained one.
+            prop_assert!(missing_by_sql(&admin, case.include_anonymous).await.is_empty());
+            let created: Vec<&(Uuid, String)> =
+                after.iter().filter(|(id, _)| expected.contains(id)).collect();
+            prop_assert_eq!(created.len(), expected.len());
+            for (id, row) in created {
+                let row: serde_json::Value = serde_json::from_str(row).unwrap();
+                prop_assert_eq!(&row["role"], "user", "{}", id);
+                prop_assert_eq!(&row["is_active"], true, "{}", id);
+            }
+            let deleted_after: Vec<(Uuid, String)> = after
+                .iter()
+                .filter(|(id, _)| case.members.iter().any(|m| m.user.id == *id && m.user.deleted))
+                .cloned()
+                .collect();
+            prop_assert_eq!(deleted_after, deleted_with);
+
+            // Property 8, preservation: every profile that existed is identical, whole row.
+            for (id, row) in &before {
+                let now = after.iter().find(|(a, _)| a == id).map(|(_, r)| r);
+                prop_assert_eq!(now, Some(row), "profile {} changed", id);
+            }
+
+            // Property 9, reporting accuracy: every count is the measured difference.
+            prop_assert_eq!(report.scanned, case.members.len() as u64);
+            prop_assert_eq!(report.missing, expected.len() as u64);
+            prop_assert_eq!(report.total_created(), (after.len() - before.len()) as u64);
+            prop_assert_eq!(report.created, expected.len() as u64);
+            prop_assert_eq!(report.raced, 0);
+            prop_assert_eq!(report.failed, 0);
+            prop_assert_eq!(report.skipped_deleted, deleted_without as u64);
+            let anonymous_skipped = if case.include_anonymous { 0 } else { anonymous_without as u64 };
+            prop_assert_eq!(report.skipped_anonymous, anonymous_skipped);
+            let batches: u64 = expected.len().div_ceil(case.batch_size as usize) as u64;
+            prop_assert!(report.batches >= batches.min(1) && report.batches <= batches + 16);
+
+            // Property 10, idempotence: a second pass finds and creates nothing.
+            let again = sync::run(&db, &options(&case, false), None).await.map_err(property::fail)?;
+            prop_assert_eq!(again.missing, 0);
+            prop_assert_eq!(again.total_created(), 0);
+            prop_assert_eq!(profiles(&admin).await, after);
+            Ok(())
+        })
+    });
+}
+
+fn default_options() -> Options {
+    Options {
+        dry_run: false,
+        preview: false,
+        workers: 2,
+        batch_size: 100,
+        include_anonymous: true,
+    }
+}
+
+async fn users_without_trigger(admin: &Client, users: &[AuthUser]) {
+    admin
+        .batch_execute("ALTER TABLE auth.users DISABLE TRIGGER usersync_on_auth_user_created")
+        .await
+        .unwrap();
+    insert_users(admin, users).await.unwrap();
+    admin
+        .batch_execute("ALTER TABLE auth.users ENABLE TRIGGER usersync_on_auth_user_created")
+        .await
+        .unwrap();
+}
+
+fn emails(n: usize, tag: &str) -> Vec<AuthUser> {
+    (0..n)
+        .map(|i| {
+            AuthUser::email(&format!(
+                "{tag}{i}.{}@example.test",
+                Uuid::new_v4().simple()
+            ))
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_repaired_profile_is_identical_to_one_the_trigger_makes() {
+    let test_db = TestDb::migrated().await;
+    let admin = test_db.admin().await;
+    let mut user = AuthUser::email("ada@example.test");
+    user.user_meta = Some(json!({"name": " Ada ", "avatar_url": "https://example.test/ada.png"}));
+    let mut twin = user.clone();
+    twin.id = Uuid::new_v4();
+    twin.email = Some("twin@example.test".into());
+    insert_users(&admin, std::slice::from_ref(&twin))
+        .await
+        .unwrap();
+    users_without_trigger(&admin, std::slice::from_ref(&user)).await;
+
+    let db = usersync::db::connect(&test_db.settings().database)
+        .await
+        .unwrap();
+    let report = sync::run(&db, &default_options(), None).await.unwrap();
+    assert_eq!(report.created, 1);
+    let rows = admin
+        .query(
+            "SELECT full_name, avatar_url, role, is_active, created_at FROM public.user_profiles
+             WHERE id = ANY($1) ORDER BY email",
+            &[&vec![user.id, twin.id]],
+        )
+        .await
+        .unwrap();
+    let by_trigger: (Option<String>, Option<String>, String, bool) = (
+        rows[1].get(0),
+        rows[1].get(1),
+        rows[1].get(2),
+        rows[1].get(3),
+    );
+    let by_sync: (Option<String>, Option<String>, String, bool) = (
+        rows[0].get(0),
+        rows[0].get(1),
+        rows[0].get(2),
+        rows[0].get(3),
+    );
+    assert_eq!(by_sync, by_trigger);
+    assert_eq!(by_sync.0.as_deref(), Some("Ada"));
+}
+
+#[tokio::test]
+async fn the_repair_queue_is_drained_first_and_a_failing_item_never_blocks_the_others() {
+    let test_db = TestDb::migrated().await;
+    let admin = test_db.admin().await;
+    // Sign-ups while the application's CHECK rejects everyone: all queued by the trigger.
+    admin
+        .batch_execute(
+            "ALTER TABLE public.user_profiles ADD CONSTRAINT picky CHECK (false) NOT VALID",
+        )
+        .await
+        .unwrap();
+    let mut users = emails(5, "queued");
+    users[0].user_meta = Some(json!({"full_name": "Bobby Tables"}));
+    insert_users(&admin, &users).await.unwrap();
+    assert_eq!(count(&admin, "usersync.repair_queue").await, 5);
+    // The fix lands, but one user still fails it.
+    admin
+        .batch_execute(
+            "ALTER TABLE public.user_profiles DROP CONSTRAINT picky,
+                 ADD CONSTRAINT picky CHECK (full_name IS DISTINCT FROM 'Bobby Tables') NOT VALID",
+        )
+        .await
+        .unwrap();
+
+    let db = usersync::db::connect(&test_db.settings().database)
+        .await
+        .unwrap();
+    let report = sync::run(&db, &default_options(), None).await.unwrap();
+    let repair = report.repair.clone().unwrap();
+    assert_eq!(
+        (repair.due, repair.created, repair.failed, repair.remaining),
+        (5, 4, 1, 1),
+        "{report:#?}"
+    );
+    assert_eq!(report.failed, 1);
+    assert_eq!(report.failures[0].user_id, users[0].id);
+    assert_eq!(report.failures[0].sqlstate, "23514");
+    assert!(
+        report.failures[0].reason.contains("picky"),
+        "{:?}",
+        report.failures
+    );
+    // The sweep leaves the failed user to its backoff instead of failing it again.
+    assert_eq!((report.missing, report.deferred, report.created), (1, 1, 0));
+
+    let row = admin
+        .query_one(
+            "SELECT attempts, last_sqlstate, next_attempt_at > now() + interval '5 seconds'
+             FROM usersync.repair_queue WHERE user_id = $1",
+            &[&users[0].id],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, i32>(0), 1);
+    assert_eq!(row.get::<_, String>(1), "23514");
+    assert!(row.get::<_, bool>(2), "backed off");
+
+    // Nothing due: an immediate second pass does not retry it.
+    let again = sync::run(&db, &default_options(), None).await.unwrap();
+    assert_eq!(again.repair.unwrap().due, 0);
+    assert_eq!(again.failed, 0);
+}
+
+#[tokio::test]
+async fn a_failing_batch_creates_the_rest_and_queues_each_failure_with_its_reason() {
+    let test_db = TestDb::migrated().await;
+    let admin = test_db.admin().await;
+    let mut users = emails(30, "batch");
+    for u in users.iter_mut().take(3) {
+        u.user_meta = Some(json!({"full_name": "Rejected"}));
+    }
+    users_without_trigger(&admin, &users).await;
+    admin
+        .batch_execute("ALTER TABLE public.user_profiles ADD CONSTRAINT no_rejects CHECK (full_name IS DISTINCT FROM 'Rejected')")
+        .await
+        .unwrap();
+    let db = usersync::db::connect(&test_db.settings().database)
+        .await
+        .unwrap();
+    let options = Options {
+        batch_size: 1000,
+        ..default_options()
+    };
+    let report = sync::run(&db, &options, None).await.unwrap();
+    assert_eq!(
+        (report.missing, report.created, report.failed),
+        (30, 27, 3),
+        "{report:#?}"
+    );
+    let failed: BTreeSet<Uuid> = report.failures.iter().map(|f| f.user_id).collect();
+    let expected: BTreeSet<Uuid> = users.iter().take(3).map(|u| u.id).collect();
+    assert_eq!(failed, expected);
+    assert_eq!(count(&admin, "usersync.repair_queue").await, 3);
+}
+
+/// Sign-ups keep arriving, trigger on and then off, while two syncs with two workers each run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_syncs_and_sign_ups_leave_every_user_with_exactly_one_profile() {
+    for trigger_on in [true, false] {
+        let test_db = TestDb::migrated().await;
+        let admin = test_db.admin().await;
+        users_without_trigger(&admin, &emails(2000, "old")).await;
+        if !trigger_on {
+            admin
+                .batch_execute(
+                    "ALTER TABLE auth.users DISABLE TRIGGER usersync_on_auth_user_created",
+                )
+                .await
+                .unwrap();
+        }
+        let settings = test_db.settings();
+        let (a, b) = (
+            usersync::db::connect(&settings.database).await.unwrap(),
+            usersync::db::connect(&settings.database).await.unwrap(),
+        );
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let signer = {
+            let stop = stop.clone();
+            let client = test_db.admin().await;
+            tokio::spawn(async move {
+                let mut signed = 0usize;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    insert_users(&client, &emails(10, "new")).await?;
+                    signed += 10;
+                }
+                Ok::<usize, tokio_postgres::Error>(signed)
+            })
+        };
+        let options = Options {
+            batch_size: 50,
+            ..default_options()
+        };
+        for _ in 0..3 {
+            let (ra, rb) =
+                tokio::join!(sync::run(&a, &options, None), sync::run(&b, &options, None));
+            let (ra, rb) = (ra.unwrap(), rb.unwrap());
+            assert_eq!(ra.failed + rb.failed, 0, "{ra:#?} {rb:#?}");
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let signed = signer.await.unwrap().expect("no sign-up was refused");
+        assert!(signed > 0);
+        let last = sync::run(&a, &options, None).await.unwrap();
+        assert_eq!(last.failed, 0);
+        assert_eq!(count(&admin, "auth.users").await, 2000 + signed as i64);
+        assert_eq!(
+            count(&admin, "public.user_profiles").await,
+            2000 + signed as i64,
+            "trigger on: {trigger_on}"
+        );
+        assert!(missing_by_sql(&admin, true).await.is_empty());
+        assert_eq!(count(&admin, "usersync.repair_queue").await, 0);
+    }
+}
+
+#[tokio::test]
+async fn sync_on_the_command_line_reports_then_creates_exactly_the_missing_profiles() {
+    let test_db = TestDb::migrated().await;
+    let admin = test_db.admin().await;
+    admin
+        .batch_execute(
+            "INSERT INTO auth.users (id, email, created_at, deleted_at)
+             SELECT gen_random_uuid(), 'cli' || g || '@example.test', now(),
+                    CASE WHEN g % 10 = 0 THEN now() END
+             FROM generate_series(1, 3000) g;
+             DELETE FROM public.user_profiles WHERE id IN
+                 (SELECT id FROM public.user_profiles ORDER BY id LIMIT 700);
+             UPDATE public.user_profiles SET role = 'editor'",
+        )
+        .await
+        .unwrap();
+    let before = profiles(&admin).await;
+    let expected = missing_by_sql(&admin, true).await;
+    assert!(expected.len() > 500);
+    let url = test_db.app_url();
+    let env = [("DATABASE_URL", url.as_str())];
+
+    let (code, stdout, stderr) = usersync(&["sync", "--dry-run", "--json"], &env);
+    assert_eq!(code, 0, "{stderr}");
+    let dry: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let listed: Vec<Uuid> = serde_json::from_value(dry["would_create"].clone()).unwrap();
+    assert_eq!(listed, expected);
+    assert_eq!(profiles(&admin).await, before);
+
+    let (code, stdout, stderr) = usersync(&["sync", "--json"], &env);
+    assert_eq!(code, 0, "{stderr}");
+    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(report["created"], expected.len());
+    assert!(missing_by_sql(&admin, true).await.is_empty());
+    let after = profiles(&admin).await;
+    assert!(
+        before.iter().all(|p| after.contains(p)),
+        "pre-existing profiles unchanged"
+    );
+
+    let (code, stdout, _) = usersync(&["sync", "--json"], &env);
+    assert_eq!(code, 0);
+    let again: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(
+        (again["missing"].as_u64(), again["created"].as_u64()),
+        (Some(0), Some(0))
+    );
+
+    let (code, stdout, _) = usersync(&["sync"], &env);
+    assert_eq!(code, 0);
+    assert!(stdout.contains("0 missing, 0 created"), "{stdout}");
+}
