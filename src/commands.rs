@@ -130,7 +130,7 @@ mod progress_bar {
         let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
         bar.set_style(
             ProgressStyle::with_template(
-                "{bar:30} {pos}/{len} users scanned, {msg} created  {per_sec}  ETA {eta}",
+                "{bar:30} {pos}/{len} missing users handled, {msg} created  {per_sec}  ETA {eta}",
             )
             .expect("a valid template"),
         );
@@ -140,9 +140,9 @@ mod progress_bar {
             tokio::time::sleep(Duration::from_secs(1)).await;
             loop {
                 let total = progress.total.load(Ordering::Relaxed);
-                let scanned = progress.scanned.load(Ordering::Relaxed);
-                ticker_bar.set_length(total.max(scanned));
-                ticker_bar.set_position(scanned);
+                let done = progress.done.load(Ordering::Relaxed);
+                ticker_bar.set_length(total.max(done));
+                ticker_bar.set_position(done);
                 ticker_bar.set_message(progress.created.load(Ordering::Relaxed).to_string());
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }

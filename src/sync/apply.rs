@@ -1,7 +1,7 @@
 //! Creation: profiles for a batch of user ids, through the one builder the trigger uses.
 //!
-//! A batch is one statement, so one short transaction: `INSERT … ON CONFLICT (id) DO NOTHING`
-//! of what `usersync.build_profile` returns. A user whose profile appeared meanwhile (the
+//! A batch is one short transaction: `INSERT … ON CONFLICT (id) DO NOTHING` of what
+//! `usersync.build_profile` returns. A user whose profile appeared meanwhile (the
 //! trigger, the application, another replica) is raced, not an error; an existing profile is
 //! never updated. When the batch fails as a whole, its users are retried one by one so that one
 //! bad row fails alone; each failure goes to the repair queue with a backoff.
@@ -13,6 +13,7 @@ use tokio_postgres::{Client, GenericClient};
 use uuid::Uuid;
 
 use crate::error::{DbContext, Result, is_connection_error};
+use crate::sync::plan::Tid;
 
 /// What one batch did.
 #[derive(Clone, Debug, Default)]
@@ -23,6 +24,8 @@ pub struct BatchOutcome {
     /// In the repair queue and waiting out its backoff.
     pub deferred: u64,
     pub failures: Vec<Failure>,
+    /// Deferred and failed users: still without a profile, on purpose.
+    pub left_missing: Vec<Uuid>,
     pub elapsed: Duration,
 }
 
@@ -34,29 +37,27 @@ pub struct Failure {
     pub reason: String,
 }
 
-// The batch: users still live, not waiting out a repair backoff, inserted as the builder
-// makes them; a queued user who got a profile leaves the queue. Not cached: a fresh statement
-// keeps a custom plan (see plan.rs).
+// The batch: users still live and not waiting out a repair backoff, inserted as the builder
+// makes them; a plain INSERT, whose row count is the number created. With row addresses ($4)
+// the users are fetched by address (a TID scan, no index descent per user); without, by id.
+// The builder is inlined on the table's own row. Not cached: a fresh statement keeps a custom
+// plan, in which `$4 IS NULL` folds away (see plan.rs).
 const CREATE: &str = "
-    WITH due AS (
-        SELECT u FROM auth.users u
-        WHERE u.id = ANY($1) AND u.deleted_at IS NULL AND ($3 OR NOT u.is_anonymous)
-          AND ($2 OR NOT EXISTS (SELECT 1 FROM usersync.repair_queue q
-                                 WHERE q.user_id = u.id AND q.next_attempt_at > now()))
-    ), created AS (
-        INSERT INTO public.user_profiles AS t
-            (id, email, full_name, avatar_url, role, is_active, created_at, updated_at)
-        SELECT p.id, p.email, p.full_name, p.avatar_url, p.role, p.is_active, p.created_at, p.updated_at
-        FROM due CROSS JOIN LATERAL usersync.build_profile(due.u) AS p
-        ON CONFLICT (id) DO NOTHING
-        RETURNING t.id
-    ), repaired AS (
-        DELETE FROM usersync.repair_queue q USING created c WHERE q.user_id = c.id
-    )
-    SELECT (SELECT count(*) FROM created),
-           (SELECT count(*) FROM usersync.repair_queue q
-            WHERE NOT $2 AND q.user_id = ANY($1) AND q.next_attempt_at > now()
-              AND NOT EXISTS (SELECT 1 FROM created c WHERE c.id = q.user_id))";
+    INSERT INTO public.user_profiles
+        (id, email, full_name, avatar_url, role, is_active, created_at, updated_at)
+    SELECT p.id, p.email, p.full_name, p.avatar_url, p.role, p.is_active, p.created_at, p.updated_at
+    FROM auth.users u CROSS JOIN LATERAL usersync.build_profile(u) AS p
+    WHERE u.id = ANY($1) AND ($4::tid[] IS NULL OR u.ctid = ANY($4))
+      AND u.deleted_at IS NULL AND ($3 OR NOT u.is_anonymous)
+      AND ($2 OR NOT EXISTS (SELECT 1 FROM usersync.repair_queue q
+                             WHERE q.user_id = u.id AND q.next_attempt_at > now()))
+    ON CONFLICT (id) DO NOTHING";
+
+// Of a batch's users still without a profile, those waiting out a repair backoff.
+const DEFERRED: &str = "
+    SELECT q.user_id FROM usersync.repair_queue q
+    WHERE q.user_id = ANY($1) AND q.next_attempt_at > now()
+      AND NOT EXISTS (SELECT 1 FROM public.user_profiles p WHERE p.id = q.user_id)";
 
 /// Records a failure: a new queue entry, or one more attempt with a longer backoff
 /// (10 s doubling per attempt, at most an hour).
@@ -72,36 +73,79 @@ const RECORD_FAILURE: &str = "
             next_attempt_at = now() + least(interval '10 seconds' * power(2, least(q.attempts, 20)),
                                             interval '1 hour')";
 
-/// Creates the profiles of `ids` (sorted, one batch). `repairing` is false for the sweep, which
-/// leaves users in a repair backoff alone, and true for the repair pass, which picked due ones.
+/// Creates the profiles of one batch of users. `tids`, when given, are where their rows were
+/// when detected: users still there are fetched by address, and only when some are not (the
+/// row moved, or needs no profile any more) is the batch run again by id. `repairing` is false
+/// for the sweep, which leaves users in a repair backoff alone, and true for the repair pass,
+/// which picked due ones.
 pub async fn create(
     client: &mut Client,
     ids: &[Uuid],
+    tids: Option<&[Tid]>,
     include_anonymous: bool,
     repairing: bool,
 ) -> Result<BatchOutcome> {
     let started = Instant::now();
-    let result = client
-        .query_one(CREATE, &[&ids, &repairing, &include_anonymous])
-        .await;
+    let mut result = create_batch(client, ids, tids, include_anonymous, repairing).await;
+    if tids.is_some()
+        && let Ok((created, deferred)) = &result
+        && (*created + deferred.len() as u64) < ids.len() as u64
+    {
+        let created = *created;
+        result = create_batch(client, ids, None, include_anonymous, repairing)
+            .await
+            .map(|(again, deferred)| (created + again, deferred));
+    }
     let mut outcome = match result {
-        Ok(row) => {
-            let created = row.get::<_, i64>(0) as u64;
-            let deferred = row.get::<_, i64>(1) as u64;
-            BatchOutcome {
-                created,
-                deferred,
-                raced: ids.len() as u64 - created - deferred,
-                ..BatchOutcome::default()
-            }
-        }
+        Ok((created, deferred)) => BatchOutcome {
+            created,
+            deferred: deferred.len() as u64,
+            raced: ids.len() as u64 - created - deferred.len() as u64,
+            left_missing: deferred,
+            ..BatchOutcome::default()
+        },
         Err(e) if is_connection_error(&e) => {
             return Err(e).context("creating a batch of profiles");
         }
         Err(_) => one_by_one(client, ids, include_anonymous, repairing).await?,
     };
     outcome.elapsed = started.elapsed();
+    tracing::debug!(
+        users = ids.len(),
+        created = outcome.created,
+        elapsed_ms = outcome.elapsed.as_millis() as u64,
+        "batch"
+    );
     Ok(outcome)
+}
+
+/// One batch, one transaction. Its commit need not wait for the disk: a batch lost in a crash
+/// is detected and created again by the next pass, so `synchronous_commit` is off for it.
+/// Returns how many profiles it created and which users wait out a repair backoff.
+async fn create_batch(
+    client: &mut Client,
+    ids: &[Uuid],
+    tids: Option<&[Tid]>,
+    include_anonymous: bool,
+    repairing: bool,
+) -> std::result::Result<(u64, Vec<Uuid>), tokio_postgres::Error> {
+    let tx = client.transaction().await?;
+    tx.batch_execute("SET LOCAL synchronous_commit = off")
+        .await?;
+    let created = tx
+        .execute(CREATE, &[&ids, &repairing, &include_anonymous, &tids])
+        .await?;
+    let deferred = if repairing || created == ids.len() as u64 {
+        Vec::new()
+    } else {
+        tx.query(DEFERRED, &[&ids])
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect()
+    };
+    tx.commit().await?;
+    Ok((created, deferred))
 }
 
 /// The batch failed: each user in its own savepoint, failures recorded, in one transaction.
@@ -118,19 +162,24 @@ async fn one_by_one(
             .savepoint("usersync_one")
             .await
             .context("creating a savepoint")?;
-        match sp
-            .query_one(
-                CREATE,
-                &[&std::slice::from_ref(id), &repairing, &include_anonymous],
-            )
-            .await
-        {
-            Ok(row) => {
-                let created = row.get::<_, i64>(0) as u64;
-                let deferred = row.get::<_, i64>(1) as u64;
+        let one = std::slice::from_ref(id);
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 4] =
+            [&one, &repairing, &include_anonymous, &None::<&[Tid]>];
+        match sp.execute(CREATE, &params).await {
+            Ok(created) => {
+                let deferred: Vec<Uuid> = if repairing || created == 1 {
+                    Vec::new()
+                } else {
+                    let rows = sp
+                        .query(DEFERRED, &[&one])
+                        .await
+                        .context("reading the repair queue")?;
+                    rows.iter().map(|r| r.get(0)).collect()
+                };
                 outcome.created += created;
-                outcome.deferred += deferred;
-                outcome.raced += 1 - created - deferred;
+                outcome.deferred += deferred.len() as u64;
+                outcome.raced += 1 - created - deferred.len() as u64;
+                outcome.left_missing.extend(deferred);
                 sp.commit().await.context("releasing a savepoint")?;
             }
             Err(e) if is_connection_error(&e) => return Err(e).context("creating a profile"),
@@ -138,6 +187,7 @@ async fn one_by_one(
                 sp.rollback().await.context("rolling back a savepoint")?;
                 let failure = failure(*id, &e);
                 record_failure(&tx, &failure).await?;
+                outcome.left_missing.push(*id);
                 outcome.failures.push(failure);
             }
         }

@@ -2,17 +2,19 @@
 //! batches, idempotently. The daemon, the CLI and the tests all call [`run`] and get a
 //! [`Report`].
 //!
-//! The id space is split into [`plan::RANGES`] ranges. `sync.workers` workers take ranges from
-//! a shared counter and claim each with a PostgreSQL advisory lock held for the range, so
-//! workers in one process and in several replicas never do the same range at once; a range
-//! another process holds is left to it. Per range, [`plan::detect`] finds the missing users in
-//! one statement and [`apply::create`] creates them in batches of `sync.batch_size`, each its
-//! own short transaction. The repair queue is drained first.
+//! The repair queue is drained first. Then [`plan::detect`] finds the missing users, split
+//! into ranges of `auth.users`'s pages (see [`plan`] for why pages and not ids).
+//! `sync.workers` workers take ranges from a shared counter and claim each with a PostgreSQL
+//! advisory lock held while they work on it, so workers in one process and in several replicas
+//! never do the same range at once; a range another process holds is left to it. Within a
+//! range, [`apply::create`] creates the profiles in batches of `sync.batch_size` users in heap
+//! order, each batch its own short transaction.
 
 pub mod apply;
 pub mod plan;
 pub mod repair;
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -64,7 +66,8 @@ pub struct Report {
     pub dry_run: bool,
     /// Auth users examined.
     pub scanned: u64,
-    /// Live users without a profile, as detected.
+    /// Live users without a profile that this pass handled (all that were detected, unless a
+    /// backfill beyond one round found more meanwhile).
     pub missing: u64,
     /// Profiles this pass created (besides the repair pass's).
     pub created: u64,
@@ -83,6 +86,7 @@ pub struct Report {
     /// The repair queue drain that ran first (not in a dry run).
     pub repair: Option<RepairReport>,
     pub batches: u64,
+    /// Ranges of `auth.users` pages that had work, as claimed (or found busy).
     pub ranges: u32,
     /// Ranges skipped because another process held them.
     pub ranges_busy: u32,
@@ -102,14 +106,17 @@ impl Report {
         self.created + self.repair.as_ref().map_or(0, |r| r.created)
     }
 
+    fn note_detection(&mut self, plan: &plan::Plan) {
+        self.scanned = plan.scanned;
+        self.skipped_deleted = plan.skipped_deleted;
+        self.skipped_anonymous = plan.skipped_anonymous;
+    }
+
     fn absorb(&mut self, other: RangeReport) {
-        self.scanned += other.scanned;
-        self.missing += other.missing;
+        self.ranges += 1;
         self.created += other.created;
         self.raced += other.raced;
         self.deferred += other.deferred;
-        self.skipped_deleted += other.skipped_deleted;
-        self.skipped_anonymous += other.skipped_anonymous;
         self.batches += other.batches;
         self.ranges_busy += other.busy as u32;
         self.longest_batch_ms = self
@@ -123,71 +130,79 @@ impl Report {
 /// Live progress of a pass, for a progress bar.
 #[derive(Debug, Default)]
 pub struct Progress {
-    /// Estimated auth users (from the planner's statistics), 0 when unknown.
+    /// Users found missing.
     pub total: AtomicU64,
-    pub scanned: AtomicU64,
+    /// Of those, handled so far (created, raced, deferred or failed).
+    pub done: AtomicU64,
     pub created: AtomicU64,
 }
 
-/// One reconciliation pass: drain the repair queue, then sweep every range.
+/// One reconciliation pass: drain the repair queue, detect, then create by range.
 #[tracing::instrument(skip_all, fields(dry_run = options.dry_run, workers = options.workers))]
 pub async fn run(db: &Db, options: &Options, progress: Option<Arc<Progress>>) -> Result<Report> {
     let started = Instant::now();
     let progress = progress.unwrap_or_default();
     let mut report = Report {
         dry_run: options.dry_run,
-        ranges: plan::RANGES,
         ..Report::default()
     };
-    {
-        let mut client = db.get().await?;
-        progress
-            .total
-            .store(estimate_users(&client).await?, Ordering::Relaxed);
-        if !options.dry_run {
-            let mut failures = Vec::new();
-            let repaired =
-                repair::drain(&mut client, options.include_anonymous, &mut failures).await?;
-            report.failed += failures.len() as u64;
-            report.failures.extend(failures);
-            report.repair = Some(repaired);
-            analyze_if_stale(&client).await?;
+    let mut client = db.get().await?;
+    if options.dry_run {
+        let plan = plan::detect(&client, options.include_anonymous, i32::MAX).await?;
+        report.note_detection(&plan);
+        report.missing = plan.missing_total;
+        if options.preview {
+            for ids in plan.ids().chunks(options.batch_size as usize) {
+                report.profiles.extend(apply::preview(&client, ids).await?);
+            }
         }
+        report.would_create = plan.ids();
+        report.duration_ms = started.elapsed().as_secs_f64() * 1e3;
+        return Ok(report);
     }
 
-    let next = Arc::new(AtomicU32::new(0));
-    let mut workers = JoinSet::new();
-    for _ in 0..options.workers.max(1) {
-        let (db, options, next, progress) =
-            (db.clone(), options.clone(), next.clone(), progress.clone());
-        workers.spawn(async move { worker(&db, &options, &next, &progress).await });
-    }
-    let mut previews: Vec<(u32, Vec<Uuid>, Vec<serde_json::Value>)> = Vec::new();
-    let mut first_error = None;
-    while let Some(joined) = workers.join_next().await {
-        match joined {
-            Ok(Ok(ranges)) => {
-                for r in ranges {
-                    previews.push((r.range, r.would_create.clone(), r.profiles.clone()));
-                    report.absorb(r);
-                }
-            }
-            Ok(Err(e)) => {
-                first_error.get_or_insert(e);
-            }
-            Err(join) => {
-                first_error.get_or_insert(Error::Internal(format!("a sync worker died: {join}")));
-            }
+    let mut failures = Vec::new();
+    let repaired = repair::drain(&mut client, options.include_anonymous, &mut failures).await?;
+    report.failed += failures.len() as u64;
+    report.failures.extend(failures);
+    report.repair = Some(repaired);
+    analyze_if_stale(&client).await?;
+
+    // Rounds of at most ROUND_LIMIT ids; users left missing on purpose (deferred, failed)
+    // are not handled twice in one pass.
+    let mut handled: HashSet<Uuid> = HashSet::new();
+    let mut plan = plan::detect(&client, options.include_anonymous, plan::ROUND_LIMIT).await?;
+    tracing::debug!(
+        missing = plan.missing_total,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "detected"
+    );
+    report.note_detection(&plan);
+    progress.total.store(plan.missing_total, Ordering::Relaxed);
+    loop {
+        let complete = plan.missing.len() < plan::ROUND_LIMIT as usize;
+        plan.missing.retain(|m| !handled.contains(&m.id));
+        if plan.missing.is_empty() {
+            break;
         }
+        report.missing += plan.missing.len() as u64;
+        let round =
+            apply_round(db, options, Arc::new(std::mem::take(&mut plan)), &progress).await?;
+        let created = round.iter().map(|r| r.created).sum::<u64>();
+        for r in round {
+            handled.extend(r.left_missing.iter().copied());
+            report.absorb(r);
+        }
+        if complete || created == 0 {
+            break;
+        }
+        let ids = plan::missing(&client, options.include_anonymous, plan::ROUND_LIMIT, 0).await?;
+        plan = plan::Plan {
+            missing: ids,
+            ..plan::Plan::default()
+        };
     }
-    if let Some(e) = first_error {
-        return Err(e);
-    }
-    previews.sort_by_key(|p| p.0);
-    for (_, ids, profiles) in previews {
-        report.would_create.extend(ids);
-        report.profiles.extend(profiles);
-    }
+    drop(client);
     report.failures.truncate(MAX_LISTED_FAILURES);
     report.duration_ms = started.elapsed().as_secs_f64() * 1e3;
     tracing::info!(
@@ -195,6 +210,7 @@ pub async fn run(db: &Db, options: &Options, progress: Option<Arc<Progress>>) ->
         missing = report.missing,
         created = report.total_created(),
         raced = report.raced,
+        deferred = report.deferred,
         failed = report.failed,
         duration_ms = report.duration_ms as u64,
         "sync pass finished"
@@ -205,39 +221,79 @@ pub async fn run(db: &Db, options: &Options, progress: Option<Arc<Progress>>) ->
 /// What one range contributed.
 #[derive(Debug, Default)]
 struct RangeReport {
-    range: u32,
     busy: bool,
-    scanned: u64,
-    missing: u64,
     created: u64,
     raced: u64,
     deferred: u64,
-    skipped_deleted: u64,
-    skipped_anonymous: u64,
     batches: u64,
     longest_batch: Duration,
     failures: Vec<Failure>,
-    would_create: Vec<Uuid>,
-    profiles: Vec<serde_json::Value>,
+    /// Deferred or failed: still without a profile, on purpose.
+    left_missing: Vec<Uuid>,
+}
+
+/// Creates the profiles of a plan: `options.workers` workers claim ranges and batch them.
+async fn apply_round(
+    db: &Db,
+    options: &Options,
+    plan: Arc<plan::Plan>,
+    progress: &Arc<Progress>,
+) -> Result<Vec<RangeReport>> {
+    let next = Arc::new(AtomicU32::new(0));
+    let mut workers = JoinSet::new();
+    for _ in 0..options.workers.max(1) {
+        let (db, options, plan, next, progress) = (
+            db.clone(),
+            options.clone(),
+            plan.clone(),
+            next.clone(),
+            progress.clone(),
+        );
+        workers.spawn(async move { worker(&db, &options, &plan, &next, &progress).await });
+    }
+    let mut ranges = Vec::new();
+    let mut first_error = None;
+    while let Some(joined) = workers.join_next().await {
+        match joined {
+            Ok(Ok(done)) => ranges.extend(done),
+            Ok(Err(e)) => {
+                first_error.get_or_insert(e);
+            }
+            Err(join) => {
+                first_error.get_or_insert(Error::Internal(format!("a sync worker died: {join}")));
+            }
+        }
+    }
+    match first_error {
+        Some(e) => Err(e),
+        None => Ok(ranges),
+    }
 }
 
 async fn worker(
     db: &Db,
     options: &Options,
+    plan: &plan::Plan,
     next: &AtomicU32,
     progress: &Progress,
 ) -> Result<Vec<RangeReport>> {
-    let mut client = db.get().await?;
+    let by_range = plan.by_range();
+    let mut client: Option<deadpool_postgres::Object> = None;
     let mut done = Vec::new();
     loop {
-        let range = next.fetch_add(1, Ordering::Relaxed);
-        if range >= plan::RANGES {
+        let next_range = next.fetch_add(1, Ordering::Relaxed) as usize;
+        let Some(&(range, users)) = by_range.get(next_range) else {
             return Ok(done);
-        }
-        let locked: bool = client
+        };
+        let conn = match &mut client {
+            Some(c) => c,
+            None => client.insert(db.get().await?),
+        };
+        let key = range as i32;
+        let locked: bool = conn
             .query_one(
                 "SELECT pg_catalog.pg_try_advisory_lock($1, $2)",
-                &[&RANGE_LOCK_NAMESPACE, &(range as i32)],
+                &[&RANGE_LOCK_NAMESPACE, &key],
             )
             .await
             .context("claiming a range")?
@@ -245,22 +301,23 @@ async fn worker(
         if !locked {
             tracing::debug!(range, "range held by another process");
             done.push(RangeReport {
-                range,
                 busy: true,
                 ..RangeReport::default()
             });
             continue;
         }
-        let result = sweep_range(&mut client, options, range, progress).await;
-        let unlocked = client
+        let result = create_range(conn, options, users, progress).await;
+        let unlocked = conn
             .execute(
                 "SELECT pg_catalog.pg_advisory_unlock($1, $2)",
-                &[&RANGE_LOCK_NAMESPACE, &(range as i32)],
+                &[&RANGE_LOCK_NAMESPACE, &key],
             )
             .await;
         if unlocked.is_err() {
             // Closing the connection is what releases the lock now.
-            let _ = deadpool_postgres::Object::take(client);
+            if let Some(c) = client.take() {
+                let _ = deadpool_postgres::Object::take(c);
+            }
             result?;
             return Err(Error::Internal(format!(
                 "could not release the lock of range {range}"
@@ -270,41 +327,36 @@ async fn worker(
     }
 }
 
-async fn sweep_range(
+async fn create_range(
     client: &mut deadpool_postgres::Object,
     options: &Options,
-    range: u32,
+    users: &[plan::Missing],
     progress: &Progress,
 ) -> Result<RangeReport> {
-    let found = plan::detect(client, range, options.include_anonymous).await?;
-    progress.scanned.fetch_add(found.scanned, Ordering::Relaxed);
-    let mut report = RangeReport {
-        range,
-        scanned: found.scanned,
-        missing: found.missing.len() as u64,
-        skipped_deleted: found.skipped_deleted,
-        skipped_anonymous: found.skipped_anonymous,
-        ..RangeReport::default()
-    };
-    if options.dry_run {
-        if options.preview {
-            for ids in found.missing.chunks(options.batch_size as usize) {
-                report.profiles.extend(apply::preview(client, ids).await?);
-            }
-        }
-        report.would_create = found.missing;
-        return Ok(report);
-    }
-    for ids in found.missing.chunks(options.batch_size as usize) {
-        let outcome = apply::create(client, ids, options.include_anonymous, false).await?;
+    let mut report = RangeReport::default();
+    for chunk in users.chunks(options.batch_size as usize) {
+        let batch: Vec<Uuid> = chunk.iter().map(|m| m.id).collect();
+        let tids: Vec<plan::Tid> = chunk.iter().map(|m| m.tid).collect();
+        let outcome = apply::create(
+            client,
+            &batch,
+            Some(&tids),
+            options.include_anonymous,
+            false,
+        )
+        .await?;
         progress
             .created
             .fetch_add(outcome.created, Ordering::Relaxed);
+        progress
+            .done
+            .fetch_add(batch.len() as u64, Ordering::Relaxed);
         report.batches += 1;
         report.created += outcome.created;
         report.raced += outcome.raced;
         report.deferred += outcome.deferred;
         report.longest_batch = report.longest_batch.max(outcome.elapsed);
+        report.left_missing.extend(outcome.left_missing);
         for f in &outcome.failures {
             tracing::warn!(user_id = %f.user_id, sqlstate = %f.sqlstate, reason = %f.reason,
                 "profile could not be created; queued for repair");
@@ -312,18 +364,6 @@ async fn sweep_range(
         report.failures.extend(outcome.failures);
     }
     Ok(report)
-}
-
-async fn estimate_users(client: &tokio_postgres::Client) -> Result<u64> {
-    let estimate: f32 = client
-        .query_one(
-            "SELECT greatest(reltuples, 0)::real FROM pg_catalog.pg_class WHERE oid = 'auth.users'::regclass",
-            &[],
-        )
-        .await
-        .context("estimating auth.users")?
-        .get(0);
-    Ok(estimate as u64)
 }
 
 /// Refreshes the planner's statistics of `public.user_profiles` when they are far behind (a

@@ -86,7 +86,16 @@ pub async fn drain(
         if retry.is_empty() {
             continue;
         }
-        let outcome = apply::create(client, &retry, include_anonymous, true).await?;
+        let outcome = apply::create(client, &retry, None, include_anonymous, true).await?;
+        // Those that got their profile leave the queue; failures stay with a new backoff.
+        client
+            .execute(
+                "DELETE FROM usersync.repair_queue q WHERE q.user_id = ANY($1)
+                 AND EXISTS (SELECT 1 FROM public.user_profiles p WHERE p.id = q.user_id)",
+                &[&retry],
+            )
+            .await
+            .context("removing repaired items from the queue")?;
         report.created += outcome.created;
         report.resolved += outcome.raced;
         report.failed += outcome.failures.len() as u64;

@@ -1,0 +1,355 @@
+//! The sync engine against the bare SQL, in one run on data the bench builds itself.
+//!
+//!     cargo bench --bench sync                    # 1,000,000 users
+//!     cargo bench --bench sync -- --users 100000
+//!
+//! With every profile missing (the table truncated and vacuumed first, the planner trap of
+//! DESIGN.md): (a) the bare single `INSERT … SELECT … WHERE NOT EXISTS … ON CONFLICT DO
+//! NOTHING`, (b) `usersync sync` with 1 worker, (c) with one worker per core, (d) one INSERT
+//! round trip per user on a sample. Then the steady state with nothing missing: the full sweep
+//! against a bare anti-join count, and a repair pass over an empty queue. (b) and (c) run the
+//! real binary, whose peak resident memory is read from the kernel when it exits.
+//!
+//! Needs a superuser URL in `USERSYNC_BENCH_DATABASE_URL`, `DATABASE_URL`, or a server on
+//! 127.0.0.1:5432; it creates and drops its own database.
+
+use std::process::Command;
+use std::str::FromStr;
+use std::time::{Duration, Instant};
+
+use tokio_postgres::{Client, Config, NoTls};
+use uuid::Uuid;
+
+const ROLES_SQL: &str = include_str!("../tests/fixtures/roles.sql");
+const AUTH_SQL: &str = include_str!("../tests/fixtures/auth_schema.sql");
+const SAMPLE: usize = 5_000;
+
+const BARE_INSERT: &str = "
+    INSERT INTO public.user_profiles (id, email, full_name, avatar_url, role, is_active, created_at, updated_at)
+    SELECT p.id, p.email, p.full_name, p.avatar_url, p.role, p.is_active, p.created_at, p.updated_at
+    FROM auth.users u CROSS JOIN LATERAL usersync.build_profile(u) AS p
+    WHERE u.deleted_at IS NULL
+      AND NOT EXISTS (SELECT 1 FROM public.user_profiles x WHERE x.id = u.id)
+    ON CONFLICT (id) DO NOTHING";
+
+const BARE_COUNT: &str = "
+    SELECT count(*) FROM auth.users u
+    WHERE u.deleted_at IS NULL
+      AND NOT EXISTS (SELECT 1 FROM public.user_profiles p WHERE p.id = u.id)";
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() {
+    let users = arg_value("--users").unwrap_or(1_000_000);
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let url = std::env::var("USERSYNC_BENCH_DATABASE_URL")
+        .or_else(|_| std::env::var("DATABASE_URL"))
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+    let admin_config = Config::from_str(&url).expect("a PostgreSQL URL");
+    let admin = connect(&admin_config).await;
+    let name = format!("usersync_bench_{}", std::process::id());
+    admin
+        .batch_execute(&format!("CREATE DATABASE {name}"))
+        .await
+        .unwrap();
+    let mut config = admin_config.clone();
+    config.dbname(&name);
+    let db_url = url_for(&config);
+
+    let started = Instant::now();
+    let mut db = connect(&config).await;
+    db.batch_execute(ROLES_SQL).await.unwrap();
+    db.batch_execute(AUTH_SQL).await.unwrap();
+    usersync::db::migrate::up(&mut db, Default::default())
+        .await
+        .unwrap();
+    populate(&db, users).await;
+    eprintln!("{users} users built in {:.1?}", started.elapsed());
+
+    // Every profile missing. The bare statement runs on a truncated table the planner knows
+    // nothing about (it then assumes a few pages and hashes); it is also timed in the trap
+    // state, truncated and vacuumed, which usersync has to survive on its own.
+    empty_profiles(&db, false).await;
+    let bare = timed(db.execute(BARE_INSERT, &[])).await;
+    let bare_created = bare.1.unwrap();
+    empty_profiles(&db, true).await;
+    let trap = if users <= 200_000 {
+        Some(timed(db.execute(BARE_INSERT, &[])).await.0)
+    } else {
+        None // quadratic: many minutes at a million
+    };
+    empty_profiles(&db, true).await;
+    let one = run_binary(&db_url, 1);
+    assert_eq!(
+        one.created, bare_created,
+        "usersync created what the bare statement did"
+    );
+    empty_profiles(&db, true).await;
+    let many = run_binary(&db_url, cores);
+    assert_eq!(many.created, bare_created);
+    let per_row = per_row_sample(&db).await * users as u32;
+
+    // Nothing missing.
+    db.batch_execute("VACUUM ANALYZE public.user_profiles")
+        .await
+        .unwrap();
+    let count = median_of(5, || async { timed(db.query_one(BARE_COUNT, &[])).await.0 }).await;
+    let settings = usersync::config::Settings::load(&usersync::config::Sources {
+        file: None,
+        env: vec![
+            ("DATABASE_URL".into(), db_url.clone()),
+            ("USERSYNC__SYNC__WORKERS".into(), cores.to_string()),
+        ],
+    })
+    .unwrap();
+    let pool = usersync::db::connect(&settings.database).await.unwrap();
+    let options = usersync::sync::Options::from_settings(&settings.sync);
+    let sweep = median_of(5, || async {
+        let (elapsed, report) = timed(usersync::sync::run(&pool, &options, None)).await;
+        assert_eq!(report.unwrap().total_created(), 0);
+        elapsed
+    })
+    .await;
+    let mut repair_client = pool.get().await.unwrap();
+    let mut repairs = Vec::new();
+    for _ in 0..21 {
+        let started = Instant::now();
+        usersync::sync::repair::drain(&mut repair_client, true, &mut Vec::new())
+            .await
+            .unwrap();
+        repairs.push(started.elapsed());
+    }
+    repairs.sort();
+    let repair = repairs[repairs.len() / 2];
+    drop(repair_client);
+    drop(pool);
+    drop(db);
+    admin
+        .batch_execute(&format!("DROP DATABASE {name} WITH (FORCE)"))
+        .await
+        .unwrap();
+
+    let a = bare.0.as_secs_f64();
+    println!("\nbackfill of {bare_created} missing profiles among {users} users ({cores} cores):");
+    row("(a) bare INSERT … SELECT, one statement", bare.0, 1.0, "");
+    row(
+        "(b) usersync sync, 1 worker",
+        one.elapsed,
+        one.elapsed.as_secs_f64() / a,
+        "target ≤ 1.1",
+    );
+    row(
+        &format!("(c) usersync sync, {cores} workers"),
+        many.elapsed,
+        many.elapsed.as_secs_f64() / a,
+        "target ≤ 0.8",
+    );
+    if let Some(trap) = trap {
+        row(
+            "    the same, emptied table not analyzed",
+            trap,
+            trap.as_secs_f64() / a,
+            "the planner trap",
+        );
+    }
+    row(
+        &format!("(d) one round trip per user (from {SAMPLE})"),
+        per_row,
+        per_row.as_secs_f64() / a,
+        "",
+    );
+    println!(
+        "    longest batch transaction: {:.0} ms (1 worker), {:.0} ms ({cores} workers); target < 500 ms",
+        one.longest_batch_ms, many.longest_batch_ms
+    );
+    println!(
+        "    peak resident memory of usersync: {:.1} MB (1 worker), {:.1} MB ({cores} workers); target ≤ 50 MB",
+        one.peak_rss_mb, many.peak_rss_mb
+    );
+    println!("\nsteady state, nothing missing (median of 5):");
+    row("bare anti-join count", count, 1.0, "");
+    row(
+        &format!("usersync full sweep, {cores} workers"),
+        sweep,
+        sweep.as_secs_f64() / count.as_secs_f64(),
+        "target ≤ 1.2",
+    );
+    println!(
+        "    repair pass over an empty queue: {:.2} ms (median of 21); target ≤ 5 ms",
+        repair.as_secs_f64() * 1e3
+    );
+}
+
+fn row(label: &str, d: Duration, ratio: f64, target: &str) {
+    println!(
+        "    {label:<46} {:>9.3} s  {ratio:>6.2}x  {target}",
+        d.as_secs_f64()
+    );
+}
+
+/// Users shaped like GoTrue's: e-mail sign-ups, some OAuth metadata, 5% soft-deleted,
+/// 3% anonymous. The trigger is off, as for users from before it existed.
+async fn populate(db: &Client, users: u64) {
+    db.batch_execute(&format!(
+        "ALTER TABLE auth.users DISABLE TRIGGER usersync_on_auth_user_created;
+         INSERT INTO auth.users (instance_id, id, aud, role, email, encrypted_password,
+             email_confirmed_at, confirmation_token, recovery_token, email_change_token_new,
+             email_change, raw_app_meta_data, raw_user_meta_data, created_at, updated_at,
+             is_anonymous, deleted_at)
+         SELECT '00000000-0000-0000-0000-000000000000', gen_random_uuid(), 'authenticated',
+             'authenticated', CASE WHEN g % 33 <> 0 THEN 'user' || g || '@bench.invalid' END,
+             '$2a$10$abcdefghijklmnopqrstuv', now(), '', '', '', '',
+             '{{\"provider\": \"email\", \"providers\": [\"email\"]}}',
+             CASE WHEN g % 4 = 0 THEN jsonb_build_object('full_name', 'User ' || g,
+                                                         'avatar_url', 'https://img.invalid/' || g)
+                  ELSE '{{}}' END,
+             now() - g * interval '1 second', now(), g % 33 = 0,
+             CASE WHEN g % 20 = 0 THEN now() END
+         FROM generate_series(1, {users}) g;
+         ALTER TABLE auth.users ENABLE TRIGGER usersync_on_auth_user_created;"
+    ))
+    .await
+    .unwrap();
+    db.batch_execute("VACUUM ANALYZE auth.users").await.unwrap();
+}
+
+/// An emptied profile table; `trap`: also vacuumed, so the planner takes it for one row.
+async fn empty_profiles(db: &Client, trap: bool) {
+    db.batch_execute("TRUNCATE public.user_profiles")
+        .await
+        .unwrap();
+    if trap {
+        db.batch_execute("VACUUM public.user_profiles")
+            .await
+            .unwrap();
+    }
+    db.batch_execute("CHECKPOINT").await.unwrap();
+}
+
+/// Per-user cost of one INSERT round trip per user, on a sample: profiles deleted, then
+/// created again one statement each.
+async fn per_row_sample(db: &Client) -> Duration {
+    let ids: Vec<Uuid> = db
+        .query(
+            &format!(
+                "DELETE FROM public.user_profiles
+                 WHERE id IN (SELECT id FROM public.user_profiles LIMIT {SAMPLE}) RETURNING id"
+            ),
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let insert = db
+        .prepare(
+            "INSERT INTO public.user_profiles (id, email, full_name, avatar_url, role, is_active, created_at, updated_at)
+             SELECT p.id, p.email, p.full_name, p.avatar_url, p.role, p.is_active, p.created_at, p.updated_at
+             FROM auth.users u CROSS JOIN LATERAL usersync.build_profile(u) AS p
+             WHERE u.id = $1 ON CONFLICT (id) DO NOTHING",
+        )
+        .await
+        .unwrap();
+    let started = Instant::now();
+    for id in &ids {
+        db.execute(&insert, &[id]).await.unwrap();
+    }
+    started.elapsed() / ids.len().max(1) as u32
+}
+
+struct BinaryRun {
+    elapsed: Duration,
+    created: u64,
+    longest_batch_ms: f64,
+    peak_rss_mb: f64,
+}
+
+/// Runs `usersync sync --json` and reads its peak resident memory from wait4's rusage.
+fn run_binary(url: &str, workers: usize) -> BinaryRun {
+    let started = Instant::now();
+    let child = Command::new(env!("CARGO_BIN_EXE_usersync"))
+        .args(["sync", "--json"])
+        .env("DATABASE_URL", url)
+        .env("USERSYNC__SYNC__WORKERS", workers.to_string())
+        .env("USERSYNC__LOG__LEVEL", "warn")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("running usersync");
+    let pid = child.id() as libc::pid_t;
+    let mut stdout = child.stdout.expect("stdout");
+    let mut json = String::new();
+    std::io::Read::read_to_string(&mut stdout, &mut json).unwrap();
+    let mut status = 0;
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    let waited = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    assert_eq!(waited, pid, "wait4");
+    let elapsed = started.elapsed();
+    assert!(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "usersync sync failed: {json}"
+    );
+    let report: serde_json::Value = serde_json::from_str(&json).expect("a JSON report");
+    BinaryRun {
+        elapsed,
+        created: report["created"].as_u64().unwrap(),
+        longest_batch_ms: report["longest_batch_ms"].as_f64().unwrap(),
+        peak_rss_mb: usage.ru_maxrss as f64 / 1024.0,
+    }
+}
+
+async fn timed<T>(f: impl std::future::Future<Output = T>) -> (Duration, T) {
+    let started = Instant::now();
+    let out = f.await;
+    (started.elapsed(), out)
+}
+
+async fn median_of<F, Fut>(n: usize, mut f: F) -> Duration
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Duration>,
+{
+    let mut samples = Vec::with_capacity(n);
+    for _ in 0..n {
+        samples.push(f().await);
+    }
+    samples.sort();
+    samples[n / 2]
+}
+
+fn arg_value(flag: &str) -> Option<u64> {
+    let args: Vec<String> = std::env::args().collect();
+    let i = args.iter().position(|a| a == flag)?;
+    let value = args.get(i + 1)?;
+    Some(
+        value
+            .replace('_', "")
+            .parse()
+            .unwrap_or_else(|_| panic!("{flag} {value}: not a number")),
+    )
+}
+
+fn url_for(config: &Config) -> String {
+    let host = match &config.get_hosts()[0] {
+        tokio_postgres::config::Host::Tcp(h) => h.clone(),
+        tokio_postgres::config::Host::Unix(p) => p.display().to_string(),
+    };
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    let user = config.get_user().unwrap_or("postgres");
+    let password = config
+        .get_password()
+        .map(|p| format!(":{}", String::from_utf8_lossy(p)))
+        .unwrap_or_default();
+    format!(
+        "postgres://{user}{password}@{host}:{port}/{}",
+        config.get_dbname().unwrap()
+    )
+}
+
+async fn connect(config: &Config) -> Client {
+    let (client, connection) = config
+        .connect(NoTls)
+        .await
+        .expect("connecting to PostgreSQL");
+    tokio::spawn(connection);
+    client
+}
