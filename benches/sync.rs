@@ -265,6 +265,7 @@ struct BinaryRun {
 }
 
 /// Runs `usersync sync --json` and reads its peak resident memory from wait4's rusage.
+#[allow(clippy::zombie_processes)] // reaped by wait4, which std's wait cannot replace here
 fn run_binary(url: &str, workers: usize) -> BinaryRun {
     let started = Instant::now();
     let child = Command::new(env!("CARGO_BIN_EXE_usersync"))
