@@ -16,7 +16,7 @@ pub mod repair;
 
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -31,7 +31,7 @@ pub use apply::Failure;
 pub use repair::RepairReport;
 
 /// Advisory lock namespace of the sweep's ranges (the two-key form: namespace, range).
-const RANGE_LOCK_NAMESPACE: i32 = 0x7573_7972; // "usyr"
+pub const RANGE_LOCK_NAMESPACE: i32 = 0x7573_7972; // "usyr"
 
 /// Failures listed in a report; the count covers them all.
 const MAX_LISTED_FAILURES: usize = 100;
@@ -46,6 +46,9 @@ pub struct Options {
     pub workers: u32,
     pub batch_size: u32,
     pub include_anonymous: bool,
+    /// Most missing users one round lists ([`plan::ROUND_LIMIT`]); a larger backfill runs in
+    /// rounds. Tests lower it to exercise the rounds.
+    pub round_limit: i32,
 }
 
 impl Options {
@@ -56,6 +59,7 @@ impl Options {
             workers: s.workers,
             batch_size: s.batch_size,
             include_anonymous: s.include_anonymous,
+            round_limit: plan::ROUND_LIMIT,
         }
     }
 }
@@ -98,6 +102,12 @@ pub struct Report {
     /// Dry run with preview: the profile each would get.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub profiles: Vec<serde_json::Value>,
+    #[serde(skip)]
+    left_missing: Vec<Uuid>,
+    #[serde(skip)]
+    last_round_full: bool,
+    #[serde(skip)]
+    last_round_created: u64,
 }
 
 impl Report {
@@ -112,8 +122,18 @@ impl Report {
         self.skipped_anonymous = plan.skipped_anonymous;
     }
 
+    fn absorb_round(&mut self, round: Round) {
+        self.last_round_full = round.full;
+        self.last_round_created = round.ranges.iter().map(|r| r.created).sum();
+        for r in round.ranges {
+            self.absorb(r);
+        }
+    }
+
     fn absorb(&mut self, other: RangeReport) {
         self.ranges += 1;
+        self.missing += other.users;
+        self.left_missing.extend(other.left_missing);
         self.created += other.created;
         self.raced += other.raced;
         self.deferred += other.deferred;
@@ -148,15 +168,15 @@ pub async fn run(db: &Db, options: &Options, progress: Option<Arc<Progress>>) ->
     };
     let mut client = db.get().await?;
     if options.dry_run {
-        let plan = plan::detect(&client, options.include_anonymous, i32::MAX).await?;
+        let plan = plan::detect(&mut client, options.include_anonymous).await?;
         report.note_detection(&plan);
         report.missing = plan.missing_total;
+        report.would_create = plan.ids();
         if options.preview {
-            for ids in plan.ids().chunks(options.batch_size as usize) {
+            for ids in report.would_create.chunks(options.batch_size as usize) {
                 report.profiles.extend(apply::preview(&client, ids).await?);
             }
         }
-        report.would_create = plan.ids();
         report.duration_ms = started.elapsed().as_secs_f64() * 1e3;
         return Ok(report);
     }
@@ -168,41 +188,41 @@ pub async fn run(db: &Db, options: &Options, progress: Option<Arc<Progress>>) ->
     report.repair = Some(repaired);
     analyze_if_stale(&client).await?;
 
-    // Rounds of at most ROUND_LIMIT ids; users left missing on purpose (deferred, failed)
-    // are not handled twice in one pass.
-    let mut handled: HashSet<Uuid> = HashSet::new();
-    let mut plan = plan::detect(&client, options.include_anonymous, plan::ROUND_LIMIT).await?;
-    tracing::debug!(
-        missing = plan.missing_total,
-        elapsed_ms = started.elapsed().as_millis() as u64,
-        "detected"
-    );
-    report.note_detection(&plan);
-    progress.total.store(plan.missing_total, Ordering::Relaxed);
-    loop {
-        let complete = plan.missing.len() < plan::ROUND_LIMIT as usize;
-        plan.missing.retain(|m| !handled.contains(&m.id));
-        if plan.missing.is_empty() {
-            break;
+    // In a backfill, the missing users are listed (and created) while they are counted, on a
+    // second connection; otherwise they are counted first and listed only if there are some.
+    let mut listing = db.get().await?;
+    let nothing_handled = HashSet::new();
+    let counts = if plan::looks_like_backfill(&client).await? {
+        let (counts, round) = tokio::try_join!(
+            plan::count(&mut client, options.include_anonymous),
+            sweep_round(db, options, &mut listing, &nothing_handled, &progress)
+        )?;
+        progress
+            .total
+            .store(counts.missing_total, Ordering::Relaxed);
+        report.absorb_round(round);
+        counts
+    } else {
+        let counts = plan::count(&mut client, options.include_anonymous).await?;
+        progress
+            .total
+            .store(counts.missing_total, Ordering::Relaxed);
+        if counts.missing_total > 0 {
+            let round = sweep_round(db, options, &mut listing, &nothing_handled, &progress).await?;
+            report.absorb_round(round);
         }
-        report.missing += plan.missing.len() as u64;
-        let round =
-            apply_round(db, options, Arc::new(std::mem::take(&mut plan)), &progress).await?;
-        let created = round.iter().map(|r| r.created).sum::<u64>();
-        for r in round {
-            handled.extend(r.left_missing.iter().copied());
-            report.absorb(r);
-        }
-        if complete || created == 0 {
-            break;
-        }
-        let ids = plan::missing(&client, options.include_anonymous, plan::ROUND_LIMIT, 0).await?;
-        plan = plan::Plan {
-            missing: ids,
-            ..plan::Plan::default()
-        };
+        counts
+    };
+    report.note_detection(&counts);
+    // A backfill beyond one round's limit goes on; users left missing on purpose (deferred,
+    // failed) are not handled twice in one pass.
+    while report.last_round_full && report.last_round_created > 0 {
+        let handled: HashSet<Uuid> = report.left_missing.iter().copied().collect();
+        let round = sweep_round(db, options, &mut listing, &handled, &progress).await?;
+        report.absorb_round(round);
     }
     drop(client);
+    report.left_missing = Vec::new();
     report.failures.truncate(MAX_LISTED_FAILURES);
     report.duration_ms = started.elapsed().as_secs_f64() * 1e3;
     tracing::info!(
@@ -218,10 +238,109 @@ pub async fn run(db: &Db, options: &Options, progress: Option<Arc<Progress>>) ->
     Ok(report)
 }
 
+/// What one round of a sweep did: the users it listed and what each range made of them.
+#[derive(Debug, Default)]
+struct Round {
+    listed: u64,
+    full: bool,
+    ranges: Vec<RangeReport>,
+}
+
+/// One round: the missing users (up to `options.round_limit`) streamed in heap order from
+/// `listing`, cut into ranges as each is complete, and handed to `options.workers` workers
+/// that claim each range's lock and create its profiles in batches.
+async fn sweep_round(
+    db: &Db,
+    options: &Options,
+    listing: &mut deadpool_postgres::Object,
+    skip: &HashSet<Uuid>,
+    progress: &Arc<Progress>,
+) -> Result<Round> {
+    use futures_util::TryStreamExt;
+
+    let (units, queue) =
+        tokio::sync::mpsc::channel::<(u32, Vec<plan::Missing>)>(options.workers as usize * 2);
+    let queue = Arc::new(tokio::sync::Mutex::new(queue));
+    let mut workers = JoinSet::new();
+    for _ in 0..options.workers.max(1) {
+        let (db, options, queue, progress) =
+            (db.clone(), options.clone(), queue.clone(), progress.clone());
+        workers.spawn(async move { worker(&db, &options, &queue, &progress).await });
+    }
+    drop(queue);
+
+    let produced: Result<u64> = async {
+        let tx = listing
+            .transaction()
+            .await
+            .context("starting to list missing users")?;
+        let mut listed = 0u64;
+        {
+            let stream =
+                plan::stream_missing(&tx, options.include_anonymous, options.round_limit).await?;
+            let mut stream = std::pin::pin!(stream);
+            let mut unit: Option<(u32, Vec<plan::Missing>)> = None;
+            while let Some(user) = stream.try_next().await? {
+                listed += 1;
+                if skip.contains(&user.id) {
+                    continue;
+                }
+                match &mut unit {
+                    Some((range, users)) if *range == user.range() => users.push(user),
+                    _ => {
+                        if let Some(done) = unit.replace((user.range(), vec![user]))
+                            && units.send(done).await.is_err()
+                        {
+                            break; // the workers stopped: their error says why
+                        }
+                    }
+                }
+            }
+            if let Some(done) = unit {
+                let _ = units.send(done).await;
+            }
+            drop(units);
+        }
+        tx.commit()
+            .await
+            .context("finishing the list of missing users")?;
+        Ok(listed)
+    }
+    .await;
+
+    let mut round = Round::default();
+    let mut first_error = produced
+        .as_ref()
+        .err()
+        .map(|e| Error::Internal(e.to_string()));
+    while let Some(joined) = workers.join_next().await {
+        match joined {
+            Ok(Ok(done)) => round.ranges.extend(done),
+            Ok(Err(e)) => {
+                first_error.get_or_insert(e);
+            }
+            Err(join) => {
+                first_error.get_or_insert(Error::Internal(format!("a sync worker died: {join}")));
+            }
+        }
+    }
+    match (produced, first_error) {
+        (Err(e), _) => Err(e),
+        (_, Some(e)) => Err(e),
+        (Ok(listed), None) => {
+            round.listed = listed;
+            round.full = listed >= options.round_limit as u64;
+            Ok(round)
+        }
+    }
+}
+
 /// What one range contributed.
 #[derive(Debug, Default)]
 struct RangeReport {
     busy: bool,
+    /// Missing users handed to the range.
+    users: u64,
     created: u64,
     raced: u64,
     deferred: u64,
@@ -232,57 +351,17 @@ struct RangeReport {
     left_missing: Vec<Uuid>,
 }
 
-/// Creates the profiles of a plan: `options.workers` workers claim ranges and batch them.
-async fn apply_round(
-    db: &Db,
-    options: &Options,
-    plan: Arc<plan::Plan>,
-    progress: &Arc<Progress>,
-) -> Result<Vec<RangeReport>> {
-    let next = Arc::new(AtomicU32::new(0));
-    let mut workers = JoinSet::new();
-    for _ in 0..options.workers.max(1) {
-        let (db, options, plan, next, progress) = (
-            db.clone(),
-            options.clone(),
-            plan.clone(),
-            next.clone(),
-            progress.clone(),
-        );
-        workers.spawn(async move { worker(&db, &options, &plan, &next, &progress).await });
-    }
-    let mut ranges = Vec::new();
-    let mut first_error = None;
-    while let Some(joined) = workers.join_next().await {
-        match joined {
-            Ok(Ok(done)) => ranges.extend(done),
-            Ok(Err(e)) => {
-                first_error.get_or_insert(e);
-            }
-            Err(join) => {
-                first_error.get_or_insert(Error::Internal(format!("a sync worker died: {join}")));
-            }
-        }
-    }
-    match first_error {
-        Some(e) => Err(e),
-        None => Ok(ranges),
-    }
-}
-
+/// Takes ranges off the queue until it is closed, claiming each with its advisory lock.
 async fn worker(
     db: &Db,
     options: &Options,
-    plan: &plan::Plan,
-    next: &AtomicU32,
+    queue: &tokio::sync::Mutex<tokio::sync::mpsc::Receiver<(u32, Vec<plan::Missing>)>>,
     progress: &Progress,
 ) -> Result<Vec<RangeReport>> {
-    let by_range = plan.by_range();
     let mut client: Option<deadpool_postgres::Object> = None;
     let mut done = Vec::new();
     loop {
-        let next_range = next.fetch_add(1, Ordering::Relaxed) as usize;
-        let Some(&(range, users)) = by_range.get(next_range) else {
+        let Some((range, users)) = queue.lock().await.recv().await else {
             return Ok(done);
         };
         let conn = match &mut client {
@@ -300,13 +379,17 @@ async fn worker(
             .get(0);
         if !locked {
             tracing::debug!(range, "range held by another process");
+            progress
+                .done
+                .fetch_add(users.len() as u64, Ordering::Relaxed);
             done.push(RangeReport {
                 busy: true,
+                users: users.len() as u64,
                 ..RangeReport::default()
             });
             continue;
         }
-        let result = create_range(conn, options, users, progress).await;
+        let result = create_range(conn, options, &users, progress).await;
         let unlocked = conn
             .execute(
                 "SELECT pg_catalog.pg_advisory_unlock($1, $2)",
@@ -333,7 +416,10 @@ async fn create_range(
     users: &[plan::Missing],
     progress: &Progress,
 ) -> Result<RangeReport> {
-    let mut report = RangeReport::default();
+    let mut report = RangeReport {
+        users: users.len() as u64,
+        ..RangeReport::default()
+    };
     for chunk in users.chunks(options.batch_size as usize) {
         let batch: Vec<Uuid> = chunk.iter().map(|m| m.id).collect();
         let tids: Vec<plan::Tid> = chunk.iter().map(|m| m.tid).collect();

@@ -57,14 +57,6 @@ pub struct Plan {
 }
 
 impl Plan {
-    /// The missing users of each non-empty range, with the range's number, in heap order.
-    pub fn by_range(&self) -> Vec<(u32, &[Missing])> {
-        self.missing
-            .chunk_by(|a, b| a.range() == b.range())
-            .map(|users| (users[0].range(), users))
-            .collect()
-    }
-
     /// The missing ids in id order.
     pub fn ids(&self) -> Vec<Uuid> {
         let mut ids: Vec<Uuid> = self.missing.iter().map(|m| m.id).collect();
@@ -92,30 +84,109 @@ const MISSING: &str = "
       AND NOT EXISTS (SELECT 1 FROM public.user_profiles p WHERE p.id = u.id)
     LIMIT $2";
 
-/// Detects the missing users, handing over at most `limit`. With nothing missing (the steady
-/// state) this is one statement, as cheap as the bare anti-join.
-pub async fn detect(client: &Client, include_anonymous: bool, limit: i32) -> Result<Plan> {
-    let row = client
+/// Detects the missing users, all of them, in heap order: what the dry-run shows. With
+/// nothing missing (the steady state) this is one statement, as cheap as the bare anti-join.
+pub async fn detect(client: &mut Client, include_anonymous: bool) -> Result<Plan> {
+    let mut plan = count(client, include_anonymous).await?;
+    if plan.missing_total > 0 {
+        let tx = client
+            .transaction()
+            .await
+            .context("listing users without a profile")?;
+        tx.batch_execute(WHOLE_TABLE)
+            .await
+            .context("listing users without a profile")?;
+        plan.missing = missing(&tx, include_anonymous, i32::MAX, plan.missing_total).await?;
+        tx.commit()
+            .await
+            .context("listing users without a profile")?;
+    }
+    Ok(plan)
+}
+
+/// Settings for a statement over both whole tables. A nested loop is never right there, but
+/// a freshly emptied `user_profiles` looks like one row to the planner, which then picks one
+/// and rescans the table, growing under the sweep's inserts, for every user: quadratic
+/// (DESIGN.md). Hash joins it is.
+const WHOLE_TABLE: &str = "SET LOCAL enable_nestloop = off";
+
+/// The counts of a pass; `missing` is left empty.
+pub async fn count(client: &mut Client, include_anonymous: bool) -> Result<Plan> {
+    let tx = client
+        .transaction()
+        .await
+        .context("counting users without a profile")?;
+    tx.batch_execute(WHOLE_TABLE)
+        .await
+        .context("counting users without a profile")?;
+    let row = tx
         .query_one(COUNT, &[&include_anonymous])
         .await
         .context("counting users without a profile")?;
-    let mut plan = Plan {
+    tx.commit()
+        .await
+        .context("counting users without a profile")?;
+    Ok(Plan {
         scanned: row.get::<_, i64>(0) as u64,
         skipped_deleted: row.get::<_, i64>(1) as u64,
         skipped_anonymous: row.get::<_, i64>(2) as u64,
         missing_total: row.get::<_, i64>(3) as u64,
         missing: Vec::new(),
-    };
-    if plan.missing_total > 0 {
-        plan.missing = missing(client, include_anonymous, limit, plan.missing_total).await?;
-    }
-    Ok(plan)
+    })
+}
+
+/// Whether the planner's statistics say over a tenth of the users lack a profile: a backfill,
+/// worth listing the missing users while they are counted.
+pub async fn looks_like_backfill(client: &Client) -> Result<bool> {
+    let row = client
+        .query_one(
+            "SELECT greatest(u.reltuples, 0)::float8, greatest(p.reltuples, 0)::float8
+             FROM pg_catalog.pg_class u, pg_catalog.pg_class p
+             WHERE u.oid = 'auth.users'::regclass AND p.oid = 'public.user_profiles'::regclass",
+            &[],
+        )
+        .await
+        .context("reading table statistics")?;
+    let (users, profiles): (f64, f64) = (row.get(0), row.get(1));
+    Ok(users >= 1000.0 && users - profiles > users / 10.0)
+}
+
+/// Up to `limit` live users without a profile as a stream in heap order, as PostgreSQL finds
+/// them: a sweep starts creating the first range's profiles while the rest are still being
+/// found. Runs in a transaction of the caller's, since it turns parallel workers off (their
+/// interleaved rows would not be in heap order) with SET LOCAL.
+pub async fn stream_missing<'a>(
+    tx: &'a tokio_postgres::Transaction<'_>,
+    include_anonymous: bool,
+    limit: i32,
+) -> Result<impl futures_util::Stream<Item = Result<Missing>> + 'a> {
+    use futures_util::TryStreamExt;
+    tx.batch_execute(&format!(
+        "{WHOLE_TABLE}; SET LOCAL max_parallel_workers_per_gather = 0"
+    ))
+    .await
+    .context("listing users without a profile")?;
+    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] =
+        [&include_anonymous, &i64::from(limit)];
+    let rows = tx
+        .query_raw(MISSING, params)
+        .await
+        .context("listing users without a profile")?;
+    Ok(rows
+        .map_ok(|row| Missing {
+            tid: row.get(0),
+            id: row.get(1),
+        })
+        .map_err(|source| crate::error::Error::Db {
+            context: "listing users without a profile".into(),
+            source,
+        }))
 }
 
 /// Up to `limit` live users without a profile, in heap order. Streamed row by row into a
 /// vector sized once, so a round costs its 24 bytes per user and little more.
-pub async fn missing(
-    client: &Client,
+async fn missing(
+    client: &tokio_postgres::Transaction<'_>,
     include_anonymous: bool,
     limit: i32,
     expected: u64,
@@ -200,35 +271,21 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_plan_splits_its_users_into_ranges_of_pages_in_heap_order() {
-        let mut missing: Vec<Missing> = (0..500u32)
-            .map(|i| Missing {
-                tid: Tid {
-                    block: i * 37 % 5000,
-                    offset: 1,
-                },
-                id: Uuid::new_v4(),
-            })
-            .collect();
-        missing.sort_unstable();
+    fn users_fall_in_ranges_of_pages_and_a_plan_lists_them_by_id() {
+        let at = |block| Missing {
+            tid: Tid { block, offset: 1 },
+            id: Uuid::new_v4(),
+        };
+        assert_eq!(at(0).range(), 0);
+        assert_eq!(at(RANGE_BLOCKS - 1).range(), 0);
+        assert_eq!(at(RANGE_BLOCKS).range(), 1);
+        assert_eq!(at(u32::MAX).range(), u32::MAX / RANGE_BLOCKS);
         let plan = Plan {
-            missing: missing.clone(),
+            missing: (0..500).map(|i| at(i * 37 % 5000)).collect(),
             ..Plan::default()
         };
-        let ranges = plan.by_range();
-        let numbers: Vec<u32> = ranges.iter().map(|(r, _)| *r).collect();
-        assert_eq!(numbers, [0, 1, 2, 3, 4]);
-        let flat: Vec<Missing> = ranges
-            .iter()
-            .flat_map(|(_, users)| users.iter().copied())
-            .collect();
-        assert_eq!(flat, missing);
-        for (r, users) in ranges {
-            assert!(users.iter().all(|m| m.tid.block / RANGE_BLOCKS == r));
-            assert!(users.windows(2).all(|w| w[0].tid <= w[1].tid));
-        }
         let ids = plan.ids();
-        assert!(ids.windows(2).all(|w| w[0] < w[1]));
         assert_eq!(ids.len(), 500);
+        assert!(ids.windows(2).all(|w| w[0] < w[1]));
     }
 }
