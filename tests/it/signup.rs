@@ -21,7 +21,7 @@ fn meta_value() -> impl Strategy<Value = Value> {
     ]
 }
 
-fn metadata() -> impl Strategy<Value = Option<Value>> {
+pub fn metadata() -> impl Strategy<Value = Option<Value>> {
     let keys = prop::sample::subsequence(
         vec!["full_name", "name", "avatar_url", "picture", "other"],
         0..=5,

@@ -44,28 +44,26 @@ fn member() -> impl Strategy<Value = Member> {
                 is_active,
             }),
     );
-    (kind, any::<bool>(), prop::bool::weighted(0.2), edits).prop_map(
-        |(kind, named, deleted, profile)| {
-            let id = Uuid::new_v4();
-            let meta = match (kind, named) {
-                (3, _) => json!({"name": "Ada Lovelace", "picture": "https://example.test/a.png"}),
-                (_, true) => json!({"full_name": "  Grace Hopper  "}),
-                (_, false) => json!({}),
-            };
-            Member {
-                user: AuthUser {
-                    id,
-                    email: matches!(kind, 0 | 3).then(|| format!("{}@example.test", id.simple())),
-                    phone: (kind == 1).then(|| format!("1{}", id.as_u128() % 10u128.pow(14))),
-                    is_anonymous: kind == 2,
-                    user_meta: Some(meta),
-                    created_at: Some(chrono::Utc::now()),
-                    deleted,
-                },
-                profile,
-            }
-        },
-    )
+    let odd = crate::signup::metadata();
+    (kind, odd, prop::bool::weighted(0.2), edits).prop_map(|(kind, odd, deleted, profile)| {
+        let id = Uuid::new_v4();
+        let meta = match kind {
+            3 => Some(json!({"name": "Ada Lovelace", "picture": "https://example.test/a.png"})),
+            _ => odd,
+        };
+        Member {
+            user: AuthUser {
+                id,
+                email: matches!(kind, 0 | 3).then(|| format!("{}@example.test", id.simple())),
+                phone: (kind == 1).then(|| format!("1{}", id.as_u128() % 10u128.pow(14))),
+                is_anonymous: kind == 2,
+                user_meta: meta,
+                created_at: Some(chrono::Utc::now()),
+                deleted,
+            },
+            profile,
+        }
+    })
 }
 
 /// A population plus how the pass runs over it.
