@@ -40,6 +40,11 @@ pub enum Command {
         #[command(flatten)]
         output: Output,
     },
+    /// Run every integrity check once (exit 1 when a finding is at error level).
+    Check {
+        #[command(flatten)]
+        output: Output,
+    },
     /// Install, roll back, show and verify the schema usersync needs.
     Migrate {
         #[command(subcommand)]

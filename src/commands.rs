@@ -10,7 +10,7 @@ use crate::cli::{Cli, Command, Migrate};
 use crate::config::{Settings, Sources};
 use crate::db::{self, migrate, probe, verify};
 use crate::error::{Error, Result, exit};
-use crate::sync;
+use crate::{integrity, sync};
 
 /// Runs `cli` with settings already loaded; returns the process exit code.
 pub async fn run(cli: Cli, settings: Settings) -> Result<u8> {
@@ -20,6 +20,7 @@ pub async fn run(cli: Cli, settings: Settings) -> Result<u8> {
             Ok(exit::OK)
         }
         Command::Migrate { command } => run_migrate(command, &settings).await,
+        Command::Check { output } => check_command(&settings, output.json).await,
         Command::Sync {
             dry_run,
             verbose,
@@ -50,6 +51,59 @@ async fn sync_command(settings: &Settings, dry_run: bool, verbose: bool, json: b
     } else {
         exit::OK
     })
+}
+
+async fn check_command(settings: &Settings, json: bool) -> Result<u8> {
+    let db = db::connect(&settings.database).await?;
+    let mut client = db.get().await?;
+    let report = integrity::run(
+        &mut client,
+        &settings.integrity,
+        settings.sync.include_anonymous,
+    )
+    .await?;
+    if json {
+        print_json(&report)?;
+    } else {
+        write_stdout(&check_text(&report))?;
+    }
+    Ok(if report.has_errors() {
+        exit::FAILED
+    } else {
+        exit::OK
+    })
+}
+
+fn check_text(report: &integrity::Report) -> String {
+    use integrity::Level;
+    if report.findings.is_empty() {
+        return format!("ok: no findings ({:.0} ms)\n", report.duration_ms);
+    }
+    let mut out = String::new();
+    for (level, heading) in [
+        (Level::Error, "ERRORS"),
+        (Level::Warning, "WARNINGS"),
+        (Level::Info, "INFO"),
+    ] {
+        let of_level: Vec<_> = report
+            .findings
+            .iter()
+            .filter(|f| f.level == level)
+            .collect();
+        if of_level.is_empty() {
+            continue;
+        }
+        out.push_str(&format!("{heading} ({})\n", of_level.len()));
+        for f in of_level {
+            out.push_str(&format!("\n  {}: {}\n    {}\n", f.check, f.title, f.detail));
+            if !f.samples.is_empty() {
+                out.push_str(&format!("    samples: {}\n", f.samples.join(", ")));
+            }
+            out.push_str(&format!("    fix: {}\n", f.fix));
+        }
+        out.push('\n');
+    }
+    out
 }
 
 fn sync_text(r: &sync::Report, verbose: bool) -> String {

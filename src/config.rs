@@ -18,8 +18,35 @@ pub const DEFAULTS: &str = include_str!("../config/usersync.toml");
 pub struct Settings {
     pub database: DatabaseSettings,
     pub sync: SyncSettings,
+    pub integrity: IntegritySettings,
     pub log: LogSettings,
     raw: Raw,
+}
+
+#[derive(Clone, Debug)]
+pub struct IntegritySettings {
+    /// Users younger than this are not reported as missing a profile.
+    pub grace_period: Duration,
+    /// A repair queue item waiting longer than this is a warning.
+    pub queue_stale_after: Duration,
+    /// An item that failed this many repair attempts is an error.
+    pub queue_max_attempts: i32,
+    /// Columns holding a user id with no foreign key.
+    pub user_id_columns: Vec<UserIdColumn>,
+}
+
+/// `schema.table.column` of a column that holds user ids without a foreign key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UserIdColumn {
+    pub schema: String,
+    pub table: String,
+    pub column: String,
+}
+
+impl std::fmt::Display for UserIdColumn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{}.{}", self.schema, self.table, self.column)
+    }
 }
 
 #[derive(Clone)]
@@ -68,7 +95,17 @@ pub enum LogFormat {
 struct Raw {
     database: RawDatabase,
     sync: RawSync,
+    integrity: RawIntegrity,
     log: RawLog,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawIntegrity {
+    grace_period_secs: i64,
+    queue_stale_secs: i64,
+    queue_max_attempts: i64,
+    user_id_columns: Vec<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -195,6 +232,32 @@ impl Settings {
         }
         tracing_subscriber::EnvFilter::try_new(&raw.log.level)
             .map_err(|e| Error::config("log.level", format!("not a level or filter: {e}")))?;
+        let integrity = IntegritySettings {
+            grace_period: Duration::from_secs(in_range(
+                "integrity.grace_period_secs",
+                raw.integrity.grace_period_secs,
+                0,
+                86_400,
+            )? as u64),
+            queue_stale_after: Duration::from_secs(in_range(
+                "integrity.queue_stale_secs",
+                raw.integrity.queue_stale_secs,
+                1,
+                604_800,
+            )? as u64),
+            queue_max_attempts: in_range(
+                "integrity.queue_max_attempts",
+                raw.integrity.queue_max_attempts,
+                1,
+                1000,
+            )? as i32,
+            user_id_columns: raw
+                .integrity
+                .user_id_columns
+                .iter()
+                .map(|c| user_id_column(c))
+                .collect::<Result<_>>()?,
+        };
         let log = LogSettings {
             level: raw.log.level.clone(),
             format: raw.log.format,
@@ -202,6 +265,7 @@ impl Settings {
         Ok(Settings {
             database,
             sync,
+            integrity,
             log,
             raw,
         })
@@ -260,6 +324,21 @@ pub fn redact_url(url: &str) -> String {
     }
 }
 
+fn user_id_column(text: &str) -> Result<UserIdColumn> {
+    let parts: Vec<&str> = text.split('.').collect();
+    match parts.as_slice() {
+        [schema, table, column] if parts.iter().all(|p| !p.is_empty()) => Ok(UserIdColumn {
+            schema: schema.to_string(),
+            table: table.to_string(),
+            column: column.to_string(),
+        }),
+        _ => Err(Error::config(
+            "integrity.user_id_columns",
+            format!("{text:?} is not schema.table.column"),
+        )),
+    }
+}
+
 fn in_range(key: &str, value: i64, min: i64, max: i64) -> Result<i64> {
     if (min..=max).contains(&value) {
         Ok(value)
@@ -302,6 +381,14 @@ fn env_value(key: &str, value: &str) -> std::result::Result<config::Value, Strin
             .trim()
             .parse::<i64>()
             .map_err(|_| format!("{value:?} is not an integer"))?
+            .into(),
+        // A list from the environment is comma-separated.
+        toml::Value::Array(_) => value
+            .split(',')
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+            .map(|v| config::Value::from(v.to_string()))
+            .collect::<Vec<_>>()
             .into(),
         toml::Value::Boolean(_) => match value.trim().to_ascii_lowercase().as_str() {
             "true" | "1" | "yes" | "on" => true.into(),

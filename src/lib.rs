@@ -7,6 +7,7 @@
 //!   rolled-back sign-up probe of `migrate verify --e2e`.
 //! - [`sync`]: the reconcile step: [`sync::plan`] detects users without a profile,
 //!   [`sync::apply`] creates them in batches, [`sync::repair`] drains the repair queue.
+//! - [`integrity`]: the checks behind `usersync check` and the daemon's integrity metrics.
 //! - [`error`]: the crate-wide error and its exit codes.
 //! - [`telemetry`]: tracing to stderr, text or JSON.
 //! - [`cli`]: the command line definitions; [`commands`] runs them.
@@ -16,6 +17,7 @@ pub mod commands;
 pub mod config;
 pub mod db;
 pub mod error;
+pub mod integrity;
 pub mod sync;
 pub mod telemetry;
 

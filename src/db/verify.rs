@@ -319,7 +319,7 @@ fn add_column_sql(c: &Column) -> String {
 }
 
 /// Quotes an identifier read from the catalog for a fix line, as `quote_ident` would.
-fn quote_ident(name: &str) -> String {
+pub(crate) fn quote_ident(name: &str) -> String {
     let plain = name
         .chars()
         .next()

@@ -1,0 +1,308 @@
+//! The SQL of the integrity checks, one function per concern.
+
+use tokio_postgres::Client;
+
+use super::{Finding, Level};
+use crate::config::IntegritySettings;
+use crate::db::verify::quote_ident as quote;
+use crate::error::{DbContext, Result};
+
+const SAMPLES: i32 = 10;
+
+/// Users without a profile (the sync's detection, past the grace period) and profiles
+/// without a user. Each is one anti-join, as cheap as the bare query.
+pub async fn one_to_one(
+    client: &Client,
+    settings: &IntegritySettings,
+    include_anonymous: bool,
+    findings: &mut Vec<Finding>,
+) -> Result<()> {
+    let grace = settings.grace_period.as_secs_f64();
+    let row = client
+        .query_one(
+            "SELECT count(*), COALESCE((array_agg(u.id::text))[1:$3], '{}')
+             FROM auth.users u
+             WHERE u.deleted_at IS NULL AND ($1 OR NOT u.is_anonymous)
+               AND (u.created_at IS NULL OR u.created_at < now() - make_interval(secs => $2))
+               AND NOT EXISTS (SELECT 1 FROM public.user_profiles p WHERE p.id = u.id)",
+            &[&include_anonymous, &grace, &SAMPLES],
+        )
+        .await
+        .context("counting users without a profile")?;
+    let (count, samples): (i64, Vec<String>) = (row.get(0), row.get(1));
+    if count > 0 {
+        findings.push(Finding {
+            check: "missing_profile".into(),
+            level: Level::Error,
+            object: Some("public.user_profiles".into()),
+            title: format!("{count} live users have no profile"),
+            detail: format!(
+                "live auth users older than {}s without a row in public.user_profiles: the \
+                 trigger is off or failing, or they predate it",
+                settings.grace_period.as_secs()
+            ),
+            count,
+            samples,
+            fix: "usersync sync (then check why the trigger missed them: usersync migrate verify)"
+                .into(),
+        });
+    }
+
+    let row = client
+        .query_one(
+            "SELECT count(*), COALESCE((array_agg(p.id::text))[1:$1], '{}')
+             FROM public.user_profiles p
+             WHERE NOT EXISTS (SELECT 1 FROM auth.users u WHERE u.id = p.id)",
+            &[&SAMPLES],
+        )
+        .await
+        .context("counting profiles without a user")?;
+    let (count, samples): (i64, Vec<String>) = (row.get(0), row.get(1));
+    if count > 0 {
+        findings.push(Finding {
+            check: "orphan_profile".into(),
+            level: Level::Error,
+            object: Some("public.user_profiles".into()),
+            title: format!("{count} profiles belong to no user"),
+            detail: "rows of public.user_profiles whose id is in no auth.users row: written while \
+                     the foreign key was NOT VALID or its trigger off (a restore in replica mode)"
+                .into(),
+            count,
+            samples,
+            fix: "DELETE FROM public.user_profiles p WHERE NOT EXISTS \
+                  (SELECT 1 FROM auth.users u WHERE u.id = p.id);"
+                .into(),
+        });
+    }
+    Ok(())
+}
+
+/// Items waiting too long, and items that keep failing.
+pub async fn repair_queue(
+    client: &Client,
+    settings: &IntegritySettings,
+    findings: &mut Vec<Finding>,
+) -> Result<()> {
+    let stale = settings.queue_stale_after.as_secs_f64();
+    let row = client
+        .query_one(
+            "SELECT count(*) FILTER (WHERE first_failed_at < now() - make_interval(secs => $1)),
+                    COALESCE((array_agg(user_id::text) FILTER (
+                        WHERE first_failed_at < now() - make_interval(secs => $1)))[1:$3], '{}'),
+                    count(*) FILTER (WHERE attempts >= $2),
+                    COALESCE((array_agg(user_id::text) FILTER (WHERE attempts >= $2))[1:$3], '{}'),
+                    (SELECT last_error FROM usersync.repair_queue WHERE attempts >= $2
+                     ORDER BY last_failed_at DESC LIMIT 1)
+             FROM usersync.repair_queue",
+            &[&stale, &settings.queue_max_attempts, &SAMPLES],
+        )
+        .await
+        .context("reading the repair queue")?;
+    let (stale_count, stale_samples): (i64, Vec<String>) = (row.get(0), row.get(1));
+    let (failing, failing_samples): (i64, Vec<String>) = (row.get(2), row.get(3));
+    let last_error: Option<String> = row.get(4);
+    if stale_count > 0 {
+        findings.push(Finding {
+            check: "repair_queue_stale".into(),
+            level: Level::Warning,
+            object: Some("usersync.repair_queue".into()),
+            title: format!(
+                "{stale_count} repair queue items are older than {}s",
+                stale as u64
+            ),
+            detail: "sign-ups whose profile the trigger could not create are still waiting: the \
+                     daemon is not draining the queue, or their repair keeps failing"
+                .into(),
+            count: stale_count,
+            samples: stale_samples,
+            fix: "usersync sync; SELECT user_id, attempts, last_error FROM usersync.repair_queue \
+                  ORDER BY first_failed_at;"
+                .into(),
+        });
+    }
+    if failing > 0 {
+        findings.push(Finding {
+            check: "repair_queue_failing".into(),
+            level: Level::Error,
+            object: Some("usersync.repair_queue".into()),
+            title: format!(
+                "{failing} users failed {} or more repair attempts",
+                settings.queue_max_attempts
+            ),
+            detail: format!(
+                "their profile cannot be created; latest error: {}",
+                last_error.unwrap_or_default()
+            ),
+            count: failing,
+            samples: failing_samples,
+            fix: "fix the cause in the error (a constraint or NOT NULL column added to \
+                  public.user_profiles), then usersync sync"
+                .into(),
+        });
+    }
+    Ok(())
+}
+
+/// Every single-column foreign key into `auth.users(id)` or `public.user_profiles(id)` but the
+/// profile's own (which `migrate verify` checks): NOT VALID ones with their orphans, and ones
+/// whose ON DELETE rule would block deleting a user.
+pub async fn foreign_keys(client: &Client, findings: &mut Vec<Finding>) -> Result<()> {
+    let rows = client
+        .query(
+            "SELECT c.conrelid::regclass::text, c.conname::text, c.confrelid::regclass::text,
+                    c.convalidated, c.confdeltype::text, pg_catalog.pg_get_constraintdef(c.oid),
+                    format('SELECT count(*), COALESCE((array_agg(t.%1$I::text))[1:10], ''{}'')
+                            FROM %2$s t WHERE t.%1$I IS NOT NULL AND NOT EXISTS
+                            (SELECT 1 FROM %3$s r WHERE r.id = t.%1$I)',
+                           a.attname, c.conrelid::regclass, c.confrelid::regclass),
+                    format('ALTER TABLE %s DROP CONSTRAINT %I, ADD CONSTRAINT %I FOREIGN KEY (%I) \
+                            REFERENCES %s(id) ON DELETE CASCADE;',
+                           c.conrelid::regclass, c.conname, c.conname, a.attname, c.confrelid::regclass),
+                    format('DELETE FROM %s t WHERE t.%I IS NOT NULL AND NOT EXISTS \
+                            (SELECT 1 FROM %s r WHERE r.id = t.%I); ALTER TABLE %s VALIDATE CONSTRAINT %I;',
+                           c.conrelid::regclass, a.attname, c.confrelid::regclass, a.attname,
+                           c.conrelid::regclass, c.conname)
+             FROM pg_catalog.pg_constraint c
+             JOIN pg_catalog.pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = c.conkey[1]
+             JOIN pg_catalog.pg_attribute r ON r.attrelid = c.confrelid AND r.attnum = c.confkey[1]
+             WHERE c.contype = 'f'
+               AND c.confrelid IN ('auth.users'::regclass, 'public.user_profiles'::regclass)
+               AND cardinality(c.conkey) = 1 AND r.attname = 'id'
+               AND NOT (c.conrelid = 'public.user_profiles'::regclass
+                        AND c.confrelid = 'auth.users'::regclass)
+             ORDER BY 1, 2",
+            &[],
+        )
+        .await
+        .context("reading the foreign keys into auth.users and public.user_profiles")?;
+    for row in rows {
+        let table: String = row.get(0);
+        let name: String = row.get(1);
+        let target: String = row.get(2);
+        let validated: bool = row.get(3);
+        let on_delete: String = row.get(4);
+        let definition: String = row.get(5);
+        let orphans_sql: String = row.get(6);
+        let cascade_sql: String = row.get(7);
+        let validate_sql: String = row.get(8);
+        let object = format!("{table}.{name}");
+        if !validated {
+            // The statement is PostgreSQL's own format() of catalog names, quoted with %I.
+            let counted = client
+                .query_one(orphans_sql.as_str(), &[])
+                .await
+                .context(format!(
+                    "counting the rows of {table} that reference no {target}"
+                ))?;
+            let (count, samples): (i64, Vec<String>) = (counted.get(0), counted.get(1));
+            findings.push(Finding {
+                check: "foreign_key_not_valid".into(),
+                level: if count > 0 {
+                    Level::Error
+                } else {
+                    Level::Warning
+                },
+                object: Some(object.clone()),
+                title: format!(
+                    "{table}: foreign key {name} is NOT VALID, {count} rows reference no {target}"
+                ),
+                detail: format!(
+                    "{definition}: rows written before it, or under replica mode, are not checked"
+                ),
+                count,
+                samples,
+                fix: validate_sql,
+            });
+        }
+        if matches!(on_delete.as_str(), "a" | "r") {
+            let rule = if on_delete == "a" {
+                "NO ACTION"
+            } else {
+                "RESTRICT"
+            };
+            findings.push(Finding {
+                check: "foreign_key_blocks_delete".into(),
+                level: Level::Warning,
+                object: Some(object),
+                title: format!(
+                    "{table}: foreign key {name} blocks deleting a user (ON DELETE {rule})"
+                ),
+                detail: format!(
+                    "{definition}: deleting a user with rows in {table} fails (\"Database error \
+                     deleting user\"); make it cascade, or SET NULL if the rows must stay"
+                ),
+                count: 1,
+                samples: Vec::new(),
+                fix: cascade_sql,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Configured columns that hold user ids without a foreign key: rows whose user is gone.
+pub async fn user_id_columns(
+    client: &Client,
+    settings: &IntegritySettings,
+    findings: &mut Vec<Finding>,
+) -> Result<()> {
+    for column in &settings.user_id_columns {
+        // PostgreSQL builds the statement from the configured names, quoting each with %I;
+        // a name that matches no column gives no statement.
+        let sql: Option<String> = client
+            .query_opt(
+                "SELECT format('SELECT count(*), COALESCE((array_agg(t.%3$I::text))[1:10], ''{}'')
+                                FROM %1$I.%2$I t WHERE t.%3$I IS NOT NULL AND NOT EXISTS
+                                (SELECT 1 FROM auth.users u WHERE u.id::text = t.%3$I::text)',
+                               $1::text, $2::text, $3::text)
+                 FROM pg_catalog.pg_attribute a
+                 WHERE a.attrelid = pg_catalog.to_regclass(format('%I.%I', $1::text, $2::text))
+                   AND a.attname = $3 AND NOT a.attisdropped",
+                &[&column.schema, &column.table, &column.column],
+            )
+            .await
+            .context(format!("looking up {column}"))?
+            .map(|row| row.get(0));
+        let Some(sql) = sql else {
+            findings.push(Finding {
+                check: "user_id_column_orphans".into(),
+                level: Level::Warning,
+                object: Some(column.to_string()),
+                title: format!("{column} does not exist"),
+                detail: "integrity.user_id_columns names a column this database does not have"
+                    .into(),
+                count: 0,
+                samples: Vec::new(),
+                fix: "correct integrity.user_id_columns".into(),
+            });
+            continue;
+        };
+        let row = client
+            .query_one(sql.as_str(), &[])
+            .await
+            .context(format!("counting rows of {column} whose user is gone"))?;
+        let (count, samples): (i64, Vec<String>) = (row.get(0), row.get(1));
+        if count > 0 {
+            findings.push(Finding {
+                check: "user_id_column_orphans".into(),
+                level: Level::Warning,
+                object: Some(column.to_string()),
+                title: format!("{count} rows of {column} name a user that does not exist"),
+                detail: "the column carries user ids without a foreign key, so nothing removes \
+                         its rows when a user is deleted"
+                    .into(),
+                count,
+                samples,
+                fix: format!(
+                    "DELETE FROM {}.{} t WHERE t.{} IS NOT NULL AND NOT EXISTS \
+                     (SELECT 1 FROM auth.users u WHERE u.id::text = t.{}::text);",
+                    quote(&column.schema),
+                    quote(&column.table),
+                    quote(&column.column),
+                    quote(&column.column)
+                ),
+            });
+        }
+    }
+    Ok(())
+}

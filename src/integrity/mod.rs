@@ -1,0 +1,148 @@
+//! The integrity checks: what on-call is alerted by.
+//!
+//! One [`run`] returns [`Finding`]s: users without a profile, profiles without a user, the
+//! schema usersync installed (from [`crate::db::verify`]), the repair queue, every foreign key
+//! into `auth.users` or `public.user_profiles` found in the catalog, the configured user-id
+//! columns that have no foreign key, and a rolled-back probe that deleting a user takes its
+//! profile and referencing rows along. `usersync check` prints them; the daemon turns
+//! [`Report::values`] into one metric per check.
+
+mod checks;
+mod probe;
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use serde::Serialize;
+use tokio_postgres::Client;
+
+use crate::config::IntegritySettings;
+use crate::db::verify;
+use crate::error::Result;
+
+/// How bad a finding is: `check` exits 1 on any error.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Level {
+    Error,
+    Warning,
+    Info,
+}
+
+/// One thing that is wrong, with what remedies it.
+#[derive(Clone, Debug, Serialize)]
+pub struct Finding {
+    /// Stable name: `missing_profile`, `orphan_profile`, `foreign_key_not_valid`, ...
+    pub check: String,
+    pub level: Level,
+    /// The table, constraint or column concerned, when there is one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub object: Option<String>,
+    pub title: String,
+    pub detail: String,
+    /// How many rows (or objects) are affected.
+    pub count: i64,
+    /// Up to ten user ids, never e-mails.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub samples: Vec<String>,
+    /// The SQL or the step that remedies it.
+    pub fix: String,
+}
+
+/// The outcome of one run of every check.
+#[derive(Clone, Debug, Serialize)]
+pub struct Report {
+    pub ok: bool,
+    pub findings: Vec<Finding>,
+    pub duration_ms: f64,
+}
+
+/// Every check [`run`] performs, so that a clean run still reports each as zero.
+pub const CHECKS: &[&str] = &[
+    "missing_profile",
+    "orphan_profile",
+    "schema",
+    "cascade_delete",
+    "repair_queue_stale",
+    "repair_queue_failing",
+    "foreign_key_not_valid",
+    "foreign_key_blocks_delete",
+    "user_id_column_orphans",
+];
+
+impl Report {
+    /// Whether any finding is at error level.
+    pub fn has_errors(&self) -> bool {
+        self.findings.iter().any(|f| f.level == Level::Error)
+    }
+
+    /// One value per check, zero when it found nothing: the affected count summed over its
+    /// findings. Schema findings (from `migrate verify`) count under `schema`.
+    pub fn values(&self) -> BTreeMap<&'static str, i64> {
+        let mut values: BTreeMap<&'static str, i64> = CHECKS.iter().map(|c| (*c, 0)).collect();
+        for f in &self.findings {
+            let key = CHECKS
+                .iter()
+                .find(|c| **c == f.check)
+                .copied()
+                .unwrap_or("schema");
+            *values.entry(key).or_default() += f.count;
+        }
+        values
+    }
+}
+
+/// Runs every check once. Reads only, but for the probe, which is rolled back.
+#[tracing::instrument(skip_all)]
+pub async fn run(
+    client: &mut Client,
+    settings: &IntegritySettings,
+    include_anonymous: bool,
+) -> Result<Report> {
+    let started = Instant::now();
+    let mut findings = Vec::new();
+
+    let schema = verify::verify(client).await?;
+    let installed = !schema.findings.iter().any(|f| {
+        matches!(
+            f.check.as_str(),
+            "profile_table" | "repair_queue" | "profile_function"
+        )
+    });
+    findings.extend(schema.findings.into_iter().map(|f| Finding {
+        title: format!("{}: expected {}", f.check, f.expected),
+        object: None,
+        level: Level::Error,
+        detail: format!("found {}", f.found),
+        count: 1,
+        samples: Vec::new(),
+        fix: f.fix,
+        check: f.check,
+    }));
+    // Without the table and queue there is nothing further to count.
+    if installed {
+        checks::one_to_one(client, settings, include_anonymous, &mut findings).await?;
+        checks::repair_queue(client, settings, &mut findings).await?;
+        checks::foreign_keys(client, &mut findings).await?;
+        checks::user_id_columns(client, settings, &mut findings).await?;
+        probe::cascade_delete(client, &mut findings).await?;
+    }
+
+    findings.sort_by(|a, b| (a.level, &a.check, &a.object).cmp(&(b.level, &b.check, &b.object)));
+    let report = Report {
+        ok: !findings.iter().any(|f| f.level == Level::Error),
+        findings,
+        duration_ms: started.elapsed().as_secs_f64() * 1e3,
+    };
+    tracing::info!(
+        findings = report.findings.len(),
+        errors = report
+            .findings
+            .iter()
+            .filter(|f| f.level == Level::Error)
+            .count(),
+        duration_ms = report.duration_ms as u64,
+        "integrity check finished"
+    );
+    Ok(report)
+}

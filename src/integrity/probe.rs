@@ -1,0 +1,101 @@
+//! Cascade deletion, proven rather than read from the catalog (Requirement 4.3).
+//!
+//! Inside a transaction that is always rolled back: a user, its profile, and a row of a table
+//! that references the user (the repair queue, usersync's own, so no application table is
+//! touched) are created; deleting the user must take both along.
+
+use tokio_postgres::Client;
+use uuid::Uuid;
+
+use super::{Finding, Level};
+use crate::error::{DbContext, Result};
+
+pub async fn cascade_delete(client: &mut Client, findings: &mut Vec<Finding>) -> Result<()> {
+    let id = Uuid::new_v4();
+    let tx = client
+        .transaction()
+        .await
+        .context("starting the cascade probe")?;
+    let left: std::result::Result<(i64, i64), tokio_postgres::Error> = async {
+        tx.batch_execute("SET LOCAL lock_timeout = '2s'; SET LOCAL statement_timeout = '10s'")
+            .await?;
+        tx.execute(
+            "INSERT INTO auth.users (instance_id, id, aud, role, email, encrypted_password,
+                 confirmation_token, recovery_token, email_change_token_new, email_change,
+                 raw_app_meta_data, raw_user_meta_data, created_at, updated_at)
+             VALUES ('00000000-0000-0000-0000-000000000000', $1, 'authenticated',
+                 'authenticated', $2, '', '', '', '', '', '{}', '{}', now(), now())",
+            &[&id, &format!("usersync-probe-{id}@probe.invalid")],
+        )
+        .await?;
+        // The trigger made the profile, unless it is off; then the probe makes it.
+        tx.execute(
+            "INSERT INTO public.user_profiles (id) VALUES ($1) ON CONFLICT (id) DO NOTHING",
+            &[&id],
+        )
+        .await?;
+        tx.execute(
+            "INSERT INTO usersync.repair_queue (user_id, last_error, last_sqlstate)
+             VALUES ($1, 'usersync cascade probe', '00000') ON CONFLICT (user_id) DO NOTHING",
+            &[&id],
+        )
+        .await?;
+        tx.execute("DELETE FROM auth.users WHERE id = $1", &[&id])
+            .await?;
+        let row = tx
+            .query_one(
+                "SELECT (SELECT count(*) FROM public.user_profiles WHERE id = $1),
+                        (SELECT count(*) FROM usersync.repair_queue WHERE user_id = $1)",
+                &[&id],
+            )
+            .await?;
+        Ok((row.get(0), row.get(1)))
+    }
+    .await;
+    tx.rollback()
+        .await
+        .context("rolling back the cascade probe")?;
+    let (profiles, queued) = match left {
+        Ok(counts) => counts,
+        Err(e) if crate::error::is_connection_error(&e) => {
+            return Err(e).context("running the cascade probe");
+        }
+        Err(e) => {
+            findings.push(Finding {
+                check: "cascade_delete".into(),
+                level: Level::Error,
+                object: Some("auth.users".into()),
+                title: "deleting a user fails".into(),
+                detail: format!(
+                    "a probe user with a profile could not be created and deleted: {}",
+                    crate::error::db_message(&e)
+                ),
+                count: 1,
+                samples: Vec::new(),
+                fix: "see the foreign_key_blocks_delete findings and usersync migrate verify"
+                    .into(),
+            });
+            return Ok(());
+        }
+    };
+    if profiles + queued > 0 {
+        findings.push(Finding {
+            check: "cascade_delete".into(),
+            level: Level::Error,
+            object: Some("public.user_profiles".into()),
+            title: "deleting a user leaves rows behind".into(),
+            detail: format!(
+                "after deleting a probe user, {profiles} profile and {queued} repair queue rows \
+                 remained: a foreign key lost its ON DELETE CASCADE"
+            ),
+            count: profiles + queued,
+            samples: Vec::new(),
+            fix:
+                "ALTER TABLE public.user_profiles DROP CONSTRAINT IF EXISTS user_profiles_id_fkey, \
+                  ADD CONSTRAINT user_profiles_id_fkey FOREIGN KEY (id) REFERENCES auth.users(id) \
+                  ON DELETE CASCADE;"
+                    .into(),
+        });
+    }
+    Ok(())
+}
