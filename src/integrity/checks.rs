@@ -188,30 +188,35 @@ pub async fn foreign_keys(client: &Client, findings: &mut Vec<Finding>) -> Resul
         let object = format!("{table}.{name}");
         if !validated {
             // The statement is PostgreSQL's own format() of catalog names, quoted with %I.
-            let counted = client
-                .query_one(orphans_sql.as_str(), &[])
-                .await
-                .context(format!(
-                    "counting the rows of {table} that reference no {target}"
-                ))?;
-            let (count, samples): (i64, Vec<String>) = (counted.get(0), counted.get(1));
-            findings.push(Finding {
-                check: "foreign_key_not_valid".into(),
-                level: if count > 0 {
-                    Level::Error
-                } else {
-                    Level::Warning
-                },
-                object: Some(object.clone()),
-                title: format!(
-                    "{table}: foreign key {name} is NOT VALID, {count} rows reference no {target}"
-                ),
-                detail: format!(
-                    "{definition}: rows written before it, or under replica mode, are not checked"
-                ),
-                count,
-                samples,
-                fix: validate_sql,
+            let counted = readable(
+                client.query_one(orphans_sql.as_str(), &[]).await,
+                format!("counting the rows of {table} that reference no {target}"),
+            )?;
+            findings.push(match counted {
+                None => unreadable(&object, &table),
+                Some(counted) => {
+                    let (count, samples): (i64, Vec<String>) = (counted.get(0), counted.get(1));
+                    Finding {
+                        check: "foreign_key_not_valid".into(),
+                        level: if count > 0 {
+                            Level::Error
+                        } else {
+                            Level::Warning
+                        },
+                        object: Some(object.clone()),
+                        title: format!(
+                            "{table}: foreign key {name} is NOT VALID, {count} rows reference \
+                             no {target}"
+                        ),
+                        detail: format!(
+                            "{definition}: rows written before it, or under replica mode, are \
+                             not checked"
+                        ),
+                        count,
+                        samples,
+                        fix: validate_sql,
+                    }
+                }
             });
         }
         if matches!(on_delete.as_str(), "a" | "r") {
@@ -277,10 +282,17 @@ pub async fn user_id_columns(
             });
             continue;
         };
-        let row = client
-            .query_one(sql.as_str(), &[])
-            .await
-            .context(format!("counting rows of {column} whose user is gone"))?;
+        let Some(row) = readable(
+            client.query_one(sql.as_str(), &[]).await,
+            format!("counting rows of {column} whose user is gone"),
+        )?
+        else {
+            findings.push(unreadable(
+                &column.to_string(),
+                &format!("{}.{}", column.schema, column.table),
+            ));
+            continue;
+        };
         let (count, samples): (i64, Vec<String>) = (row.get(0), row.get(1));
         if count > 0 {
             findings.push(Finding {
@@ -305,4 +317,32 @@ pub async fn user_id_columns(
         }
     }
     Ok(())
+}
+
+/// A query result, or None when usersync's role may not read the table: that is a finding of
+/// its own, not a reason to stop checking everything else.
+fn readable(
+    result: std::result::Result<tokio_postgres::Row, tokio_postgres::Error>,
+    context: String,
+) -> Result<Option<tokio_postgres::Row>> {
+    match result {
+        Ok(row) => Ok(Some(row)),
+        Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE) => {
+            Ok(None)
+        }
+        Err(e) => Err(e).context(context),
+    }
+}
+
+fn unreadable(object: &str, table: &str) -> Finding {
+    Finding {
+        check: "unreadable_table".into(),
+        level: Level::Warning,
+        object: Some(object.to_string()),
+        title: format!("{table} cannot be read by usersync's role"),
+        detail: "its orphan rows could not be counted".into(),
+        count: 1,
+        samples: Vec::new(),
+        fix: format!("GRANT SELECT ON {table} TO <the role usersync connects as>;"),
+    }
 }

@@ -68,6 +68,7 @@ pub const CHECKS: &[&str] = &[
     "foreign_key_not_valid",
     "foreign_key_blocks_delete",
     "user_id_column_orphans",
+    "unreadable_table",
 ];
 
 impl Report {

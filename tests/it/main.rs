@@ -4,6 +4,7 @@ mod property;
 mod support;
 
 mod cli;
+mod integrity;
 mod migrate;
 mod signup;
 mod sync;
