@@ -7,41 +7,22 @@
 //! else `postgres://postgres@127.0.0.1:5432/postgres` (a superuser: the bench creates and drops
 //! its own database). `USERSYNC_BENCH_SIGNUPS` sets sign-ups per round (default 2000).
 
-use std::str::FromStr;
+mod common;
+
 use std::time::{Duration, Instant};
 
-use tokio_postgres::{Client, Config, NoTls};
+use common::BenchDb;
+use tokio_postgres::Client;
 use uuid::Uuid;
-
-const ROLES_SQL: &str = include_str!("../tests/fixtures/roles.sql");
-const AUTH_SQL: &str = include_str!("../tests/fixtures/auth_schema.sql");
 const ROUNDS: usize = 5;
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
-    let url = std::env::var("USERSYNC_BENCH_DATABASE_URL")
-        .or_else(|_| std::env::var("DATABASE_URL"))
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
     let per_round: usize = std::env::var("USERSYNC_BENCH_SIGNUPS")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(2000);
-    let admin_config = Config::from_str(&url).expect("a PostgreSQL URL");
-    let admin = connect(&admin_config).await;
-    let name = format!("usersync_bench_{}", std::process::id());
-    admin
-        .batch_execute(&format!("CREATE DATABASE {name}"))
-        .await
-        .unwrap();
-
-    let mut config = admin_config.clone();
-    config.dbname(&name);
-    let mut db = connect(&config).await;
-    db.batch_execute(ROLES_SQL).await.unwrap();
-    db.batch_execute(AUTH_SQL).await.unwrap();
-    usersync::db::migrate::up(&mut db, Default::default())
-        .await
-        .unwrap();
+    let (bench, db) = BenchDb::create().await;
     db.batch_execute(NAIVE_TRIGGER).await.unwrap();
 
     let insert = db
@@ -77,10 +58,7 @@ async fn main() {
         }
     }
     drop(db);
-    admin
-        .batch_execute(&format!("DROP DATABASE {name} WITH (FORCE)"))
-        .await
-        .unwrap();
+    bench.drop_db().await;
 
     println!(
         "sign-up (single-row INSERT into auth.users, autocommit), {ROUNDS} rounds of {per_round}, median per sign-up:"
@@ -124,13 +102,4 @@ fn median(mut samples: Vec<Duration>) -> Duration {
 
 fn micros(d: Duration) -> f64 {
     d.as_secs_f64() * 1e6
-}
-
-async fn connect(config: &Config) -> Client {
-    let (client, connection) = config
-        .connect(NoTls)
-        .await
-        .expect("connecting to PostgreSQL");
-    tokio::spawn(connection);
-    client
 }

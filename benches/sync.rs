@@ -13,15 +13,15 @@
 //! Needs a superuser URL in `USERSYNC_BENCH_DATABASE_URL`, `DATABASE_URL`, or a server on
 //! 127.0.0.1:5432; it creates and drops its own database.
 
+mod common;
+
 use std::process::Command;
-use std::str::FromStr;
 use std::time::{Duration, Instant};
 
-use tokio_postgres::{Client, Config, NoTls};
+use common::{BenchDb, arg_value, median_of, populate, row, timed};
+use tokio_postgres::Client;
 use uuid::Uuid;
 
-const ROLES_SQL: &str = include_str!("../tests/fixtures/roles.sql");
-const AUTH_SQL: &str = include_str!("../tests/fixtures/auth_schema.sql");
 const SAMPLE: usize = 5_000;
 
 const BARE_INSERT: &str = "
@@ -41,27 +41,9 @@ const BARE_COUNT: &str = "
 async fn main() {
     let users = arg_value("--users").unwrap_or(1_000_000);
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-    let url = std::env::var("USERSYNC_BENCH_DATABASE_URL")
-        .or_else(|_| std::env::var("DATABASE_URL"))
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
-    let admin_config = Config::from_str(&url).expect("a PostgreSQL URL");
-    let admin = connect(&admin_config).await;
-    let name = format!("usersync_bench_{}", std::process::id());
-    admin
-        .batch_execute(&format!("CREATE DATABASE {name}"))
-        .await
-        .unwrap();
-    let mut config = admin_config.clone();
-    config.dbname(&name);
-    let db_url = url_for(&config);
-
     let started = Instant::now();
-    let mut db = connect(&config).await;
-    db.batch_execute(ROLES_SQL).await.unwrap();
-    db.batch_execute(AUTH_SQL).await.unwrap();
-    usersync::db::migrate::up(&mut db, Default::default())
-        .await
-        .unwrap();
+    let (bench, db) = BenchDb::create().await;
+    let db_url = bench.url.clone();
     populate(&db, users).await;
     eprintln!("{users} users built in {:.1?}", started.elapsed());
 
@@ -93,14 +75,7 @@ async fn main() {
         .await
         .unwrap();
     let count = median_of(5, || async { timed(db.query_one(BARE_COUNT, &[])).await.0 }).await;
-    let settings = usersync::config::Settings::load(&usersync::config::Sources {
-        file: None,
-        env: vec![
-            ("DATABASE_URL".into(), db_url.clone()),
-            ("USERSYNC__SYNC__WORKERS".into(), cores.to_string()),
-        ],
-    })
-    .unwrap();
+    let settings = bench.settings(&[("USERSYNC__SYNC__WORKERS", &cores.to_string())]);
     let pool = usersync::db::connect(&settings.database).await.unwrap();
     let options = usersync::sync::Options::from_settings(&settings.sync);
     let sweep = median_of(5, || async {
@@ -123,10 +98,7 @@ async fn main() {
     drop(repair_client);
     drop(pool);
     drop(db);
-    admin
-        .batch_execute(&format!("DROP DATABASE {name} WITH (FORCE)"))
-        .await
-        .unwrap();
+    bench.drop_db().await;
 
     let a = bare.0.as_secs_f64();
     println!("\nbackfill of {bare_created} missing profiles among {users} users ({cores} cores):");
@@ -177,39 +149,6 @@ async fn main() {
         "    repair pass over an empty queue: {:.2} ms (median of 21); target ≤ 5 ms",
         repair.as_secs_f64() * 1e3
     );
-}
-
-fn row(label: &str, d: Duration, ratio: f64, target: &str) {
-    println!(
-        "    {label:<46} {:>9.3} s  {ratio:>6.2}x  {target}",
-        d.as_secs_f64()
-    );
-}
-
-/// Users shaped like GoTrue's: e-mail sign-ups, some OAuth metadata, 5% soft-deleted,
-/// 3% anonymous. The trigger is off, as for users from before it existed.
-async fn populate(db: &Client, users: u64) {
-    db.batch_execute(&format!(
-        "ALTER TABLE auth.users DISABLE TRIGGER usersync_on_auth_user_created;
-         INSERT INTO auth.users (instance_id, id, aud, role, email, encrypted_password,
-             email_confirmed_at, confirmation_token, recovery_token, email_change_token_new,
-             email_change, raw_app_meta_data, raw_user_meta_data, created_at, updated_at,
-             is_anonymous, deleted_at)
-         SELECT '00000000-0000-0000-0000-000000000000', gen_random_uuid(), 'authenticated',
-             'authenticated', CASE WHEN g % 33 <> 0 THEN 'user' || g || '@bench.invalid' END,
-             '$2a$10$abcdefghijklmnopqrstuv', now(), '', '', '', '',
-             '{{\"provider\": \"email\", \"providers\": [\"email\"]}}',
-             CASE WHEN g % 4 = 0 THEN jsonb_build_object('full_name', 'User ' || g,
-                                                         'avatar_url', 'https://img.invalid/' || g)
-                  ELSE '{{}}' END,
-             now() - g * interval '1 second', now(), g % 33 = 0,
-             CASE WHEN g % 20 = 0 THEN now() END
-         FROM generate_series(1, {users}) g;
-         ALTER TABLE auth.users ENABLE TRIGGER usersync_on_auth_user_created;"
-    ))
-    .await
-    .unwrap();
-    db.batch_execute("VACUUM ANALYZE auth.users").await.unwrap();
 }
 
 /// An emptied profile table; `trap`: also vacuumed, so the planner takes it for one row.
@@ -296,61 +235,4 @@ fn run_binary(url: &str, workers: usize) -> BinaryRun {
         longest_batch_ms: report["longest_batch_ms"].as_f64().unwrap(),
         peak_rss_mb: usage.ru_maxrss as f64 / 1024.0,
     }
-}
-
-async fn timed<T>(f: impl std::future::Future<Output = T>) -> (Duration, T) {
-    let started = Instant::now();
-    let out = f.await;
-    (started.elapsed(), out)
-}
-
-async fn median_of<F, Fut>(n: usize, mut f: F) -> Duration
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Duration>,
-{
-    let mut samples = Vec::with_capacity(n);
-    for _ in 0..n {
-        samples.push(f().await);
-    }
-    samples.sort();
-    samples[n / 2]
-}
-
-fn arg_value(flag: &str) -> Option<u64> {
-    let args: Vec<String> = std::env::args().collect();
-    let i = args.iter().position(|a| a == flag)?;
-    let value = args.get(i + 1)?;
-    Some(
-        value
-            .replace('_', "")
-            .parse()
-            .unwrap_or_else(|_| panic!("{flag} {value}: not a number")),
-    )
-}
-
-fn url_for(config: &Config) -> String {
-    let host = match &config.get_hosts()[0] {
-        tokio_postgres::config::Host::Tcp(h) => h.clone(),
-        tokio_postgres::config::Host::Unix(p) => p.display().to_string(),
-    };
-    let port = config.get_ports().first().copied().unwrap_or(5432);
-    let user = config.get_user().unwrap_or("postgres");
-    let password = config
-        .get_password()
-        .map(|p| format!(":{}", String::from_utf8_lossy(p)))
-        .unwrap_or_default();
-    format!(
-        "postgres://{user}{password}@{host}:{port}/{}",
-        config.get_dbname().unwrap()
-    )
-}
-
-async fn connect(config: &Config) -> Client {
-    let (client, connection) = config
-        .connect(NoTls)
-        .await
-        .expect("connecting to PostgreSQL");
-    tokio::spawn(connection);
-    client
 }
