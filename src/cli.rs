@@ -27,6 +27,9 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run the daemon: scheduled sweeps, repair on NOTIFY, integrity checks, HTTP, until
+    /// SIGTERM or SIGINT.
+    Run,
     /// Print the effective configuration, secrets redacted.
     Config,
     /// One reconciliation pass: create the missing profiles (exit 1 if any user failed).

@@ -19,6 +19,17 @@ pub async fn run(cli: Cli, settings: Settings) -> Result<u8> {
             print!("{}", settings.to_redacted_toml());
             Ok(exit::OK)
         }
+        Command::Run => {
+            let listen = settings.http.listen;
+            let listener = tokio::net::TcpListener::bind(listen)
+                .await
+                .map_err(|source| Error::Io {
+                    context: format!("listening on {listen} (http.listen)"),
+                    source,
+                })?;
+            crate::daemon::run(settings, listener, shutdown_signal()).await?;
+            Ok(exit::OK)
+        }
         Command::Migrate { command } => run_migrate(command, &settings).await,
         Command::Check { output } => check_command(&settings, output.json).await,
         Command::Sync {
@@ -210,6 +221,17 @@ mod progress_bar {
             let _ = ticker.await;
             bar.finish_and_clear();
         }
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("installing the SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("installing the SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = int.recv() => tracing::info!("SIGINT received"),
     }
 }
 

@@ -19,12 +19,25 @@ pub struct Settings {
     pub database: DatabaseSettings,
     pub sync: SyncSettings,
     pub integrity: IntegritySettings,
+    pub http: HttpSettings,
+    pub daemon: DaemonSettings,
     pub log: LogSettings,
     raw: Raw,
 }
 
 #[derive(Clone, Debug)]
+pub struct HttpSettings {
+    pub listen: std::net::SocketAddr,
+}
+
+#[derive(Clone, Debug)]
+pub struct DaemonSettings {
+    pub shutdown_grace: Duration,
+}
+
+#[derive(Clone, Debug)]
 pub struct IntegritySettings {
+    pub schedule: String,
     /// Users younger than this are not reported as missing a profile.
     pub grace_period: Duration,
     /// A repair queue item waiting longer than this is a warning.
@@ -96,12 +109,27 @@ struct Raw {
     database: RawDatabase,
     sync: RawSync,
     integrity: RawIntegrity,
+    http: RawHttp,
+    daemon: RawDaemon,
     log: RawLog,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+struct RawHttp {
+    listen: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDaemon {
+    shutdown_grace_secs: i64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct RawIntegrity {
+    schedule: String,
     grace_period_secs: i64,
     queue_stale_secs: i64,
     queue_max_attempts: i64,
@@ -233,6 +261,7 @@ impl Settings {
         tracing_subscriber::EnvFilter::try_new(&raw.log.level)
             .map_err(|e| Error::config("log.level", format!("not a level or filter: {e}")))?;
         let integrity = IntegritySettings {
+            schedule: cron("integrity.schedule", &raw.integrity.schedule)?,
             grace_period: Duration::from_secs(in_range(
                 "integrity.grace_period_secs",
                 raw.integrity.grace_period_secs,
@@ -258,6 +287,22 @@ impl Settings {
                 .map(|c| user_id_column(c))
                 .collect::<Result<_>>()?,
         };
+        let http = HttpSettings {
+            listen: raw.http.listen.parse().map_err(|e| {
+                Error::config(
+                    "http.listen",
+                    format!("{:?} is not an address:port: {e}", raw.http.listen),
+                )
+            })?,
+        };
+        let daemon = DaemonSettings {
+            shutdown_grace: Duration::from_secs(in_range(
+                "daemon.shutdown_grace_secs",
+                raw.daemon.shutdown_grace_secs,
+                1,
+                3600,
+            )? as u64),
+        };
         let log = LogSettings {
             level: raw.log.level.clone(),
             format: raw.log.format,
@@ -266,6 +311,8 @@ impl Settings {
             database,
             sync,
             integrity,
+            http,
+            daemon,
             log,
             raw,
         })

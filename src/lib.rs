@@ -8,6 +8,8 @@
 //! - [`sync`]: the reconcile step: [`sync::plan`] detects users without a profile,
 //!   [`sync::apply`] creates them in batches, [`sync::repair`] drains the repair queue.
 //! - [`integrity`]: the checks behind `usersync check` and the daemon's integrity metrics.
+//! - [`daemon`]: `usersync run`: schedules, the repair listener, shutdown; [`http`] its
+//!   health and metrics endpoints; [`metrics`] every metric it exports.
 //! - [`error`]: the crate-wide error and its exit codes.
 //! - [`telemetry`]: tracing to stderr, text or JSON.
 //! - [`cli`]: the command line definitions; [`commands`] runs them.
@@ -15,9 +17,12 @@
 pub mod cli;
 pub mod commands;
 pub mod config;
+pub mod daemon;
 pub mod db;
 pub mod error;
+pub mod http;
 pub mod integrity;
+pub mod metrics;
 pub mod sync;
 pub mod telemetry;
 

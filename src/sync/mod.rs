@@ -49,6 +49,15 @@ pub struct Options {
     /// Most missing users one round lists ([`plan::ROUND_LIMIT`]); a larger backfill runs in
     /// rounds. Tests lower it to exercise the rounds.
     pub round_limit: i32,
+    /// When it turns true the pass stops between batches: every batch is either committed
+    /// or untouched. The daemon's shutdown.
+    pub stop: Option<tokio::sync::watch::Receiver<bool>>,
+}
+
+impl Options {
+    fn stopped(&self) -> bool {
+        self.stop.as_ref().is_some_and(|s| *s.borrow())
+    }
 }
 
 impl Options {
@@ -60,6 +69,7 @@ impl Options {
             batch_size: s.batch_size,
             include_anonymous: s.include_anonymous,
             round_limit: plan::ROUND_LIMIT,
+            stop: None,
         }
     }
 }
@@ -216,7 +226,7 @@ pub async fn run(db: &Db, options: &Options, progress: Option<Arc<Progress>>) ->
     report.note_detection(&counts);
     // A backfill beyond one round's limit goes on; users left missing on purpose (deferred,
     // failed) are not handled twice in one pass.
-    while report.last_round_full && report.last_round_created > 0 {
+    while report.last_round_full && report.last_round_created > 0 && !options.stopped() {
         let handled: HashSet<Uuid> = report.left_missing.iter().copied().collect();
         let round = sweep_round(db, options, &mut listing, &handled, &progress).await?;
         report.absorb_round(round);
@@ -281,6 +291,9 @@ async fn sweep_round(
             let mut stream = std::pin::pin!(stream);
             let mut unit: Option<(u32, Vec<plan::Missing>)> = None;
             while let Some(user) = stream.try_next().await? {
+                if options.stopped() {
+                    break;
+                }
                 listed += 1;
                 if skip.contains(&user.id) {
                     continue;
@@ -421,6 +434,9 @@ async fn create_range(
         ..RangeReport::default()
     };
     for chunk in users.chunks(options.batch_size as usize) {
+        if options.stopped() {
+            break;
+        }
         let batch: Vec<Uuid> = chunk.iter().map(|m| m.id).collect();
         let tids: Vec<plan::Tid> = chunk.iter().map(|m| m.tid).collect();
         let outcome = apply::create(

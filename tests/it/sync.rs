@@ -168,6 +168,7 @@ fn options(case: &Case, dry_run: bool) -> Options {
         batch_size: case.batch_size,
         include_anonymous: case.include_anonymous,
         round_limit: case.round_limit,
+        stop: None,
     }
 }
 
@@ -261,6 +262,7 @@ fn default_options() -> Options {
         batch_size: 100,
         include_anonymous: true,
         round_limit: usersync::sync::plan::ROUND_LIMIT,
+        stop: None,
     }
 }
 

@@ -1,0 +1,253 @@
+//! The scheduled jobs: the full sweep, the repair pass and the integrity check.
+//!
+//! A job never overlaps itself in one process: a tick that finds the previous run still going
+//! is skipped and counted. Across replicas the sweep shares work through its range locks, the
+//! repair pass through `FOR UPDATE SKIP LOCKED`, and the integrity check runs where its
+//! advisory lock is taken; a replica that dies releases its locks with its connections.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::sync::Mutex;
+use tracing::Instrument;
+
+use super::Shared;
+use crate::error::{Error, Result};
+use crate::{integrity, metrics, sync};
+
+/// Advisory lock namespace of the daemon's jobs (the two-key form: namespace, job).
+const JOB_LOCK_NAMESPACE: i32 = 0x7573_796a; // "usyj"
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum JobKind {
+    Sweep,
+    Repair,
+    Integrity,
+}
+
+impl JobKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            JobKind::Sweep => "sweep",
+            JobKind::Repair => "repair",
+            JobKind::Integrity => "integrity",
+        }
+    }
+}
+
+/// One lock per job: held while it runs.
+#[derive(Default)]
+pub struct Jobs {
+    sweep: Mutex<()>,
+    repair: Mutex<()>,
+    integrity: Mutex<()>,
+}
+
+impl Jobs {
+    fn lock(&self, kind: JobKind) -> &Mutex<()> {
+        match kind {
+            JobKind::Sweep => &self.sweep,
+            JobKind::Repair => &self.repair,
+            JobKind::Integrity => &self.integrity,
+        }
+    }
+
+    pub fn any_running(&self) -> bool {
+        [&self.sweep, &self.repair, &self.integrity]
+            .iter()
+            .any(|m| m.try_lock().is_err())
+    }
+}
+
+/// A scheduled tick: runs the job unless it is still running from the last tick.
+pub async fn run(shared: Arc<Shared>, kind: JobKind) {
+    let Ok(_running) = shared.jobs.lock(kind).try_lock() else {
+        tracing::info!(job = kind.name(), "previous run still going; tick skipped");
+        shared
+            .metrics
+            .runs
+            .with_label_values(&[kind.name(), "skipped"])
+            .inc();
+        return;
+    };
+    execute(&shared, kind).await;
+}
+
+/// A repair the listener asks for: waits for a running one to finish, then runs, so a
+/// notification is never lost to a skip.
+pub async fn repair_now(shared: &Arc<Shared>) {
+    let _running = shared.jobs.lock(JobKind::Repair).lock().await;
+    execute(shared, JobKind::Repair).await;
+}
+
+async fn execute(shared: &Shared, kind: JobKind) {
+    if *shared.stop.borrow() {
+        return;
+    }
+    let run_id = uuid::Uuid::new_v4().simple().to_string()[..8].to_string();
+    let span = tracing::info_span!("job", job = kind.name(), run_id = %run_id);
+    async {
+        let m = &shared.metrics;
+        let timer = m
+            .run_duration
+            .with_label_values(&[kind.name()])
+            .start_timer();
+        let started = Instant::now();
+        let outcome = match kind {
+            JobKind::Sweep => sweep(shared).await,
+            JobKind::Repair => repair(shared).await,
+            JobKind::Integrity => check(shared).await,
+        };
+        timer.observe_duration();
+        let label = match &outcome {
+            Ok(outcome) => *outcome,
+            Err(e) => {
+                if e.exit_code() == crate::error::exit::UNAVAILABLE {
+                    shared.database_down();
+                }
+                tracing::warn!(error = %e, "job run failed; retried on its next tick");
+                "error"
+            }
+        };
+        if matches!(label, "success" | "failed") {
+            m.database_up.set(1);
+            m.last_success
+                .with_label_values(&[kind.name()])
+                .set(metrics::now());
+        }
+        m.runs.with_label_values(&[kind.name(), label]).inc();
+        tracing::debug!(
+            outcome = label,
+            duration_ms = started.elapsed().as_millis() as u64,
+            "job run ended"
+        );
+    }
+    .instrument(span)
+    .await
+}
+
+async fn sweep(shared: &Shared) -> Result<&'static str> {
+    let m = &shared.metrics;
+    let options = sync::Options {
+        stop: Some(shared.stop.clone()),
+        ..sync::Options::from_settings(&shared.settings.sync)
+    };
+    m.leader.with_label_values(&["sweep"]).set(1);
+    let report = sync::run(&shared.db, &options, None).await;
+    m.leader.with_label_values(&["sweep"]).set(0);
+    let report = report?;
+    m.profiles_created
+        .with_label_values(&["sweep"])
+        .inc_by(report.created);
+    if let Some(repair) = &report.repair {
+        m.profiles_created
+            .with_label_values(&["repair"])
+            .inc_by(repair.created);
+        m.repair_queue_depth.set(repair.remaining as i64);
+    }
+    let left = report.missing.saturating_sub(report.created + report.raced);
+    m.users_missing_profile.set(left as i64);
+    tracing::info!(
+        scanned = report.scanned,
+        missing = report.missing,
+        created = report.total_created(),
+        raced = report.raced,
+        deferred = report.deferred,
+        failed = report.failed,
+        ranges_busy = report.ranges_busy,
+        "sweep finished"
+    );
+    Ok(if report.failed > 0 {
+        "failed"
+    } else {
+        "success"
+    })
+}
+
+async fn repair(shared: &Shared) -> Result<&'static str> {
+    let m = &shared.metrics;
+    let mut client = shared.db.get().await?;
+    let mut failures = Vec::new();
+    m.leader.with_label_values(&["repair"]).set(1);
+    let report = sync::repair::drain(
+        &mut client,
+        shared.settings.sync.include_anonymous,
+        &mut failures,
+    )
+    .await;
+    m.leader.with_label_values(&["repair"]).set(0);
+    let report = report?;
+    m.profiles_created
+        .with_label_values(&["repair"])
+        .inc_by(report.created);
+    m.repair_queue_depth.set(report.remaining as i64);
+    if report.due > 0 {
+        tracing::info!(
+            due = report.due,
+            created = report.created,
+            resolved = report.resolved,
+            failed = report.failed,
+            remaining = report.remaining,
+            "repair pass finished"
+        );
+    }
+    Ok(if report.failed > 0 {
+        "failed"
+    } else {
+        "success"
+    })
+}
+
+async fn check(shared: &Shared) -> Result<&'static str> {
+    let m = &shared.metrics;
+    let mut client = shared.db.get().await?;
+    let leader: bool = client
+        .query_one(
+            "SELECT pg_catalog.pg_try_advisory_lock($1, 3)",
+            &[&JOB_LOCK_NAMESPACE],
+        )
+        .await
+        .map_err(|source| Error::Db {
+            context: "claiming the integrity job".into(),
+            source,
+        })?
+        .get(0);
+    if !leader {
+        tracing::debug!("another replica is running the integrity check");
+        return Ok("busy");
+    }
+    m.leader.with_label_values(&["integrity"]).set(1);
+    let report = integrity::run(
+        &mut client,
+        &shared.settings.integrity,
+        shared.settings.sync.include_anonymous,
+    )
+    .await;
+    m.leader.with_label_values(&["integrity"]).set(0);
+    let unlocked = client
+        .query_one(
+            "SELECT pg_catalog.pg_advisory_unlock($1, 3)",
+            &[&JOB_LOCK_NAMESPACE],
+        )
+        .await;
+    if unlocked.is_err() {
+        let _ = deadpool_postgres::Object::take(client);
+    }
+    let report = report?;
+    for (check, value) in report.values() {
+        m.integrity_findings.with_label_values(&[check]).set(value);
+    }
+    m.users_missing_profile
+        .set(report.values()["missing_profile"]);
+    let errors = report
+        .findings
+        .iter()
+        .filter(|f| f.level == integrity::Level::Error)
+        .count();
+    tracing::info!(
+        findings = report.findings.len(),
+        errors,
+        "integrity check finished"
+    );
+    Ok("success")
+}

@@ -1,0 +1,169 @@
+//! Every metric the daemon exports, registered in one place (prefix `usersync_`, base units,
+//! counters end in `_total`, no user ids in labels).
+
+use prometheus::{
+    Encoder, Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry, TextEncoder,
+};
+
+/// The jobs the daemon schedules, the only values of the `job` label.
+pub const JOBS: &[&str] = &["sweep", "repair", "integrity"];
+
+pub struct Metrics {
+    registry: Registry,
+    /// Profiles created, by `source`: sweep or repair.
+    pub profiles_created: IntCounterVec,
+    /// Job runs by `job` and `outcome`: success, failed (a user failed), error (the run
+    /// failed), skipped (the previous run was still going), busy (another replica ran it).
+    pub runs: IntCounterVec,
+    pub run_duration: HistogramVec,
+    /// Users without a profile as last observed by a sweep or the integrity check.
+    pub users_missing_profile: IntGauge,
+    /// Affected count per integrity check, as last observed.
+    pub integrity_findings: IntGaugeVec,
+    /// Unix time of the last successful run per job.
+    pub last_success: GaugeVec,
+    /// 1 while this process is the one running the job.
+    pub leader: IntGaugeVec,
+    /// 1 when the last contact with PostgreSQL succeeded.
+    pub database_up: IntGauge,
+    pub repair_queue_depth: IntGauge,
+    /// 1 while the repair listener holds LISTEN on its own connection.
+    pub listener_up: IntGauge,
+    pub start_time: Gauge,
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let registry = Registry::new();
+        let m = Metrics {
+            registry: registry.clone(),
+            profiles_created: IntCounterVec::new(
+                Opts::new(
+                    "usersync_profiles_created_total",
+                    "Profiles created by usersync",
+                ),
+                &["source"],
+            )
+            .unwrap(),
+            runs: IntCounterVec::new(
+                Opts::new("usersync_job_runs_total", "Scheduled job runs by outcome"),
+                &["job", "outcome"],
+            )
+            .unwrap(),
+            run_duration: HistogramVec::new(
+                HistogramOpts::new("usersync_job_run_duration_seconds", "Duration of job runs")
+                    .buckets(vec![
+                        0.005, 0.025, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 120.0,
+                    ]),
+                &["job"],
+            )
+            .unwrap(),
+            users_missing_profile: IntGauge::new(
+                "usersync_users_missing_profile",
+                "Live users without a profile, as last observed",
+            )
+            .unwrap(),
+            integrity_findings: IntGaugeVec::new(
+                Opts::new(
+                    "usersync_integrity_findings",
+                    "Affected count per integrity check",
+                ),
+                &["check"],
+            )
+            .unwrap(),
+            last_success: GaugeVec::new(
+                Opts::new(
+                    "usersync_last_success_timestamp_seconds",
+                    "Unix time of the last successful run per job",
+                ),
+                &["job"],
+            )
+            .unwrap(),
+            leader: IntGaugeVec::new(
+                Opts::new("usersync_leader", "1 while this process is running the job"),
+                &["job"],
+            )
+            .unwrap(),
+            database_up: IntGauge::new("usersync_database_up", "1 when PostgreSQL answers")
+                .unwrap(),
+            repair_queue_depth: IntGauge::new(
+                "usersync_repair_queue_depth",
+                "Items in usersync.repair_queue after the last repair pass",
+            )
+            .unwrap(),
+            listener_up: IntGauge::new(
+                "usersync_repair_listener_up",
+                "1 while the repair listener is listening for failed sign-ups",
+            )
+            .unwrap(),
+            start_time: Gauge::new(
+                "usersync_start_time_seconds",
+                "Unix time the daemon started",
+            )
+            .unwrap(),
+        };
+        let build_info = IntGaugeVec::new(
+            Opts::new("usersync_build_info", "Build information, always 1"),
+            &["version"],
+        )
+        .unwrap();
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+        registry.register(Box::new(build_info)).unwrap();
+        for c in [
+            Box::new(m.profiles_created.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(m.runs.clone()),
+            Box::new(m.run_duration.clone()),
+            Box::new(m.users_missing_profile.clone()),
+            Box::new(m.integrity_findings.clone()),
+            Box::new(m.last_success.clone()),
+            Box::new(m.leader.clone()),
+            Box::new(m.database_up.clone()),
+            Box::new(m.repair_queue_depth.clone()),
+            Box::new(m.listener_up.clone()),
+            Box::new(m.start_time.clone()),
+        ] {
+            registry.register(c).unwrap();
+        }
+        // Every label value known up front, so a series exists from the first scrape.
+        for source in ["sweep", "repair"] {
+            m.profiles_created.with_label_values(&[source]);
+        }
+        for job in JOBS {
+            m.leader.with_label_values(&[job]).set(0);
+            m.run_duration.with_label_values(&[job]);
+            for outcome in ["success", "failed", "error", "skipped", "busy"] {
+                m.runs.with_label_values(&[job, outcome]);
+            }
+        }
+        for check in crate::integrity::CHECKS {
+            m.integrity_findings.with_label_values(&[check]).set(0);
+        }
+        m.start_time.set(now());
+        m
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut out)
+            .expect("text encoding to memory");
+        String::from_utf8(out).expect("metrics are UTF-8")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+/// Unix time in seconds.
+pub fn now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
