@@ -4,6 +4,7 @@ mod property;
 mod support;
 
 mod cli;
+mod daemon;
 mod integrity;
 mod migrate;
 mod signup;

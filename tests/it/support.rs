@@ -274,9 +274,16 @@ impl TestDb {
 
     /// Settings pointing at this database, as the binary would load them.
     pub fn settings(&self) -> usersync::config::Settings {
+        self.settings_with(&[])
+    }
+
+    /// Settings pointing at this database with `USERSYNC__…` overrides.
+    pub fn settings_with(&self, env: &[(&str, &str)]) -> usersync::config::Settings {
+        let mut vars = vec![("DATABASE_URL".to_string(), self.app_url())];
+        vars.extend(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
         let sources = usersync::config::Sources {
             file: None,
-            env: vec![("DATABASE_URL".into(), self.app_url())],
+            env: vars,
         };
         usersync::config::Settings::load(&sources).expect("test settings")
     }
