@@ -62,10 +62,23 @@ impl std::fmt::Display for UserIdColumn {
     }
 }
 
+/// `database.sslmode`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SslMode {
+    Disable,
+    Prefer,
+    Require,
+    VerifyFull,
+}
+
 #[derive(Clone)]
 pub struct DatabaseSettings {
     /// Parsed connection parameters; holds the password, so it is never printed.
     pub pg: tokio_postgres::Config,
+    pub sslmode: SslMode,
+    /// CA certificate (PEM) that verify-full checks the server against.
+    pub ca_cert: Option<std::path::PathBuf>,
     pub pool_size: usize,
     pub connect_timeout: Duration,
 }
@@ -140,6 +153,8 @@ struct RawIntegrity {
 #[serde(deny_unknown_fields)]
 struct RawDatabase {
     url: String,
+    sslmode: SslMode,
+    ca_cert: String,
     pool_size: i64,
     connect_timeout_secs: i64,
 }
@@ -232,8 +247,29 @@ impl Settings {
         if pg.get_hosts().is_empty() {
             return Err(Error::config("database.url", "names no host"));
         }
+        let ca_cert = match raw.database.ca_cert.trim() {
+            "" => None,
+            path => {
+                let path = std::path::PathBuf::from(path);
+                if !path.is_file() {
+                    return Err(Error::config(
+                        "database.ca_cert",
+                        format!("{}: no such file", path.display()),
+                    ));
+                }
+                Some(path)
+            }
+        };
+        if raw.database.sslmode == SslMode::VerifyFull && ca_cert.is_none() {
+            return Err(Error::config(
+                "database.ca_cert",
+                "sslmode verify-full needs the CA certificate file (hosted Supabase: the project's CA)",
+            ));
+        }
         let database = DatabaseSettings {
             pg,
+            sslmode: raw.database.sslmode,
+            ca_cert,
             pool_size: in_range("database.pool_size", raw.database.pool_size, 1, 1000)? as usize,
             connect_timeout: Duration::from_secs(in_range(
                 "database.connect_timeout_secs",

@@ -10,7 +10,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio_postgres::{AsyncMessage, NoTls};
+use tokio_postgres::AsyncMessage;
 
 use super::{Shared, jobs};
 
@@ -62,10 +62,7 @@ pub async fn run(shared: Arc<Shared>) {
 }
 
 async fn session(shared: &Arc<Shared>) -> Ended {
-    let mut pg = shared.settings.database.pg.clone();
-    pg.application_name("usersync-listener");
-    pg.connect_timeout(shared.settings.database.connect_timeout);
-    let (client, mut connection) = match pg.connect(NoTls).await {
+    let (client, mut connection) = match shared.db.connect_dedicated("usersync-listener").await {
         Ok(pair) => pair,
         Err(e) => return Ended::Lost(crate::error::db_message(&e)),
     };

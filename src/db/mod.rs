@@ -2,12 +2,12 @@
 
 pub mod migrate;
 pub mod probe;
+pub mod tls;
 pub mod verify;
 
 use std::time::Duration;
 
 use deadpool_postgres::{Hook, HookError, Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
-use tokio_postgres::NoTls;
 
 use crate::config::{DatabaseSettings, target};
 use crate::error::{Error, Result, db_message};
@@ -20,6 +20,8 @@ pub struct Db {
     pub pool: Pool,
     target: String,
     connect_timeout: Duration,
+    tls: tokio_postgres_rustls::MakeRustlsConnect,
+    pg: tokio_postgres::Config,
 }
 
 impl Db {
@@ -41,6 +43,27 @@ impl Db {
         })
     }
 
+    /// A connection of its own, outside the pool (the repair listener's), with the pool's TLS.
+    pub async fn connect_dedicated(
+        &self,
+        application_name: &str,
+    ) -> std::result::Result<
+        (
+            tokio_postgres::Client,
+            tokio_postgres::Connection<
+                tokio_postgres::Socket,
+                <tokio_postgres_rustls::MakeRustlsConnect as tokio_postgres::tls::MakeTlsConnect<
+                    tokio_postgres::Socket,
+                >>::Stream,
+            >,
+        ),
+        tokio_postgres::Error,
+    > {
+        let mut pg = self.pg.clone();
+        pg.application_name(application_name);
+        pg.connect(self.tls.clone()).await
+    }
+
     /// host:port of the database, for messages.
     pub fn target(&self) -> &str {
         &self.target
@@ -56,14 +79,14 @@ pub async fn connect(settings: &DatabaseSettings) -> Result<Db> {
 
 /// Builds the pool without connecting.
 pub fn pool(settings: &DatabaseSettings) -> Result<Db> {
-    let mut pg = settings.pg.clone();
+    let (tls, mut pg) = tls::connector(settings)?;
     pg.connect_timeout(settings.connect_timeout);
     if pg.get_application_name().is_none() {
         pg.application_name("usersync");
     }
     let manager = Manager::from_config(
-        pg,
-        NoTls,
+        pg.clone(),
+        tls.clone(),
         ManagerConfig {
             recycling_method: RecyclingMethod::Fast,
         },
@@ -89,5 +112,7 @@ pub fn pool(settings: &DatabaseSettings) -> Result<Db> {
         pool,
         target: target(&settings.pg),
         connect_timeout: settings.connect_timeout,
+        tls,
+        pg,
     })
 }

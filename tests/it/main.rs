@@ -9,4 +9,5 @@ mod integrity;
 mod migrate;
 mod signup;
 mod sync;
+mod tls;
 mod verify;

@@ -400,86 +400,28 @@ struct Throwaway {
 
 impl Throwaway {
     fn start() -> Throwaway {
-        let bindir = find_bindir();
-        let owner = postgres_os_user();
         remove_stale_dirs();
-        let dir = std::env::temp_dir().join(format!("usersync-it-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("creating the cluster directory");
-        if let Some((uid, gid)) = owner {
-            std::os::unix::fs::chown(&dir, Some(uid), Some(gid)).expect("chown cluster dir");
-        }
-        let data = dir.join("data");
-        let status = as_owner(Command::new(bindir.join("initdb")), owner)
-            .args(["-D"])
-            .arg(&data)
-            .args([
-                "-U",
-                "postgres",
-                "--auth=trust",
-                "-E",
-                "UTF8",
-                "--no-sync",
-                "--no-instructions",
-            ])
-            .current_dir(&dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .output()
-            .expect("running initdb");
-        assert!(
-            status.status.success(),
-            "initdb failed: {}",
-            String::from_utf8_lossy(&status.stderr)
-        );
+        let cluster = init_cluster(&format!("usersync-it-{}", std::process::id()), &[]);
         let port = free_port();
-        let log = std::fs::File::create(dir.join("postgres.log")).unwrap();
-        if let Some((uid, gid)) = owner {
-            std::os::unix::fs::chown(dir.join("postgres.log"), Some(uid), Some(gid)).unwrap();
-        }
-        let mut command = as_owner(Command::new(bindir.join("postgres")), owner);
-        command
-            .arg("-D")
-            .arg(&data)
-            .args(["-p", &port.to_string()])
-            .arg("-c")
-            .arg(format!("unix_socket_directories={}", dir.display()))
-            .args(["-c", "listen_addresses=127.0.0.1"])
-            .args([
-                "-c",
-                "fsync=off",
-                "-c",
-                "synchronous_commit=off",
-                "-c",
-                "full_page_writes=off",
-            ])
-            .args(["-c", "max_connections=200"])
-            .current_dir(&dir)
-            .stdout(Stdio::null())
-            .stderr(log);
-        // The server must not outlive the test binary: it gets SIGINT (fast shutdown) when
-        // the thread that spawned it ends, and that thread lives as long as the process.
-        unsafe {
-            use std::os::unix::process::CommandExt;
-            command.pre_exec(|| {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGINT) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
+        let command = postgres_command(&cluster, port, &[]);
         let (tx, rx) = std::sync::mpsc::channel::<std::io::Result<()>>();
-        std::thread::spawn(move || match command.spawn() {
-            Ok(child) => {
-                let _ = tx.send(Ok(()));
-                keep_forever(child);
-            }
-            Err(e) => {
-                let _ = tx.send(Err(e));
+        std::thread::spawn(move || {
+            let mut command = command;
+            match command.spawn() {
+                Ok(child) => {
+                    let _ = tx.send(Ok(()));
+                    keep_forever(child);
+                }
+                Err(e) => {
+                    let _ = tx.send(Err(e));
+                }
             }
         });
         rx.recv().unwrap().expect("starting postgres");
-        Throwaway { dir, port }
+        Throwaway {
+            dir: cluster.dir,
+            port,
+        }
     }
 
     fn log(&self) -> String {
@@ -648,4 +590,222 @@ pub async fn count(client: &Client, table: &str) -> i64 {
         .await
         .unwrap_or_else(|e| panic!("counting {table}: {e}"))
         .get(0)
+}
+
+/// An initialized, stopped cluster directory.
+struct InitCluster {
+    dir: PathBuf,
+    data: PathBuf,
+    bindir: PathBuf,
+    owner: Option<(u32, u32)>,
+}
+
+/// `initdb` in a fresh temporary directory, as the `postgres` OS user when run as root, with
+/// `files` (name, contents) written into the data directory, private to the server's user.
+fn init_cluster(name: &str, files: &[(&str, &[u8])]) -> InitCluster {
+    let bindir = find_bindir();
+    let owner = postgres_os_user();
+    let dir = std::env::temp_dir().join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("creating the cluster directory");
+    if let Some((uid, gid)) = owner {
+        std::os::unix::fs::chown(&dir, Some(uid), Some(gid)).expect("chown cluster dir");
+    }
+    let data = dir.join("data");
+    let status = as_owner(Command::new(bindir.join("initdb")), owner)
+        .arg("-D")
+        .arg(&data)
+        .args([
+            "-U",
+            "postgres",
+            "--auth=trust",
+            "-E",
+            "UTF8",
+            "--no-sync",
+            "--no-instructions",
+        ])
+        .current_dir(&dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .output()
+        .expect("running initdb");
+    assert!(
+        status.status.success(),
+        "initdb failed: {}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+    for (file, contents) in files {
+        use std::os::unix::fs::PermissionsExt;
+        let path = data.join(file);
+        std::fs::write(&path, contents).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        if let Some((uid, gid)) = owner {
+            std::os::unix::fs::chown(&path, Some(uid), Some(gid)).unwrap();
+        }
+    }
+    let log = dir.join("postgres.log");
+    std::fs::File::create(&log).unwrap();
+    if let Some((uid, gid)) = owner {
+        std::os::unix::fs::chown(&log, Some(uid), Some(gid)).unwrap();
+    }
+    InitCluster {
+        dir,
+        data,
+        bindir,
+        owner,
+    }
+}
+
+/// The `postgres` command for `cluster` on `port`, with `-c` settings; the server gets SIGINT
+/// (fast shutdown) when the thread that spawns it ends.
+fn postgres_command(cluster: &InitCluster, port: u16, settings: &[String]) -> Command {
+    let log = std::fs::OpenOptions::new()
+        .append(true)
+        .open(cluster.dir.join("postgres.log"))
+        .unwrap();
+    let mut command = as_owner(Command::new(cluster.bindir.join("postgres")), cluster.owner);
+    command
+        .arg("-D")
+        .arg(&cluster.data)
+        .args(["-p", &port.to_string()])
+        .arg("-c")
+        .arg(format!("unix_socket_directories={}", cluster.dir.display()))
+        .args(["-c", "listen_addresses=127.0.0.1"])
+        .args([
+            "-c",
+            "fsync=off",
+            "-c",
+            "synchronous_commit=off",
+            "-c",
+            "full_page_writes=off",
+        ])
+        .args(["-c", "max_connections=200"])
+        .current_dir(&cluster.dir)
+        .stdout(Stdio::null())
+        .stderr(log);
+    for s in settings {
+        command.arg("-c").arg(s);
+    }
+    unsafe {
+        use std::os::unix::process::CommandExt;
+        command.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGINT) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    command
+}
+
+/// A cluster of one test's own, for what the shared one cannot do: TLS settings, being
+/// stopped and started again. Removed when dropped.
+pub struct OwnCluster {
+    cluster: InitCluster,
+    pub port: u16,
+    settings: Vec<String>,
+    server: Option<(std::sync::mpsc::Sender<()>, std::thread::JoinHandle<()>)>,
+}
+
+impl OwnCluster {
+    /// Initializes and starts it, with the Supabase roles and the fixture auth schema in its
+    /// `postgres` database.
+    pub async fn start(tag: &str, files: &[(&str, &[u8])], settings: &[String]) -> OwnCluster {
+        let name = format!("usersync-it-{}-{tag}", std::process::id());
+        let cluster = init_cluster(&name, files);
+        let mut own = OwnCluster {
+            cluster,
+            port: free_port(),
+            settings: settings.to_vec(),
+            server: None,
+        };
+        own.resume().await;
+        let admin = connect(&own.config("postgres")).await;
+        admin.batch_execute(ROLES_SQL).await.unwrap();
+        admin
+            .batch_execute(&format!(
+                "CREATE ROLE {APP_ROLE} LOGIN NOSUPERUSER BYPASSRLS PASSWORD '{APP_PASSWORD}';
+                 GRANT supabase_auth_admin TO {APP_ROLE};
+                 GRANT CREATE ON DATABASE postgres TO {APP_ROLE};"
+            ))
+            .await
+            .unwrap();
+        admin.batch_execute(AUTH_SQL).await.unwrap();
+        admin
+            .batch_execute(&format!(
+                "GRANT USAGE ON SCHEMA auth TO {APP_ROLE};
+                 GRANT ALL ON ALL TABLES IN SCHEMA auth TO {APP_ROLE};
+                 GRANT ALL ON ALL SEQUENCES IN SCHEMA auth TO {APP_ROLE};
+                 GRANT CREATE ON SCHEMA public TO {APP_ROLE};"
+            ))
+            .await
+            .unwrap();
+        own
+    }
+
+    /// A superuser connection config (TLS-less: the trust rules of initdb allow it).
+    pub fn config(&self, dbname: &str) -> Config {
+        Config::from_str(&format!(
+            "postgres://postgres@127.0.0.1:{}/{dbname}",
+            self.port
+        ))
+        .unwrap()
+    }
+
+    /// The URL usersync is given, as usersync_app.
+    pub fn app_url(&self) -> String {
+        format!(
+            "postgres://{APP_ROLE}:{APP_PASSWORD}@127.0.0.1:{}/postgres",
+            self.port
+        )
+    }
+
+    /// Stops the server (fast shutdown) and waits for it to exit.
+    pub fn pause(&mut self) {
+        if let Some((stop, thread)) = self.server.take() {
+            let _ = stop.send(());
+            let _ = thread.join();
+        }
+    }
+
+    /// Starts the server again on the same port and waits until it answers.
+    pub async fn resume(&mut self) {
+        let mut command = postgres_command(&self.cluster, self.port, &self.settings);
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        let (started, up) = std::sync::mpsc::channel::<std::io::Result<()>>();
+        let thread = std::thread::spawn(move || match command.spawn() {
+            Ok(mut child) => {
+                let _ = started.send(Ok(()));
+                let _ = stopped.recv();
+                unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+                let _ = child.wait();
+            }
+            Err(e) => {
+                let _ = started.send(Err(e));
+            }
+        });
+        up.recv().unwrap().expect("starting postgres");
+        self.server = Some((stop, thread));
+        let config = self.config("postgres");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while try_connect(&config, Duration::from_secs(1)).await.is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "own cluster did not start: {}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.cluster.dir.join("postgres.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for OwnCluster {
+    fn drop(&mut self) {
+        self.pause();
+        let _ = std::fs::remove_dir_all(&self.cluster.dir);
+    }
 }

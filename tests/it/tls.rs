@@ -1,0 +1,210 @@
+//! TLS to PostgreSQL and outage recovery, against clusters of the tests' own.
+
+use std::time::Duration;
+
+use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+
+use crate::support::{OwnCluster, connect, count, usersync};
+
+/// A CA and a server certificate it signs for localhost and 127.0.0.1: (ca pem, cert, key).
+fn certificates() -> (String, String, String) {
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let params =
+        CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
+    let cert = params.signed_by(&key, &ca).unwrap();
+    (ca.pem(), cert.pem(), key.serialize_pem())
+}
+
+fn write_temp(name: &str, contents: &str) -> String {
+    let path = std::env::temp_dir().join(format!("usersync-it-{}-{name}", std::process::id()));
+    std::fs::write(&path, contents).unwrap();
+    path.display().to_string()
+}
+
+#[tokio::test]
+async fn verify_full_connects_with_the_ca_and_fails_clearly_without_it() {
+    let (ca, cert, key) = certificates();
+    let (other_ca, _, _) = certificates();
+    let ssl = [
+        "ssl=on".to_string(),
+        "ssl_cert_file=server.crt".to_string(),
+        "ssl_key_file=server.key".to_string(),
+    ];
+    let cluster = OwnCluster::start(
+        "tls",
+        &[
+            ("server.crt", cert.as_bytes()),
+            ("server.key", key.as_bytes()),
+        ],
+        &ssl,
+    )
+    .await;
+    let ca_file = write_temp("ca.pem", &ca);
+    let other_file = write_temp("other-ca.pem", &other_ca);
+    let url = cluster.app_url();
+
+    for (mode, ca_cert) in [
+        ("verify-full", ca_file.as_str()),
+        ("require", ""),
+        ("prefer", ""),
+    ] {
+        let sources = usersync::config::Sources {
+            file: None,
+            env: vec![
+                ("DATABASE_URL".into(), url.clone()),
+                ("USERSYNC__DATABASE__SSLMODE".into(), mode.into()),
+                ("USERSYNC__DATABASE__CA_CERT".into(), ca_cert.into()),
+            ],
+        };
+        let settings = usersync::config::Settings::load(&sources).unwrap();
+        let db = usersync::db::connect(&settings.database).await.unwrap();
+        let encrypted: bool = db
+            .get()
+            .await
+            .unwrap()
+            .query_one(
+                "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert!(encrypted, "{mode} speaks TLS");
+    }
+
+    // Another CA: exit 69 and one line that says why, never the password.
+    let env = [
+        ("DATABASE_URL", url.as_str()),
+        ("USERSYNC__DATABASE__SSLMODE", "verify-full"),
+        ("USERSYNC__DATABASE__CA_CERT", other_file.as_str()),
+    ];
+    let (code, _, stderr) = usersync(&["migrate", "status"], &env);
+    assert_eq!(code, 69, "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains(&format!("127.0.0.1:{}", cluster.port)),
+        "{stderr}"
+    );
+    assert!(stderr.to_lowercase().contains("certificate"), "{stderr}");
+    assert!(!stderr.contains("usersync-test"), "{stderr}");
+
+    // verify-full without a CA file is a configuration error, before anything connects.
+    let env = [
+        ("DATABASE_URL", url.as_str()),
+        ("USERSYNC__DATABASE__SSLMODE", "verify-full"),
+    ];
+    let (code, _, stderr) = usersync(&["migrate", "status"], &env);
+    assert_eq!(code, 78, "{stderr}");
+    assert!(stderr.contains("database.ca_cert"), "{stderr}");
+    let _ = std::fs::remove_file(ca_file);
+    let _ = std::fs::remove_file(other_file);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemon_survives_the_database_restarting_and_loses_nothing() {
+    let mut cluster = OwnCluster::start("restart", &[], &[]).await;
+    let url = cluster.app_url();
+    let env = [("DATABASE_URL", url.as_str())];
+    assert_eq!(usersync(&["migrate", "up"], &env).0, 0);
+    let admin = connect(&cluster.config("postgres")).await;
+    admin
+        .batch_execute(
+            "ALTER TABLE auth.users DISABLE TRIGGER usersync_on_auth_user_created;
+             INSERT INTO auth.users (id, email) SELECT gen_random_uuid(), 'r' || g || '@example.test'
+                 FROM generate_series(1, 3000) g;
+             ALTER TABLE auth.users ENABLE TRIGGER usersync_on_auth_user_created;",
+        )
+        .await
+        .unwrap();
+    let settings = usersync::config::Settings::load(&usersync::config::Sources {
+        file: None,
+        env: vec![
+            ("DATABASE_URL".into(), url.clone()),
+            ("USERSYNC__SYNC__SCHEDULE".into(), "* * * * * *".into()),
+            ("USERSYNC__SYNC__BATCH_SIZE".into(), "100".into()),
+            (
+                "USERSYNC__DATABASE__CONNECT_TIMEOUT_SECS".into(),
+                "1".into(),
+            ),
+        ],
+    })
+    .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let daemon = tokio::spawn(usersync::daemon::run(settings, listener, async {
+        let _ = stopped.await;
+    }));
+    let get = |path: &'static str| async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await
+        .unwrap();
+        let mut r = String::new();
+        s.read_to_string(&mut r).await.unwrap();
+        r
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // The server goes away mid-backfill.
+    cluster.pause();
+    let mut unready = false;
+    let mut down = false;
+    for _ in 0..100 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        unready |= get("/readyz").await.starts_with("HTTP/1.1 503");
+        down |= get("/metrics").await.contains("usersync_database_up 0");
+        if unready && down {
+            break;
+        }
+    }
+    assert!(
+        unready && down,
+        "readiness 503 and usersync_database_up 0 while the database is down"
+    );
+    assert!(
+        get("/healthz").await.starts_with("HTTP/1.1 200"),
+        "alive all along"
+    );
+
+    // It comes back: everything resumes on its own.
+    cluster.resume().await;
+    let admin = connect(&cluster.config("postgres")).await;
+    let mut done = false;
+    for _ in 0..200 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if count(&admin, "public.user_profiles").await == 3000 {
+            done = true;
+            break;
+        }
+    }
+    assert!(done, "the backfill finished after the restart");
+    let mut ready = false;
+    for _ in 0..100 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        if get("/readyz").await.starts_with("HTTP/1.1 200")
+            && get("/metrics").await.contains("usersync_database_up 1")
+        {
+            ready = true;
+            break;
+        }
+    }
+    assert!(ready, "ready again: {}", get("/readyz").await);
+    let duplicates: i64 = admin
+        .query_one(
+            "SELECT count(*) - count(DISTINCT id) FROM public.user_profiles",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(duplicates, 0);
+    let _ = stop.send(());
+    daemon.await.unwrap().expect("a clean shutdown");
+}
