@@ -385,3 +385,37 @@ async fn terminated_backends_are_survived_and_work_resumes() {
     assert_eq!(daemon.get("/healthz").await.0, 200);
     daemon.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_or_malformed_client_does_not_stall_the_server() {
+    let test_db = TestDb::migrated().await;
+    let daemon = Daemon::start(test_db.settings_with(&[
+        ("USERSYNC__SYNC__SCHEDULE", NEVER),
+        ("USERSYNC__INTEGRITY__SCHEDULE", NEVER),
+    ]))
+    .await;
+    // A client that sends half a request head and then nothing.
+    let mut slow = TcpStream::connect(daemon.addr).await.unwrap();
+    slow.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let started = Instant::now();
+    assert_eq!(daemon.get("/healthz").await.0, 200);
+    assert!(started.elapsed() < Duration::from_secs(1));
+    // Garbage instead of HTTP gets a 400 and the connection closed.
+    let mut garbage = TcpStream::connect(daemon.addr).await.unwrap();
+    garbage
+        .write_all(b"\x00\x01 not http at all\r\n\r\n")
+        .await
+        .unwrap();
+    let mut response = String::new();
+    let _ = tokio::time::timeout(
+        Duration::from_secs(5),
+        garbage.read_to_string(&mut response),
+    )
+    .await;
+    assert!(response.starts_with("HTTP/1.1 400"), "{response:?}");
+    assert_eq!(daemon.get("/metrics").await.0, 200);
+    drop(slow);
+    daemon.stop().await.unwrap();
+}
