@@ -30,6 +30,11 @@ pub enum Command {
     /// Run the daemon: scheduled sweeps, repair on NOTIFY, integrity checks, HTTP, until
     /// SIGTERM or SIGINT.
     Run,
+    /// Users joined with their profiles, as the users API shows them.
+    Users {
+        #[command(subcommand)]
+        command: Users,
+    },
     /// Print the effective configuration, secrets redacted.
     Config,
     /// One reconciliation pass: create the missing profiles (exit 1 if any user failed).
@@ -86,6 +91,33 @@ pub enum Migrate {
         /// Also run a sign-up probe inside a transaction that is rolled back.
         #[arg(long)]
         e2e: bool,
+        #[command(flatten)]
+        output: Output,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Users {
+    /// One page of users in id order.
+    List {
+        /// Users per page (1-1000).
+        #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(i64).range(1..=1000))]
+        limit: i64,
+        /// Where to continue: the next_cursor of the previous page.
+        #[arg(long)]
+        cursor: Option<String>,
+        /// Only users without a profile.
+        #[arg(long)]
+        missing_profile: bool,
+        /// Also soft-deleted users.
+        #[arg(long)]
+        include_deleted: bool,
+        #[command(flatten)]
+        output: Output,
+    },
+    /// One user by id.
+    Get {
+        id: uuid::Uuid,
         #[command(flatten)]
         output: Output,
     },

@@ -32,6 +32,7 @@ pub async fn run(cli: Cli, settings: Settings) -> Result<u8> {
         }
         Command::Migrate { command } => run_migrate(command, &settings).await,
         Command::Check { output } => check_command(&settings, output.json).await,
+        Command::Users { command } => users_command(command, &settings).await,
         Command::Sync {
             dry_run,
             verbose,
@@ -62,6 +63,80 @@ async fn sync_command(settings: &Settings, dry_run: bool, verbose: bool, json: b
     } else {
         exit::OK
     })
+}
+
+async fn users_command(command: crate::cli::Users, settings: &Settings) -> Result<u8> {
+    use crate::cli::Users;
+    use crate::db::users;
+    let db = db::connect(&settings.database).await?;
+    let client = db.get().await?;
+    match command {
+        Users::List {
+            limit,
+            cursor,
+            missing_profile,
+            include_deleted,
+            output,
+        } => {
+            let after = match cursor {
+                None => None,
+                Some(c) => Some(users::decode_cursor(&c).ok_or_else(|| {
+                    Error::Usage(format!(
+                        "--cursor {c:?}: not a cursor `usersync users list` printed"
+                    ))
+                })?),
+            };
+            let query = users::Query {
+                limit,
+                after,
+                missing_profile,
+                include_deleted,
+            };
+            let page = users::list(&client, &query).await?;
+            if output.json {
+                print_json(&page)?;
+            } else {
+                let mut out = String::new();
+                for u in &page.users {
+                    out.push_str(&user_line(u));
+                }
+                if let Some(next) = &page.next_cursor {
+                    out.push_str(&format!("next page: --cursor {next}\n"));
+                }
+                write_stdout(&out)?;
+            }
+            Ok(exit::OK)
+        }
+        Users::Get { id, output } => match users::get(&client, id).await? {
+            Some(user) if output.json => print_json(&user).map(|()| exit::OK),
+            Some(user) => write_stdout(&user_line(&user)).map(|()| exit::OK),
+            None => Err(Error::NotFound(format!("no user {id}"))),
+        },
+    }
+}
+
+fn user_line(u: &crate::db::users::User) -> String {
+    format!(
+        "{}  {:<32} {:<24} role={} active={}{}{}\n",
+        u.id,
+        u.email
+            .as_deref()
+            .or(u.phone.as_deref())
+            .unwrap_or(if u.is_anonymous { "(anonymous)" } else { "-" }),
+        u.profile.full_name.as_deref().unwrap_or("-"),
+        u.profile.role,
+        u.profile.is_active,
+        if u.profile_missing {
+            "  PROFILE MISSING"
+        } else {
+            ""
+        },
+        if u.deleted_at.is_some() {
+            "  deleted"
+        } else {
+            ""
+        },
+    )
 }
 
 async fn check_command(settings: &Settings, json: bool) -> Result<u8> {

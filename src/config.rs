@@ -20,6 +20,7 @@ pub struct Settings {
     pub sync: SyncSettings,
     pub integrity: IntegritySettings,
     pub http: HttpSettings,
+    pub api: ApiSettings,
     pub daemon: DaemonSettings,
     pub log: LogSettings,
     raw: Raw,
@@ -28,6 +29,20 @@ pub struct Settings {
 #[derive(Clone, Debug)]
 pub struct HttpSettings {
     pub listen: std::net::SocketAddr,
+}
+
+/// The users API; off without a token.
+#[derive(Clone)]
+pub struct ApiSettings {
+    pub token: Option<String>,
+}
+
+impl fmt::Debug for ApiSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ApiSettings")
+            .field("token", &self.token.as_ref().map(|_| "***"))
+            .finish()
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -123,6 +138,7 @@ struct Raw {
     sync: RawSync,
     integrity: RawIntegrity,
     http: RawHttp,
+    api: RawApi,
     daemon: RawDaemon,
     log: RawLog,
 }
@@ -131,6 +147,12 @@ struct Raw {
 #[serde(deny_unknown_fields)]
 struct RawHttp {
     listen: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawApi {
+    token: String,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -214,7 +236,7 @@ impl Settings {
                     .required(true),
             );
         }
-        let env_url = sources.env.iter().find(|(k, _)| k == "DATABASE_URL");
+        let env_url = sources.env.iter().rev().find(|(k, _)| k == "DATABASE_URL");
         if let Some((_, url)) = env_url {
             builder = builder
                 .set_override("database.url", url.as_str())
@@ -331,6 +353,13 @@ impl Settings {
                 )
             })?,
         };
+        let token = raw.api.token.trim().to_string();
+        if !token.is_empty() && token.len() < 16 {
+            return Err(Error::config("api.token", "is shorter than 16 characters"));
+        }
+        let api = ApiSettings {
+            token: (!token.is_empty()).then_some(token),
+        };
         let daemon = DaemonSettings {
             shutdown_grace: Duration::from_secs(in_range(
                 "daemon.shutdown_grace_secs",
@@ -348,6 +377,7 @@ impl Settings {
             sync,
             integrity,
             http,
+            api,
             daemon,
             log,
             raw,
@@ -358,6 +388,9 @@ impl Settings {
     pub fn to_redacted_toml(&self) -> String {
         let mut raw = self.raw.clone();
         raw.database.url = redact_url(&raw.database.url);
+        if !raw.api.token.is_empty() {
+            raw.api.token = "***".into();
+        }
         toml::to_string_pretty(&raw).expect("configuration serializes")
     }
 }

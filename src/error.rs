@@ -40,6 +40,14 @@ pub enum Error {
     #[error("{0}")]
     Migration(String),
 
+    /// A command-line value that clap could not check (exit 2).
+    #[error("{0}")]
+    Usage(String),
+
+    /// What the command was asked for does not exist.
+    #[error("{0}")]
+    NotFound(String),
+
     /// Something usersync itself got wrong (a task that panicked).
     #[error("internal error: {0}")]
     Internal(String),
@@ -65,6 +73,7 @@ impl Error {
         match self {
             Error::Config { .. } | Error::ConfigSource(_) => exit::CONFIG,
             Error::Unreachable { .. } => exit::UNAVAILABLE,
+            Error::Usage(_) => exit::USAGE,
             Error::Db { source, .. } if is_connection_error(source) => exit::UNAVAILABLE,
             _ => exit::FAILED,
         }

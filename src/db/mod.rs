@@ -3,6 +3,7 @@
 pub mod migrate;
 pub mod probe;
 pub mod tls;
+pub mod users;
 pub mod verify;
 
 use std::time::Duration;

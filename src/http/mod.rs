@@ -1,4 +1,5 @@
-//! The daemon's HTTP listener: `/healthz`, `/readyz`, `/metrics`.
+//! The daemon's HTTP listener: `/healthz`, `/readyz`, `/metrics`, and with `api.token` set the
+//! users API ([`users`]).
 //!
 //! hyper over HTTP/1.1. A client gets 10 s to send its request head, so a slow or malformed
 //! client holds only its own connection; on shutdown the listener stops accepting and open
@@ -20,6 +21,8 @@ use tokio::sync::{Mutex, watch};
 
 use crate::daemon::Shared;
 use crate::db::verify;
+
+pub mod users;
 
 type Body = Full<Bytes>;
 
@@ -65,6 +68,18 @@ async fn route(
     shared: &Shared,
     readiness: &Readiness,
 ) -> Response<Body> {
+    let uri = request.uri();
+    if let Some(response) = users::route(
+        request.method(),
+        uri.path(),
+        uri.query(),
+        request.headers(),
+        shared,
+    )
+    .await
+    {
+        return response;
+    }
     let known = matches!(request.uri().path(), "/healthz" | "/readyz" | "/metrics");
     if known && request.method() != Method::GET && request.method() != Method::HEAD {
         return json(
@@ -97,7 +112,7 @@ async fn route(
     }
 }
 
-fn json(status: StatusCode, body: String) -> Response<Body> {
+pub(crate) fn json(status: StatusCode, body: String) -> Response<Body> {
     Response::builder()
         .status(status)
         .header(header::CONTENT_TYPE, "application/json")

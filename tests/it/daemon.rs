@@ -11,14 +11,14 @@ use usersync::config::Settings;
 use crate::support::{AuthUser, TestDb, count, insert_users};
 
 /// A daemon running in this process.
-struct Daemon {
-    addr: std::net::SocketAddr,
+pub struct Daemon {
+    pub addr: std::net::SocketAddr,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<usersync::Result<()>>,
 }
 
 impl Daemon {
-    async fn start(settings: Settings) -> Daemon {
+    pub async fn start(settings: Settings) -> Daemon {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
@@ -33,18 +33,35 @@ impl Daemon {
     }
 
     /// GET `path`: (status, body).
-    async fn get(&self, path: &str) -> (u16, String) {
-        let mut stream = TcpStream::connect(self.addr).await.unwrap();
-        let request = format!("GET {path} HTTP/1.1\r\nHost: usersync\r\nConnection: close\r\n\r\n");
-        stream.write_all(request.as_bytes()).await.unwrap();
-        let mut response = String::new();
-        stream.read_to_string(&mut response).await.unwrap();
-        let status = response[9..12].parse().unwrap();
-        let body = response
-            .split_once("\r\n\r\n")
-            .map(|(_, b)| b.to_string())
-            .unwrap_or_default();
+    pub async fn get(&self, path: &str) -> (u16, String) {
+        let (status, _, body) = self.request("GET", path, &[]).await;
         (status, body)
+    }
+
+    /// Any request: (status, head, body).
+    pub async fn request(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> (u16, String, String) {
+        let mut stream = TcpStream::connect(self.addr).await.unwrap();
+        let mut request =
+            format!("{method} {path} HTTP/1.1\r\nHost: usersync\r\nConnection: close\r\n");
+        for (name, value) in headers {
+            request.push_str(&format!("{name}: {value}\r\n"));
+        }
+        request.push_str("\r\n");
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut response = Vec::new();
+        stream.read_to_end(&mut response).await.unwrap();
+        let response = String::from_utf8_lossy(&response).into_owned();
+        let status = response
+            .get(9..12)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+        (status, head.to_string(), body.to_string())
     }
 
     /// The value of one sample in /metrics, e.g. `usersync_database_up`.
@@ -55,7 +72,7 @@ impl Daemon {
             .unwrap_or_else(|| panic!("no {series} in\n{body}"))
     }
 
-    async fn stop(mut self) -> usersync::Result<()> {
+    pub async fn stop(mut self) -> usersync::Result<()> {
         let _ = self.stop.take().unwrap().send(());
         self.task.await.unwrap()
     }
@@ -77,7 +94,7 @@ where
     false
 }
 
-const NEVER: &str = "0 0 0 1 1 *"; // once a year: keeps a job out of the way
+pub const NEVER: &str = "0 0 0 1 1 *"; // once a year: keeps a job out of the way
 
 fn emails(n: usize, tag: &str) -> Vec<AuthUser> {
     (0..n)

@@ -10,4 +10,5 @@ mod migrate;
 mod signup;
 mod sync;
 mod tls;
+mod users;
 mod verify;

@@ -1,0 +1,247 @@
+//! `GET /v1/users` and `GET /v1/users/{id}`: users joined with their profiles, behind a bearer
+//! token. The response shape is the contract in `users-v1.schema.json`; errors are
+//! `{"error": code, "message": …}` with stable codes.
+
+use hyper::{HeaderMap, Method, Response, StatusCode, header};
+use subtle::ConstantTimeEq;
+use uuid::Uuid;
+
+use super::{Body, json};
+use crate::daemon::Shared;
+use crate::db::users::{self, DEFAULT_LIMIT, MAX_LIMIT, Query};
+
+/// The pinned JSON Schema of the responses.
+pub const SCHEMA: &str = include_str!("users-v1.schema.json");
+
+/// Serves `path` when it is a users route and the API is on (a token is configured).
+pub async fn route(
+    method: &Method,
+    path: &str,
+    query: Option<&str>,
+    headers: &HeaderMap,
+    shared: &Shared,
+) -> Option<Response<Body>> {
+    let rest = path.strip_prefix("/v1/users")?;
+    let token = shared.settings.api.token.as_deref()?;
+    if !authorized(headers, token) {
+        let mut response = error(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "a valid bearer token is required",
+        );
+        response.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            header::HeaderValue::from_static(r#"Bearer realm="usersync""#),
+        );
+        return Some(response);
+    }
+    if method != Method::GET {
+        return Some(error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "only GET",
+        ));
+    }
+    Some(match rest {
+        "" | "/" => list(query, shared).await,
+        _ => match rest.strip_prefix('/').map(Uuid::parse_str) {
+            Some(Ok(id)) if !rest[1..].contains('/') => one(id, shared).await,
+            _ => error(
+                StatusCode::BAD_REQUEST,
+                "bad_id",
+                "the user id is not a UUID",
+            ),
+        },
+    })
+}
+
+/// `Authorization: Bearer <token>`, compared in constant time.
+fn authorized(headers: &HeaderMap, token: &str) -> bool {
+    let Some(value) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let Some(given) = value.strip_prefix("Bearer ").map(str::trim) else {
+        return false;
+    };
+    given.as_bytes().ct_eq(token.as_bytes()).into()
+}
+
+async fn list(query: Option<&str>, shared: &Shared) -> Response<Body> {
+    let query = match parse(query.unwrap_or("")) {
+        Ok(q) => q,
+        Err((code, message)) => return error(StatusCode::BAD_REQUEST, code, &message),
+    };
+    let client = match shared.db.get().await {
+        Ok(c) => c,
+        Err(_) => return unavailable(shared),
+    };
+    match users::list(&client, &query).await {
+        Ok(page) => json(
+            StatusCode::OK,
+            serde_json::to_string(&page).expect("a page serializes"),
+        ),
+        Err(_) => unavailable(shared),
+    }
+}
+
+async fn one(id: Uuid, shared: &Shared) -> Response<Body> {
+    let client = match shared.db.get().await {
+        Ok(c) => c,
+        Err(_) => return unavailable(shared),
+    };
+    match users::get(&client, id).await {
+        Ok(Some(user)) => json(
+            StatusCode::OK,
+            serde_json::to_string(&user).expect("a user serializes"),
+        ),
+        Ok(None) => error(StatusCode::NOT_FOUND, "not_found", "no such user"),
+        Err(_) => unavailable(shared),
+    }
+}
+
+fn unavailable(shared: &Shared) -> Response<Body> {
+    shared.database_down();
+    error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "database_unavailable",
+        "the database cannot be reached",
+    )
+}
+
+pub fn error(status: StatusCode, code: &str, message: &str) -> Response<Body> {
+    json(
+        status,
+        serde_json::json!({ "error": code, "message": message }).to_string(),
+    )
+}
+
+type Invalid = (&'static str, String);
+
+/// The query string: `limit` 1-1000 (default 50), `cursor`, `missing_profile` and
+/// `include_deleted` true|false. Anything else, or a parameter given twice, is a 400.
+fn parse(query: &str) -> Result<Query, Invalid> {
+    let mut parsed = Query {
+        limit: DEFAULT_LIMIT,
+        after: None,
+        missing_profile: false,
+        include_deleted: false,
+    };
+    let mut seen: Vec<String> = Vec::new();
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let key = decode(key).ok_or((
+            "bad_parameter",
+            "a parameter is not valid percent-encoding".to_string(),
+        ))?;
+        let value = decode(value).ok_or((
+            "bad_parameter",
+            format!("{key}: not valid percent-encoding"),
+        ))?;
+        if seen.contains(&key) {
+            return Err(("bad_parameter", format!("{key} is given twice")));
+        }
+        match key.as_str() {
+            "limit" => {
+                parsed.limit = value
+                    .parse::<i64>()
+                    .ok()
+                    .filter(|l| (1..=MAX_LIMIT).contains(l))
+                    .ok_or((
+                        "bad_limit",
+                        format!("limit must be an integer from 1 to {MAX_LIMIT}"),
+                    ))?;
+            }
+            "cursor" => {
+                parsed.after = Some(users::decode_cursor(&value).ok_or((
+                    "bad_cursor",
+                    "cursor is not one this API returned".to_string(),
+                ))?);
+            }
+            "missing_profile" => parsed.missing_profile = boolean(&key, &value)?,
+            "include_deleted" => parsed.include_deleted = boolean(&key, &value)?,
+            _ => return Err(("bad_parameter", format!("unknown parameter {key:?}"))),
+        }
+        seen.push(key);
+    }
+    Ok(parsed)
+}
+
+fn boolean(key: &str, value: &str) -> Result<bool, Invalid> {
+    match value {
+        "true" => Ok(true),
+        "false" => Ok(false),
+        _ => Err(("bad_parameter", format!("{key} must be true or false"))),
+    }
+}
+
+/// Percent-decoding of a query component (`+` is a space); None when it is not valid UTF-8.
+fn decode(text: &str) -> Option<String> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' => {
+                let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_strings_parse_or_fail_with_a_stable_code() {
+        let q = parse("limit=10&missing_profile=true").unwrap();
+        assert_eq!(
+            (q.limit, q.missing_profile, q.include_deleted),
+            (10, true, false)
+        );
+        assert_eq!(parse("").unwrap().limit, DEFAULT_LIMIT);
+        for (query, code) in [
+            ("limit=0", "bad_limit"),
+            ("limit=1001", "bad_limit"),
+            ("limit=ten", "bad_limit"),
+            ("cursor=nope", "bad_cursor"),
+            ("missing_profile=yes", "bad_parameter"),
+            ("limit=1&limit=2", "bad_parameter"),
+            ("order=email", "bad_parameter"),
+            ("limit=%zz", "bad_parameter"),
+        ] {
+            assert_eq!(parse(query).unwrap_err().0, code, "{query}");
+        }
+    }
+
+    #[test]
+    fn the_token_must_match_exactly() {
+        let mut headers = HeaderMap::new();
+        assert!(!authorized(&headers, "a-long-enough-token"));
+        headers.insert(
+            header::AUTHORIZATION,
+            "Bearer a-long-enough-token".parse().unwrap(),
+        );
+        assert!(authorized(&headers, "a-long-enough-token"));
+        assert!(!authorized(&headers, "a-long-enough-token2"));
+        headers.insert(
+            header::AUTHORIZATION,
+            "Basic a-long-enough-token".parse().unwrap(),
+        );
+        assert!(!authorized(&headers, "a-long-enough-token"));
+    }
+}
