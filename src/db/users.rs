@@ -71,11 +71,12 @@ const SELECT: &str = "
            CASE WHEN p.id IS NULL THEN b.is_active ELSE p.is_active END,
            p.created_at, p.updated_at
     FROM auth.users u
-    LEFT JOIN public.user_profiles p ON p.id = u.id
+    LEFT JOIN public.user_profiles p ON p.id = u.id AND ($1::uuid IS NULL OR p.id > $1)
     CROSS JOIN LATERAL usersync.build_profile(u) AS b";
 
 /// One page. Not a cached statement: a custom plan folds the optional cursor away and walks
-/// the primary key from it.
+/// the primary key from it. The cursor is repeated on the profile side of the join, or a
+/// merge join would read the profiles' index from its start on every deep page.
 pub async fn list(client: &Client, query: &Query) -> Result<Page> {
     let sql = format!(
         "{SELECT}
@@ -110,7 +111,7 @@ pub async fn list(client: &Client, query: &Query) -> Result<Page> {
 /// One user by id, soft-deleted or not.
 pub async fn get(client: &Client, id: Uuid) -> Result<Option<User>> {
     let row = client
-        .query_opt(&format!("{SELECT} WHERE u.id = $1"), &[&id])
+        .query_opt(&format!("{SELECT} WHERE u.id = $2"), &[&None::<Uuid>, &id])
         .await
         .context("reading a user")?;
     Ok(row.as_ref().map(user))
