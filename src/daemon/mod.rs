@@ -8,6 +8,7 @@
 
 mod jobs;
 mod listener;
+mod systemd;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -84,8 +85,12 @@ pub async fn run(
     let monitor = tokio::spawn(monitor_database(shared.clone()));
     let repair_listener = tokio::spawn(listener::run(shared.clone()));
     let mut scheduler = schedule(&shared).await?;
+    let watchdog = tokio::spawn(systemd::watchdog(shared.clone()));
+    systemd::notify("READY=1");
 
     shutdown.await;
+    systemd::notify("STOPPING=1");
+    watchdog.abort();
     let started = Instant::now();
     tracing::info!(grace_secs = grace.as_secs(), "shutting down");
     let _ = http_stop_tx.send(true);

@@ -5,6 +5,7 @@ mod support;
 
 mod cli;
 mod daemon;
+mod deploy;
 mod integrity;
 mod migrate;
 mod signup;

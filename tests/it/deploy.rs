@@ -1,0 +1,299 @@
+//! What ships in `deploy/`: the systemd unit, the alert rules and their tests, the Kubernetes
+//! base, and a real Prometheus scraping a running daemon.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::daemon::{Daemon, NEVER};
+use crate::support::{TestDb, count};
+
+const ROOT: &str = env!("CARGO_MANIFEST_DIR");
+
+/// Runs a tool of the CI machine; its output on failure.
+fn run(program: &str, args: &[&str]) -> String {
+    let out = Command::new(program)
+        .args(args)
+        .current_dir(ROOT)
+        .output()
+        .unwrap_or_else(|e| panic!("{program} (installed by .ci/run): {e}"));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{program} {args:?} failed:\n{text}");
+    text
+}
+
+#[test]
+fn the_systemd_unit_verifies_and_its_exposure_is_at_most_2_5() {
+    // verify checks that ExecStart exists: point it at the binary under test.
+    let unit =
+        std::fs::read_to_string(Path::new(ROOT).join("deploy/systemd/usersync.service")).unwrap();
+    assert!(unit.contains("Type=notify") && unit.contains("WatchdogSec="));
+    let dir = std::env::temp_dir().join(format!("usersync-it-{}-unit", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("usersync.service");
+    std::fs::write(
+        &path,
+        unit.replace("/usr/local/bin/usersync", env!("CARGO_BIN_EXE_usersync")),
+    )
+    .unwrap();
+    let path = path.to_str().unwrap();
+    let verified = run("systemd-analyze", &["verify", path]);
+    assert!(
+        !verified.contains("usersync.service:"),
+        "warnings about the unit:\n{verified}"
+    );
+    let security = run("systemd-analyze", &["security", "--offline=true", path]);
+    let score: f64 = security
+        .lines()
+        .find_map(|l| {
+            l.split("Overall exposure level for usersync.service:")
+                .nth(1)
+        })
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no exposure level in:\n{security}"));
+    assert!(score <= 2.5, "exposure {score}:\n{security}");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn the_alert_rules_check_and_their_unit_tests_pass() {
+    run(
+        "promtool",
+        &["check", "rules", "deploy/prometheus/usersync.rules.yml"],
+    );
+    run(
+        "promtool",
+        &["test", "rules", "deploy/prometheus/usersync.rules.test.yml"],
+    );
+    // Every alert links to its runbook entry, and every entry exists.
+    let rules =
+        std::fs::read_to_string(Path::new(ROOT).join("deploy/prometheus/usersync.rules.yml"))
+            .unwrap();
+    let runbook = std::fs::read_to_string(Path::new(ROOT).join("deploy/RUNBOOK.md")).unwrap();
+    let alerts: Vec<&str> = rules
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("- alert: "))
+        .collect();
+    assert_eq!(alerts.len(), 6);
+    for alert in alerts {
+        assert!(
+            runbook.contains(&format!("## {alert}")),
+            "RUNBOOK.md has no entry for {alert}"
+        );
+        assert!(
+            rules.contains(&format!("RUNBOOK.md#{}", alert.to_lowercase())),
+            "{alert} has no runbook link"
+        );
+    }
+}
+
+#[test]
+fn the_kubernetes_base_builds_and_validates_against_the_schemas() {
+    let built = run(
+        "kubectl",
+        &[
+            "kustomize",
+            "--load-restrictor",
+            "LoadRestrictionsNone",
+            "deploy/kubernetes",
+        ],
+    );
+    for kind in [
+        "ConfigMap",
+        "Service",
+        "Deployment",
+        "PodDisruptionBudget",
+        "ServiceMonitor",
+    ] {
+        assert!(built.contains(&format!("kind: {kind}")), "no {kind}");
+    }
+    for needle in [
+        "/healthz",
+        "/readyz",
+        "migrate up && usersync migrate verify",
+        "readOnlyRootFilesystem: true",
+        "runAsNonRoot: true",
+        "replicas: 2",
+        "terminationGracePeriodSeconds: 30",
+    ] {
+        assert!(built.contains(needle), "no {needle}");
+    }
+    // The ConfigMap carries config/usersync.toml as it is.
+    let config = std::fs::read_to_string(Path::new(ROOT).join("config/usersync.toml")).unwrap();
+    assert!(built.contains(config.lines().find(|l| l.starts_with("pool_size")).unwrap()));
+    let file = std::env::temp_dir().join(format!("usersync-it-{}-k8s.yaml", std::process::id()));
+    std::fs::write(&file, &built).unwrap();
+    let validated = run("kubernetes-validate", &["--strict", file.to_str().unwrap()]);
+    for resource in [
+        "configmap/",
+        "service/usersync",
+        "deployment/usersync",
+        "poddisruptionbudget/usersync",
+    ] {
+        assert!(
+            validated.contains(&format!("passed for resource {resource}")),
+            "{resource}:\n{validated}"
+        );
+    }
+    let _ = std::fs::remove_file(file);
+}
+
+#[test]
+fn usersync_run_tells_systemd_it_is_ready_pings_the_watchdog_and_stops_on_sigterm() {
+    use std::os::unix::net::UnixDatagram;
+    let rt = crate::property::runtime();
+    let test_db = rt.block_on(TestDb::migrated());
+    let dir = std::env::temp_dir().join(format!("usersync-it-{}-notify", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let socket_path = dir.join("notify.sock");
+    let socket = UnixDatagram::bind(&socket_path).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_usersync"))
+        .arg("run")
+        .env_clear()
+        .env("DATABASE_URL", test_db.app_url())
+        .env("USERSYNC__HTTP__LISTEN", format!("127.0.0.1:{port}"))
+        .env("NOTIFY_SOCKET", &socket_path)
+        .env("WATCHDOG_USEC", "1000000")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut received = Vec::new();
+    let mut buf = [0u8; 256];
+    let started = Instant::now();
+    while !(received.iter().any(|m| m == "READY=1") && received.iter().any(|m| m == "WATCHDOG=1")) {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "got {received:?}"
+        );
+        let n = socket.recv(&mut buf).expect("a notification");
+        received.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+    }
+    // READY comes once it serves.
+    assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_ok());
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = child.wait().unwrap();
+    assert!(status.success(), "exit {status}");
+    loop {
+        let n = socket.recv(&mut buf).expect("STOPPING=1");
+        if &buf[..n] == b"STOPPING=1" {
+            break;
+        }
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// A real Prometheus scrapes the daemon; its own query API shows the series arriving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_prometheus_scrapes_the_daemon_and_loads_the_rules() {
+    let test_db = TestDb::migrated().await;
+    let admin = test_db.admin().await;
+    admin
+        .batch_execute(
+            "ALTER TABLE auth.users DISABLE TRIGGER usersync_on_auth_user_created;
+             INSERT INTO auth.users (id, email) SELECT gen_random_uuid(), 'prom' || g || '@example.test'
+                 FROM generate_series(1, 25) g;
+             ALTER TABLE auth.users ENABLE TRIGGER usersync_on_auth_user_created;",
+        )
+        .await
+        .unwrap();
+    let daemon = Daemon::start(test_db.settings_with(&[
+        ("USERSYNC__SYNC__SCHEDULE", "* * * * * *"),
+        ("USERSYNC__INTEGRITY__SCHEDULE", NEVER),
+    ]))
+    .await;
+    let dir = std::env::temp_dir().join(format!("usersync-it-{}-prometheus", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let rules = Path::new(ROOT).join("deploy/prometheus/usersync.rules.yml");
+    std::fs::write(
+        dir.join("prometheus.yml"),
+        format!(
+            "global: {{ scrape_interval: 1s, evaluation_interval: 1s }}\n\
+             rule_files: [{rules:?}]\n\
+             scrape_configs:\n  - job_name: usersync\n    static_configs:\n      - targets: ['{}']\n",
+            daemon.addr
+        ),
+    )
+    .unwrap();
+    let web = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let mut prometheus = Command::new("prometheus")
+        .arg(format!(
+            "--config.file={}",
+            dir.join("prometheus.yml").display()
+        ))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.join("data").display()
+        ))
+        .arg(format!("--web.listen-address={web}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("prometheus (the prometheus package)");
+
+    let query = |q: &str| {
+        let q = q
+            .replace('"', "%22")
+            .replace('{', "%7B")
+            .replace('}', "%7D")
+            .replace(' ', "%20");
+        let path = format!("/api/v1/query?query={q}");
+        async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let mut s = tokio::net::TcpStream::connect(web).await.ok()?;
+            s.write_all(
+                format!("GET {path} HTTP/1.1\r\nHost: p\r\nConnection: close\r\n\r\n").as_bytes(),
+            )
+            .await
+            .ok()?;
+            let mut r = String::new();
+            s.read_to_string(&mut r).await.ok()?;
+            let body = r.split_once("\r\n\r\n")?.1.to_string();
+            let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+            v["data"]["result"][0]["value"][1]
+                .as_str()
+                .and_then(|x| x.parse::<f64>().ok())
+        }
+    };
+    let started = Instant::now();
+    let mut created = None;
+    while started.elapsed() < Duration::from_secs(60) {
+        created = query("usersync_profiles_created_total{job=\"usersync\",source=\"sweep\"}").await;
+        if created == Some(25.0) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let up = query("up{job=\"usersync\"}").await;
+    let database_up = query("usersync_database_up").await;
+    let rules_loaded = query("count(ALERTS) or vector(0)").await;
+    let _ = prometheus.kill();
+    let _ = prometheus.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+    daemon.stop().await.unwrap();
+    assert_eq!(
+        created,
+        Some(25.0),
+        "the created counter as Prometheus stored it"
+    );
+    assert_eq!(count(&admin, "public.user_profiles").await, 25);
+    assert_eq!(up, Some(1.0));
+    assert_eq!(database_up, Some(1.0));
+    assert!(rules_loaded.is_some(), "Prometheus evaluates the rule file");
+}
