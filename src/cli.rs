@@ -35,6 +35,9 @@ pub enum Command {
         #[command(subcommand)]
         command: Users,
     },
+    /// Quick start: a throwaway PostgreSQL with a Supabase-shaped schema and users, then the
+    /// daemon against it; Ctrl-C removes everything.
+    Demo,
     /// Print the effective configuration, secrets redacted.
     Config,
     /// One reconciliation pass: create the missing profiles (exit 1 if any user failed).

@@ -30,6 +30,10 @@ pub async fn run(cli: Cli, settings: Settings) -> Result<u8> {
             crate::daemon::run(settings, listener, shutdown_signal()).await?;
             Ok(exit::OK)
         }
+        Command::Demo => {
+            crate::demo::run(settings, shutdown_signal()).await?;
+            Ok(exit::OK)
+        }
         Command::Migrate { command } => run_migrate(command, &settings).await,
         Command::Check { output } => check_command(&settings, output.json).await,
         Command::Users { command } => users_command(command, &settings).await,

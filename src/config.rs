@@ -384,6 +384,18 @@ impl Settings {
         })
     }
 
+    /// These settings pointed at the demo's database: plain TCP, a sweep every 10 seconds,
+    /// the users API on with `token`.
+    pub fn for_demo(&self, url: &str, token: &str) -> Result<Settings> {
+        let mut raw = self.raw.clone();
+        raw.database.url = url.to_string();
+        raw.database.sslmode = SslMode::Disable;
+        raw.database.ca_cert = String::new();
+        raw.sync.schedule = "*/10 * * * * *".into();
+        raw.api.token = token.to_string();
+        Settings::validate(raw)
+    }
+
     /// The effective configuration as TOML, the database password and any token redacted.
     pub fn to_redacted_toml(&self) -> String {
         let mut raw = self.raw.clone();

@@ -10,6 +10,7 @@
 //! - [`integrity`]: the checks behind `usersync check` and the daemon's integrity metrics.
 //! - [`daemon`]: `usersync run`: schedules, the repair listener, shutdown; [`http`] its
 //!   health and metrics endpoints; [`metrics`] every metric it exports.
+//! - [`demo`]: `usersync demo`, a throwaway database and the daemon against it.
 //! - [`error`]: the crate-wide error and its exit codes.
 //! - [`telemetry`]: tracing to stderr, text or JSON.
 //! - [`cli`]: the command line definitions; [`commands`] runs them.
@@ -19,6 +20,7 @@ pub mod commands;
 pub mod config;
 pub mod daemon;
 pub mod db;
+pub mod demo;
 pub mod error;
 pub mod http;
 pub mod integrity;

@@ -297,3 +297,64 @@ async fn a_real_prometheus_scrapes_the_daemon_and_loads_the_rules() {
     assert_eq!(database_up, Some(1.0));
     assert!(rules_loaded.is_some(), "Prometheus evaluates the rule file");
 }
+
+#[test]
+fn usersync_demo_starts_everything_repairs_the_missing_fifth_and_cleans_up_on_ctrl_c() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut demo = Command::new(env!("CARGO_BIN_EXE_usersync"))
+        .arg("demo")
+        .env("USERSYNC__HTTP__LISTEN", format!("127.0.0.1:{port}"))
+        .env("USERSYNC__LOG__LEVEL", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let metrics = || -> Option<String> {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+        write!(
+            s,
+            "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        .ok()?;
+        let mut r = String::new();
+        s.read_to_string(&mut r).ok()?;
+        Some(r)
+    };
+    let started = Instant::now();
+    let mut repaired = false;
+    while started.elapsed() < Duration::from_secs(60) {
+        if metrics()
+            .is_some_and(|m| m.contains("usersync_profiles_created_total{source=\"sweep\"} 2000"))
+        {
+            repaired = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    unsafe { libc::kill(demo.id() as i32, libc::SIGINT) };
+    let out = demo.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        repaired,
+        "the demo's sweep created the 2000 missing profiles:\n{stdout}"
+    );
+    assert!(out.status.success(), "{}", out.status);
+    for line in [
+        "/readyz",
+        "curl -s -H 'Authorization: Bearer",
+        "2000 of them without a profile",
+    ] {
+        assert!(stdout.contains(line), "{line} not in:\n{stdout}");
+    }
+    let dir = stdout
+        .split("(data in ")
+        .nth(1)
+        .and_then(|rest| rest.split(')').next())
+        .expect("the data directory is printed");
+    assert!(!Path::new(dir).exists(), "{dir} removed");
+}
