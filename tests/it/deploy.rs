@@ -305,7 +305,7 @@ fn usersync_demo_starts_everything_repairs_the_missing_fifth_and_cleans_up_on_ct
         .local_addr()
         .unwrap()
         .port();
-    let mut demo = Command::new(env!("CARGO_BIN_EXE_usersync"))
+    let demo = Command::new(env!("CARGO_BIN_EXE_usersync"))
         .arg("demo")
         .env("USERSYNC__HTTP__LISTEN", format!("127.0.0.1:{port}"))
         .env("USERSYNC__LOG__LEVEL", "warn")
