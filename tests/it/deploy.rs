@@ -115,7 +115,8 @@ fn the_kubernetes_base_builds_and_validates_against_the_schemas() {
     for needle in [
         "/healthz",
         "/readyz",
-        "- migrate\n        - up", "- verify\n        - --e2e",
+        "- migrate\n        - up",
+        "- verify\n        - --e2e",
         "readOnlyRootFilesystem: true",
         "runAsNonRoot: true",
         "replicas: 2",
