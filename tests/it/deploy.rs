@@ -129,7 +129,15 @@ fn the_kubernetes_base_builds_and_validates_against_the_schemas() {
     assert!(built.contains(config.lines().find(|l| l.starts_with("pool_size")).unwrap()));
     let file = std::env::temp_dir().join(format!("usersync-it-{}-k8s.yaml", std::process::id()));
     std::fs::write(&file, &built).unwrap();
-    let validated = run("kubernetes-validate", &["--strict", file.to_str().unwrap()]);
+    let validated = run(
+        "python3",
+        &[
+            "-m",
+            "kubernetes_validate",
+            "--strict",
+            file.to_str().unwrap(),
+        ],
+    );
     for resource in [
         "configmap/",
         "service/usersync",
