@@ -3,13 +3,14 @@
 //! root), a Supabase-shaped auth schema, the migration, ten thousand users of whom a fifth
 //! have no profile, then the daemon in the foreground. Ctrl-C removes everything it made.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
+use std::process::Child;
 use std::str::FromStr;
 use std::time::{Duration, Instant};
 
 use crate::config::Settings;
 use crate::error::{Error, Result};
+use crate::pgcluster::ClusterDir;
 
 const ROLES_SQL: &str = include_str!("../tests/fixtures/roles.sql");
 const AUTH_SQL: &str = include_str!("../tests/fixtures/auth_schema.sql");
@@ -116,75 +117,24 @@ struct Cluster {
 
 impl Cluster {
     fn start() -> Result<Cluster> {
-        let bindir = bindir().ok_or_else(|| {
-            Error::Internal(
-                "no PostgreSQL binaries (initdb, postgres) found: install PostgreSQL".into(),
-            )
-        })?;
-        let owner = postgres_user()?;
         let dir = std::env::temp_dir().join(format!("usersync-demo-{}", std::process::id()));
-        let io = |context: &str| {
-            let context = context.to_string();
-            move |source| Error::Io {
-                context: context.clone(),
-                source,
-            }
-        };
-        std::fs::create_dir_all(&dir).map_err(io("creating the demo directory"))?;
-        if let Some((uid, gid)) = owner {
-            std::os::unix::fs::chown(&dir, Some(uid), Some(gid))
-                .map_err(io("handing the demo directory to postgres"))?;
-        }
-        let data = dir.join("data");
-        let initdb = as_owner(Command::new(bindir.join("initdb")), owner)
-            .arg("-D")
-            .arg(&data)
-            .args([
-                "-U",
-                "postgres",
-                "--auth=trust",
-                "-E",
-                "UTF8",
-                "--no-sync",
-                "--no-instructions",
-            ])
-            .current_dir(&dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .output()
-            .map_err(io("running initdb"))?;
-        if !initdb.status.success() {
-            let _ = std::fs::remove_dir_all(&dir);
-            return Err(Error::Internal(format!(
-                "initdb failed: {}",
-                String::from_utf8_lossy(&initdb.stderr).trim()
-            )));
-        }
+        let cluster = ClusterDir::init(&dir, &[])?;
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
-            .map_err(io("finding a free port"))?
+            .map_err(|source| Error::Io {
+                context: "finding a free port".into(),
+                source,
+            })?
             .port();
-        let mut command = as_owner(Command::new(bindir.join("postgres")), owner);
-        command
-            .arg("-D")
-            .arg(&data)
-            .args(["-p", &port.to_string(), "-c", "listen_addresses=127.0.0.1"])
-            .arg("-c")
-            .arg(format!("unix_socket_directories={}", dir.display()))
-            .current_dir(&dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        // If the demo is killed outright, the server stops with it.
-        unsafe {
-            use std::os::unix::process::CommandExt;
-            command.pre_exec(|| {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGINT) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        let server = command.spawn().map_err(io("starting postgres"))?;
+        // Spawned from the main thread, which lives as long as the demo: if the demo is
+        // killed outright, the server stops with it.
+        let server = cluster
+            .server(port, &[])?
+            .spawn()
+            .map_err(|source| Error::Io {
+                context: "starting postgres".into(),
+                source,
+            })?;
         Ok(Cluster { dir, port, server })
     }
 
@@ -216,58 +166,4 @@ impl Drop for Cluster {
             self.dir.display()
         );
     }
-}
-
-fn bindir() -> Option<PathBuf> {
-    if let Ok(out) = Command::new("pg_config").arg("--bindir").output()
-        && out.status.success()
-    {
-        let dir = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
-        if dir.join("initdb").exists() {
-            return Some(dir);
-        }
-    }
-    let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
-        .map(|d| {
-            d.filter_map(|e| e.ok())
-                .map(|e| e.path().join("bin"))
-                .collect()
-        })
-        .unwrap_or_default();
-    versions.sort();
-    if let Some(dir) = versions
-        .into_iter()
-        .rev()
-        .find(|d| d.join("initdb").exists())
-    {
-        return Some(dir);
-    }
-    std::env::var("PATH")
-        .unwrap_or_default()
-        .split(':')
-        .map(PathBuf::from)
-        .find(|d| Path::new(d).join("initdb").exists())
-}
-
-/// (uid, gid) of the `postgres` OS user when running as root.
-fn postgres_user() -> Result<Option<(u32, u32)>> {
-    if unsafe { libc::geteuid() } != 0 {
-        return Ok(None);
-    }
-    let name = std::ffi::CString::new("postgres").expect("no NUL");
-    let pw = unsafe { libc::getpwnam(name.as_ptr()) };
-    if pw.is_null() {
-        return Err(Error::Internal(
-            "running as root, and there is no `postgres` OS user to run initdb as".into(),
-        ));
-    }
-    Ok(Some(unsafe { ((*pw).pw_uid, (*pw).pw_gid) }))
-}
-
-fn as_owner(mut command: Command, owner: Option<(u32, u32)>) -> Command {
-    use std::os::unix::process::CommandExt;
-    if let Some((uid, gid)) = owner {
-        command.uid(uid).gid(gid).env("HOME", std::env::temp_dir());
-    }
-    command
 }

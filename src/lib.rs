@@ -10,7 +10,8 @@
 //! - [`integrity`]: the checks behind `usersync check` and the daemon's integrity metrics.
 //! - [`daemon`]: `usersync run`: schedules, the repair listener, shutdown; [`http`] its
 //!   health and metrics endpoints; [`metrics`] every metric it exports.
-//! - [`demo`]: `usersync demo`, a throwaway database and the daemon against it.
+//! - [`demo`]: `usersync demo`, a throwaway database and the daemon against it;
+//!   [`pgcluster`] starts such a database (the tests use it too).
 //! - [`error`]: the crate-wide error and its exit codes.
 //! - [`telemetry`]: tracing to stderr, text or JSON.
 //! - [`cli`]: the command line definitions; [`commands`] runs them.
@@ -25,6 +26,7 @@ pub mod error;
 pub mod http;
 pub mod integrity;
 pub mod metrics;
+pub mod pgcluster;
 pub mod sync;
 pub mod telemetry;
 

@@ -147,16 +147,7 @@ async fn sweep(shared: &Shared) -> Result<&'static str> {
     }
     let left = report.missing.saturating_sub(report.created + report.raced);
     m.users_missing_profile.set(left as i64);
-    tracing::info!(
-        scanned = report.scanned,
-        missing = report.missing,
-        created = report.total_created(),
-        raced = report.raced,
-        deferred = report.deferred,
-        failed = report.failed,
-        ranges_busy = report.ranges_busy,
-        "sweep finished"
-    );
+    // sync::run logged the report's counts inside this job's span.
     Ok(if report.failed > 0 {
         "failed"
     } else {

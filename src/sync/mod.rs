@@ -242,6 +242,7 @@ pub async fn run(db: &Db, options: &Options, progress: Option<Arc<Progress>>) ->
         raced = report.raced,
         deferred = report.deferred,
         failed = report.failed,
+        ranges_busy = report.ranges_busy,
         duration_ms = report.duration_ms as u64,
         "sync pass finished"
     );

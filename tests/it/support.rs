@@ -15,13 +15,14 @@
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::str::FromStr;
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio_postgres::{Client, Config, NoTls};
+use usersync::pgcluster::ClusterDir;
 use uuid::Uuid;
 
 pub const APP_ROLE: &str = "usersync_app";
@@ -401,9 +402,12 @@ struct Throwaway {
 impl Throwaway {
     fn start() -> Throwaway {
         remove_stale_dirs();
-        let cluster = init_cluster(&format!("usersync-it-{}", std::process::id()), &[]);
+        let dir = std::env::temp_dir().join(format!("usersync-it-{}", std::process::id()));
+        let cluster = ClusterDir::init(&dir, &[]).expect("initdb for the throwaway cluster");
         let port = free_port();
-        let command = postgres_command(&cluster, port, &[]);
+        let command = cluster
+            .server(port, &fast_settings())
+            .expect("the postgres command");
         let (tx, rx) = std::sync::mpsc::channel::<std::io::Result<()>>();
         std::thread::spawn(move || {
             let mut command = command;
@@ -435,65 +439,6 @@ fn keep_forever(mut child: Child) -> ! {
     loop {
         std::thread::park();
     }
-}
-
-fn find_bindir() -> PathBuf {
-    if let Some(dir) = std::env::var_os("USERSYNC_PG_BINDIR") {
-        return PathBuf::from(dir);
-    }
-    if let Ok(out) = Command::new("pg_config").arg("--bindir").output()
-        && out.status.success()
-    {
-        let dir = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
-        if dir.join("initdb").exists() {
-            return dir;
-        }
-    }
-    let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
-        .map(|d| {
-            d.filter_map(|e| e.ok())
-                .map(|e| e.path().join("bin"))
-                .collect()
-        })
-        .unwrap_or_default();
-    versions.sort();
-    if let Some(dir) = versions
-        .into_iter()
-        .rev()
-        .find(|d| d.join("initdb").exists())
-    {
-        return dir;
-    }
-    for dir in std::env::var("PATH").unwrap_or_default().split(':') {
-        if Path::new(dir).join("initdb").exists() {
-            return PathBuf::from(dir);
-        }
-    }
-    panic!(
-        "no PostgreSQL server reachable and no initdb found: install PostgreSQL 15 or set USERSYNC_TEST_DATABASE_URL"
-    )
-}
-
-/// (uid, gid) of the `postgres` OS user when running as root; initdb refuses root.
-fn postgres_os_user() -> Option<(u32, u32)> {
-    if unsafe { libc::geteuid() } != 0 {
-        return None;
-    }
-    let name = std::ffi::CString::new("postgres").unwrap();
-    let pw = unsafe { libc::getpwnam(name.as_ptr()) };
-    assert!(
-        !pw.is_null(),
-        "running as root and there is no `postgres` OS user to run initdb as"
-    );
-    Some(unsafe { ((*pw).pw_uid, (*pw).pw_gid) })
-}
-
-fn as_owner(mut command: Command, owner: Option<(u32, u32)>) -> Command {
-    use std::os::unix::process::CommandExt;
-    if let Some((uid, gid)) = owner {
-        command.uid(uid).gid(gid).env("HOME", std::env::temp_dir());
-    }
-    command
 }
 
 fn free_port() -> u16 {
@@ -592,116 +537,22 @@ pub async fn count(client: &Client, table: &str) -> i64 {
         .get(0)
 }
 
-/// An initialized, stopped cluster directory.
-struct InitCluster {
-    dir: PathBuf,
-    data: PathBuf,
-    bindir: PathBuf,
-    owner: Option<(u32, u32)>,
-}
-
-/// `initdb` in a fresh temporary directory, as the `postgres` OS user when run as root, with
-/// `files` (name, contents) written into the data directory, private to the server's user.
-fn init_cluster(name: &str, files: &[(&str, &[u8])]) -> InitCluster {
-    let bindir = find_bindir();
-    let owner = postgres_os_user();
-    let dir = std::env::temp_dir().join(name);
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("creating the cluster directory");
-    if let Some((uid, gid)) = owner {
-        std::os::unix::fs::chown(&dir, Some(uid), Some(gid)).expect("chown cluster dir");
-    }
-    let data = dir.join("data");
-    let status = as_owner(Command::new(bindir.join("initdb")), owner)
-        .arg("-D")
-        .arg(&data)
-        .args([
-            "-U",
-            "postgres",
-            "--auth=trust",
-            "-E",
-            "UTF8",
-            "--no-sync",
-            "--no-instructions",
-        ])
-        .current_dir(&dir)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .output()
-        .expect("running initdb");
-    assert!(
-        status.status.success(),
-        "initdb failed: {}",
-        String::from_utf8_lossy(&status.stderr)
-    );
-    for (file, contents) in files {
-        use std::os::unix::fs::PermissionsExt;
-        let path = data.join(file);
-        std::fs::write(&path, contents).unwrap();
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
-        if let Some((uid, gid)) = owner {
-            std::os::unix::fs::chown(&path, Some(uid), Some(gid)).unwrap();
-        }
-    }
-    let log = dir.join("postgres.log");
-    std::fs::File::create(&log).unwrap();
-    if let Some((uid, gid)) = owner {
-        std::os::unix::fs::chown(&log, Some(uid), Some(gid)).unwrap();
-    }
-    InitCluster {
-        dir,
-        data,
-        bindir,
-        owner,
-    }
-}
-
-/// The `postgres` command for `cluster` on `port`, with `-c` settings; the server gets SIGINT
-/// (fast shutdown) when the thread that spawns it ends.
-fn postgres_command(cluster: &InitCluster, port: u16, settings: &[String]) -> Command {
-    let log = std::fs::OpenOptions::new()
-        .append(true)
-        .open(cluster.dir.join("postgres.log"))
-        .unwrap();
-    let mut command = as_owner(Command::new(cluster.bindir.join("postgres")), cluster.owner);
-    command
-        .arg("-D")
-        .arg(&cluster.data)
-        .args(["-p", &port.to_string()])
-        .arg("-c")
-        .arg(format!("unix_socket_directories={}", cluster.dir.display()))
-        .args(["-c", "listen_addresses=127.0.0.1"])
-        .args([
-            "-c",
-            "fsync=off",
-            "-c",
-            "synchronous_commit=off",
-            "-c",
-            "full_page_writes=off",
-        ])
-        .args(["-c", "max_connections=200"])
-        .current_dir(&cluster.dir)
-        .stdout(Stdio::null())
-        .stderr(log);
-    for s in settings {
-        command.arg("-c").arg(s);
-    }
-    unsafe {
-        use std::os::unix::process::CommandExt;
-        command.pre_exec(|| {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGINT) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    command
+/// Settings that make a test cluster fast: nothing it holds needs to survive a crash.
+fn fast_settings() -> Vec<String> {
+    [
+        "fsync=off",
+        "synchronous_commit=off",
+        "full_page_writes=off",
+        "max_connections=200",
+    ]
+    .map(String::from)
+    .to_vec()
 }
 
 /// A cluster of one test's own, for what the shared one cannot do: TLS settings, being
 /// stopped and started again. Removed when dropped.
 pub struct OwnCluster {
-    cluster: InitCluster,
+    cluster: ClusterDir,
     pub port: u16,
     settings: Vec<String>,
     server: Option<(std::sync::mpsc::Sender<()>, std::thread::JoinHandle<()>)>,
@@ -711,12 +562,14 @@ impl OwnCluster {
     /// Initializes and starts it, with the Supabase roles and the fixture auth schema in its
     /// `postgres` database.
     pub async fn start(tag: &str, files: &[(&str, &[u8])], settings: &[String]) -> OwnCluster {
-        let name = format!("usersync-it-{}-{tag}", std::process::id());
-        let cluster = init_cluster(&name, files);
+        let dir = std::env::temp_dir().join(format!("usersync-it-{}-{tag}", std::process::id()));
+        let cluster = ClusterDir::init(&dir, files).expect("initdb for the test's own cluster");
+        let mut settings = settings.to_vec();
+        settings.extend(fast_settings());
         let mut own = OwnCluster {
             cluster,
             port: free_port(),
-            settings: settings.to_vec(),
+            settings,
             server: None,
         };
         own.resume().await;
@@ -770,7 +623,10 @@ impl OwnCluster {
 
     /// Starts the server again on the same port and waits until it answers.
     pub async fn resume(&mut self) {
-        let mut command = postgres_command(&self.cluster, self.port, &self.settings);
+        let mut command = self
+            .cluster
+            .server(self.port, &self.settings)
+            .expect("the postgres command");
         let (stop, stopped) = std::sync::mpsc::channel::<()>();
         let (started, up) = std::sync::mpsc::channel::<std::io::Result<()>>();
         let thread = std::thread::spawn(move || match command.spawn() {
@@ -799,7 +655,7 @@ impl OwnCluster {
     }
 
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self.cluster.dir.join("postgres.log")).unwrap_or_default()
+        self.cluster.log()
     }
 }
 
