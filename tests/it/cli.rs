@@ -231,3 +231,18 @@ async fn migrate_on_a_database_without_auth_says_it_is_not_supabase() {
         "usersync: no auth.users table: is this a Supabase database?"
     );
 }
+
+#[test]
+fn config_never_prints_the_api_token_and_rejects_a_short_one() {
+    let token = "a-secret-token-nobody-may-see";
+    let (code, stdout, stderr) = usersync(&["config"], &[("USERSYNC__API__TOKEN", token)]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(!stdout.contains(token), "{stdout}");
+    assert!(stdout.contains("token = \"***\""), "{stdout}");
+    assert_config_error(
+        &["config"],
+        &[("USERSYNC__API__TOKEN", "short")],
+        "api.token",
+        "shorter than 16",
+    );
+}
