@@ -246,3 +246,55 @@ fn config_never_prints_the_api_token_and_rejects_a_short_one() {
         "shorter than 16",
     );
 }
+
+#[tokio::test]
+async fn logs_carry_no_email_password_or_token() {
+    let test_db = crate::support::TestDb::migrated().await;
+    let admin = test_db.admin().await;
+    admin
+        .batch_execute(
+            "ALTER TABLE auth.users DISABLE TRIGGER usersync_on_auth_user_created;
+             INSERT INTO auth.users (id, email, raw_user_meta_data)
+                 SELECT gen_random_uuid(), 'secret' || g || '@leak.test',
+                        jsonb_build_object('full_name', CASE WHEN g % 3 = 0 THEN 'Rejected' END)
+                 FROM generate_series(1, 30) g;
+             ALTER TABLE auth.users ENABLE TRIGGER usersync_on_auth_user_created;
+             ALTER TABLE public.user_profiles ADD CONSTRAINT no_rejects
+                 CHECK (full_name IS DISTINCT FROM 'Rejected');",
+        )
+        .await
+        .unwrap();
+    let url = test_db.app_url();
+    let token = "log-leak-token-0123456789";
+    for format in ["text", "json"] {
+        let env = [
+            ("DATABASE_URL", url.as_str()),
+            ("USERSYNC__API__TOKEN", token),
+            ("USERSYNC__LOG__FORMAT", format),
+            ("USERSYNC__LOG__LEVEL", "info"),
+        ];
+        // Failed users wait out a backoff; clear it so each format sees the failures.
+        admin
+            .batch_execute("DELETE FROM usersync.repair_queue")
+            .await
+            .unwrap();
+        let (code, stdout, stderr) = usersync(&["sync"], &env);
+        assert_eq!(code, 1, "some users fail: {stdout}{stderr}");
+        assert!(
+            stderr.contains("queued for repair"),
+            "failures are logged: {stderr}"
+        );
+        for secret in ["@leak.test", token, "usersync-test"] {
+            assert!(
+                !stderr.contains(secret),
+                "{format} logs contain {secret:?}:\n{stderr}"
+            );
+        }
+        let (code, _, stderr) = usersync(&["check"], &env);
+        assert_eq!(code, 1);
+        assert!(
+            !stderr.contains("@leak.test") && !stderr.contains(token),
+            "{stderr}"
+        );
+    }
+}
