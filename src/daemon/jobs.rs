@@ -12,11 +12,12 @@ use tokio::sync::Mutex;
 use tracing::Instrument;
 
 use super::Shared;
-use crate::error::{Error, Result};
-use crate::{integrity, metrics, sync};
+use crate::error::Result;
+use crate::{db, integrity, metrics, sync};
 
 /// Advisory lock namespace of the daemon's jobs (the two-key form: namespace, job).
 const JOB_LOCK_NAMESPACE: i32 = 0x7573_796a; // "usyj"
+const INTEGRITY_LOCK: i32 = 3;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum JobKind {
@@ -192,18 +193,7 @@ async fn repair(shared: &Shared) -> Result<&'static str> {
 async fn check(shared: &Shared) -> Result<&'static str> {
     let m = &shared.metrics;
     let mut client = shared.db.get().await?;
-    let leader: bool = client
-        .query_one(
-            "SELECT pg_catalog.pg_try_advisory_lock($1, 3)",
-            &[&JOB_LOCK_NAMESPACE],
-        )
-        .await
-        .map_err(|source| Error::Db {
-            context: "claiming the integrity job".into(),
-            source,
-        })?
-        .get(0);
-    if !leader {
+    if !db::try_advisory_lock(&client, JOB_LOCK_NAMESPACE, INTEGRITY_LOCK).await? {
         tracing::debug!("another replica is running the integrity check");
         return Ok("busy");
     }
@@ -215,21 +205,16 @@ async fn check(shared: &Shared) -> Result<&'static str> {
     )
     .await;
     m.leader.with_label_values(&["integrity"]).set(0);
-    let unlocked = client
-        .query_one(
-            "SELECT pg_catalog.pg_advisory_unlock($1, 3)",
-            &[&JOB_LOCK_NAMESPACE],
-        )
-        .await;
-    if unlocked.is_err() {
+    if !db::advisory_unlock(&client, JOB_LOCK_NAMESPACE, INTEGRITY_LOCK).await {
+        // Closing the connection is what releases the lock now.
         let _ = deadpool_postgres::Object::take(client);
     }
     let report = report?;
-    for (check, value) in report.values() {
-        m.integrity_findings.with_label_values(&[check]).set(value);
+    let values = report.values();
+    for (check, value) in &values {
+        m.integrity_findings.with_label_values(&[check]).set(*value);
     }
-    m.users_missing_profile
-        .set(report.values()["missing_profile"]);
+    m.users_missing_profile.set(values["missing_profile"]);
     let errors = report
         .findings
         .iter()

@@ -117,3 +117,33 @@ pub fn pool(settings: &DatabaseSettings) -> Result<Db> {
         pg,
     })
 }
+
+/// Takes a session-level advisory lock (the two-key form) if it is free: how sync ranges and
+/// daemon jobs are claimed across workers and replicas.
+pub async fn try_advisory_lock(
+    client: &tokio_postgres::Client,
+    namespace: i32,
+    key: i32,
+) -> Result<bool> {
+    use crate::error::DbContext;
+    Ok(client
+        .query_one(
+            "SELECT pg_catalog.pg_try_advisory_lock($1, $2)",
+            &[&namespace, &key],
+        )
+        .await
+        .context("claiming an advisory lock")?
+        .get(0))
+}
+
+/// Releases it. False when the release failed: then only closing the connection releases
+/// the lock, so the caller must not return it to the pool.
+pub async fn advisory_unlock(client: &tokio_postgres::Client, namespace: i32, key: i32) -> bool {
+    client
+        .execute(
+            "SELECT pg_catalog.pg_advisory_unlock($1, $2)",
+            &[&namespace, &key],
+        )
+        .await
+        .is_ok()
+}

@@ -16,8 +16,9 @@ use uuid::Uuid;
 use crate::db::verify::{Finding, Report};
 use crate::error::{DbContext, Error, Result, db_message, is_connection_error};
 
-/// What GoTrue writes for an e-mail sign-up, reduced to what a trigger can see.
-const SIGN_UP: &str = "\
+/// What GoTrue writes for an e-mail sign-up, reduced to what a trigger can see: $1 id,
+/// $2 e-mail ([`probe_email`]), $3 full name.
+pub(crate) const SIGN_UP: &str = "\
 INSERT INTO auth.users (
     instance_id, id, aud, role, email, encrypted_password, email_confirmed_at,
     confirmation_token, recovery_token, email_change_token_new, email_change,
@@ -28,7 +29,7 @@ VALUES (
     '{\"provider\": \"email\", \"providers\": [\"email\"]}',
     jsonb_build_object('full_name', $3::text), now(), now(), false, false)";
 
-const PROBE_NAME: &str = "usersync e2e probe";
+pub(crate) const PROBE_NAME: &str = "usersync e2e probe";
 
 /// Runs the probe and adds one finding per step that did not behave.
 pub async fn run(client: &mut Client, report: &mut Report) -> Result<()> {
@@ -159,7 +160,7 @@ async fn steps(tx: &Transaction<'_>) -> Result<Vec<Finding>> {
     Ok(findings)
 }
 
-fn probe_email(id: Uuid) -> String {
+pub(crate) fn probe_email(id: Uuid) -> String {
     // .invalid is reserved (RFC 2606): nothing can ever be sent there.
     format!("usersync-probe-{id}@probe.invalid")
 }

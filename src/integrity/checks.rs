@@ -6,6 +6,7 @@ use super::{Finding, Level};
 use crate::config::IntegritySettings;
 use crate::db::verify::quote_ident as quote;
 use crate::error::{DbContext, Result};
+use crate::sync::plan;
 
 const SAMPLES: i32 = 10;
 
@@ -17,19 +18,8 @@ pub async fn one_to_one(
     include_anonymous: bool,
     findings: &mut Vec<Finding>,
 ) -> Result<()> {
-    let grace = settings.grace_period.as_secs_f64();
-    let row = client
-        .query_one(
-            "SELECT count(*), COALESCE((array_agg(u.id::text))[1:$3], '{}')
-             FROM auth.users u
-             WHERE u.deleted_at IS NULL AND ($1 OR NOT u.is_anonymous)
-               AND (u.created_at IS NULL OR u.created_at < now() - make_interval(secs => $2))
-               AND NOT EXISTS (SELECT 1 FROM public.user_profiles p WHERE p.id = u.id)",
-            &[&include_anonymous, &grace, &SAMPLES],
-        )
-        .await
-        .context("counting users without a profile")?;
-    let (count, samples): (i64, Vec<String>) = (row.get(0), row.get(1));
+    let (count, samples) =
+        plan::missing_past_grace(client, include_anonymous, settings.grace_period, SAMPLES).await?;
     if count > 0 {
         findings.push(Finding {
             check: "missing_profile".into(),

@@ -8,6 +8,7 @@ use tokio_postgres::Client;
 use uuid::Uuid;
 
 use super::{Finding, Level};
+use crate::db::probe;
 use crate::error::{DbContext, Result};
 
 pub async fn cascade_delete(client: &mut Client, findings: &mut Vec<Finding>) -> Result<()> {
@@ -20,12 +21,8 @@ pub async fn cascade_delete(client: &mut Client, findings: &mut Vec<Finding>) ->
         tx.batch_execute("SET LOCAL lock_timeout = '2s'; SET LOCAL statement_timeout = '10s'")
             .await?;
         tx.execute(
-            "INSERT INTO auth.users (instance_id, id, aud, role, email, encrypted_password,
-                 confirmation_token, recovery_token, email_change_token_new, email_change,
-                 raw_app_meta_data, raw_user_meta_data, created_at, updated_at)
-             VALUES ('00000000-0000-0000-0000-000000000000', $1, 'authenticated',
-                 'authenticated', $2, '', '', '', '', '', '{}', '{}', now(), now())",
-            &[&id, &format!("usersync-probe-{id}@probe.invalid")],
+            probe::SIGN_UP,
+            &[&id, &probe::probe_email(id), &probe::PROBE_NAME],
         )
         .await?;
         // The trigger made the profile, unless it is off; then the probe makes it.

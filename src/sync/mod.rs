@@ -24,7 +24,7 @@ use tokio::task::JoinSet;
 use uuid::Uuid;
 
 use crate::config::SyncSettings;
-use crate::db::Db;
+use crate::db::{self, Db};
 use crate::error::{DbContext, Error, Result};
 
 pub use apply::Failure;
@@ -112,12 +112,6 @@ pub struct Report {
     /// Dry run with preview: the profile each would get.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub profiles: Vec<serde_json::Value>,
-    #[serde(skip)]
-    left_missing: Vec<Uuid>,
-    #[serde(skip)]
-    last_round_full: bool,
-    #[serde(skip)]
-    last_round_created: u64,
 }
 
 impl Report {
@@ -132,18 +126,20 @@ impl Report {
         self.skipped_anonymous = plan.skipped_anonymous;
     }
 
-    fn absorb_round(&mut self, round: Round) {
-        self.last_round_full = round.full;
-        self.last_round_created = round.ranges.iter().map(|r| r.created).sum();
-        for r in round.ranges {
+    /// Adds a round's ranges; the users they left missing on purpose (deferred, failed) join
+    /// `handled`. True when another round is due: this one was full and made progress.
+    fn absorb_round(&mut self, round: Round, handled: &mut HashSet<Uuid>) -> bool {
+        let created: u64 = round.ranges.iter().map(|r| r.created).sum();
+        for mut r in round.ranges {
+            handled.extend(r.left_missing.drain(..));
             self.absorb(r);
         }
+        round.full && created > 0
     }
 
     fn absorb(&mut self, other: RangeReport) {
         self.ranges += 1;
         self.missing += other.users;
-        self.left_missing.extend(other.left_missing);
         self.created += other.created;
         self.raced += other.raced;
         self.deferred += other.deferred;
@@ -201,38 +197,37 @@ pub async fn run(db: &Db, options: &Options, progress: Option<Arc<Progress>>) ->
     // In a backfill, the missing users are listed (and created) while they are counted, on a
     // second connection; otherwise they are counted first and listed only if there are some.
     let mut listing = db.get().await?;
-    let nothing_handled = HashSet::new();
-    let counts = if plan::looks_like_backfill(&client).await? {
+    // Users left missing on purpose (deferred, failed) are not handled twice in one pass.
+    let mut handled = HashSet::new();
+    let (counts, mut more) = if plan::looks_like_backfill(&client).await? {
         let (counts, round) = tokio::try_join!(
             plan::count(&mut client, options.include_anonymous),
-            sweep_round(db, options, &mut listing, &nothing_handled, &progress)
+            sweep_round(db, options, &mut listing, &handled, &progress)
         )?;
         progress
             .total
             .store(counts.missing_total, Ordering::Relaxed);
-        report.absorb_round(round);
-        counts
+        (counts, report.absorb_round(round, &mut handled))
     } else {
         let counts = plan::count(&mut client, options.include_anonymous).await?;
         progress
             .total
             .store(counts.missing_total, Ordering::Relaxed);
-        if counts.missing_total > 0 {
-            let round = sweep_round(db, options, &mut listing, &nothing_handled, &progress).await?;
-            report.absorb_round(round);
-        }
-        counts
+        let more = if counts.missing_total > 0 {
+            let round = sweep_round(db, options, &mut listing, &handled, &progress).await?;
+            report.absorb_round(round, &mut handled)
+        } else {
+            false
+        };
+        (counts, more)
     };
     report.note_detection(&counts);
-    // A backfill beyond one round's limit goes on; users left missing on purpose (deferred,
-    // failed) are not handled twice in one pass.
-    while report.last_round_full && report.last_round_created > 0 && !options.stopped() {
-        let handled: HashSet<Uuid> = report.left_missing.iter().copied().collect();
+    // A backfill beyond one round's limit goes on.
+    while more && !options.stopped() {
         let round = sweep_round(db, options, &mut listing, &handled, &progress).await?;
-        report.absorb_round(round);
+        more = report.absorb_round(round, &mut handled);
     }
     drop(client);
-    report.left_missing = Vec::new();
     report.failures.truncate(MAX_LISTED_FAILURES);
     report.duration_ms = started.elapsed().as_secs_f64() * 1e3;
     tracing::info!(
@@ -383,15 +378,7 @@ async fn worker(
             None => client.insert(db.get().await?),
         };
         let key = range as i32;
-        let locked: bool = conn
-            .query_one(
-                "SELECT pg_catalog.pg_try_advisory_lock($1, $2)",
-                &[&RANGE_LOCK_NAMESPACE, &key],
-            )
-            .await
-            .context("claiming a range")?
-            .get(0);
-        if !locked {
+        if !db::try_advisory_lock(conn, RANGE_LOCK_NAMESPACE, key).await? {
             tracing::debug!(range, "range held by another process");
             progress
                 .done
@@ -404,13 +391,7 @@ async fn worker(
             continue;
         }
         let result = create_range(conn, options, &users, progress).await;
-        let unlocked = conn
-            .execute(
-                "SELECT pg_catalog.pg_advisory_unlock($1, $2)",
-                &[&RANGE_LOCK_NAMESPACE, &key],
-            )
-            .await;
-        if unlocked.is_err() {
+        if !db::advisory_unlock(conn, RANGE_LOCK_NAMESPACE, key).await {
             // Closing the connection is what releases the lock now.
             if let Some(c) = client.take() {
                 let _ = deadpool_postgres::Object::take(c);

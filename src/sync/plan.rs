@@ -252,18 +252,26 @@ impl ToSql for Tid {
     to_sql_checked!();
 }
 
-/// Live users without a profile in the whole table: the integrity check's count.
-pub async fn count_missing(client: &Client, include_anonymous: bool) -> Result<i64> {
-    Ok(client
+/// Live users without a profile that signed up over `grace` ago (a sign-up in flight is no
+/// alarm): the integrity check's count, with up to `samples` of their ids.
+pub async fn missing_past_grace(
+    client: &Client,
+    include_anonymous: bool,
+    grace: std::time::Duration,
+    samples: i32,
+) -> Result<(i64, Vec<String>)> {
+    let row = client
         .query_one(
-            "SELECT count(*) FROM auth.users u
+            "SELECT count(*), COALESCE((array_agg(u.id::text))[1:$3], '{}')
+             FROM auth.users u
              WHERE u.deleted_at IS NULL AND ($1 OR NOT u.is_anonymous)
+               AND (u.created_at IS NULL OR u.created_at < now() - make_interval(secs => $2))
                AND NOT EXISTS (SELECT 1 FROM public.user_profiles p WHERE p.id = u.id)",
-            &[&include_anonymous],
+            &[&include_anonymous, &grace.as_secs_f64(), &samples],
         )
         .await
-        .context("counting users without a profile")?
-        .get(0))
+        .context("counting users without a profile")?;
+    Ok((row.get(0), row.get(1)))
 }
 
 #[cfg(test)]
