@@ -34,7 +34,7 @@ async fn main() {
     db.batch_execute(
         "INSERT INTO public.user_profiles (id, email, full_name, avatar_url, role, is_active, created_at, updated_at)
          SELECT p.id, p.email, p.full_name, p.avatar_url, p.role, p.is_active, p.created_at, p.updated_at
-         FROM auth.users u CROSS JOIN LATERAL usersync.build_profile(u) AS p
+         FROM auth.users u CROSS JOIN LATERAL usersync.build_profile(u.id, u.email::pg_catalog.text, u.raw_user_meta_data, u.created_at) AS p
          WHERE u.deleted_at IS NULL;
          DELETE FROM public.user_profiles WHERE id IN (SELECT id FROM public.user_profiles LIMIT 300);
          SET session_replication_role = replica;
@@ -67,6 +67,7 @@ async fn main() {
             &mut client,
             &settings.integrity,
             true,
+            false,
         ))
         .await;
         let report = report.unwrap();

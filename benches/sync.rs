@@ -27,7 +27,7 @@ const SAMPLE: usize = 5_000;
 const BARE_INSERT: &str = "
     INSERT INTO public.user_profiles (id, email, full_name, avatar_url, role, is_active, created_at, updated_at)
     SELECT p.id, p.email, p.full_name, p.avatar_url, p.role, p.is_active, p.created_at, p.updated_at
-    FROM auth.users u CROSS JOIN LATERAL usersync.build_profile(u) AS p
+    FROM auth.users u CROSS JOIN LATERAL usersync.build_profile(u.id, u.email::pg_catalog.text, u.raw_user_meta_data, u.created_at) AS p
     WHERE u.deleted_at IS NULL
       AND NOT EXISTS (SELECT 1 FROM public.user_profiles x WHERE x.id = u.id)
     ON CONFLICT (id) DO NOTHING";
@@ -184,7 +184,7 @@ async fn per_row_sample(db: &Client) -> Duration {
         .prepare(
             "INSERT INTO public.user_profiles (id, email, full_name, avatar_url, role, is_active, created_at, updated_at)
              SELECT p.id, p.email, p.full_name, p.avatar_url, p.role, p.is_active, p.created_at, p.updated_at
-             FROM auth.users u CROSS JOIN LATERAL usersync.build_profile(u) AS p
+             FROM auth.users u CROSS JOIN LATERAL usersync.build_profile(u.id, u.email::pg_catalog.text, u.raw_user_meta_data, u.created_at) AS p
              WHERE u.id = $1 ON CONFLICT (id) DO NOTHING",
         )
         .await

@@ -53,6 +53,11 @@ pub enum Command {
     },
     /// Run every integrity check once (exit 1 when a finding is at error level).
     Check {
+        /// Also prove that deleting a user takes its profile along: a probe user inserted and
+        /// deleted in auth.users, rolled back. Needs INSERT and DELETE on auth.users (the
+        /// migration role), and fires the application's own triggers there.
+        #[arg(long)]
+        e2e: bool,
         #[command(flatten)]
         output: Output,
     },
@@ -86,6 +91,14 @@ pub enum Migrate {
     },
     /// Show applied, pending and drifted migrations.
     Status {
+        #[command(flatten)]
+        output: Output,
+    },
+    /// Grant a runtime role exactly what `run`, `sync`, `check` and the API need (run as the
+    /// migration role, after `migrate up`).
+    Grant {
+        /// The role the daemon connects as; it must exist and have BYPASSRLS.
+        role: String,
         #[command(flatten)]
         output: Output,
     },

@@ -35,7 +35,7 @@ pub async fn run(cli: Cli, settings: Settings) -> Result<u8> {
             Ok(exit::OK)
         }
         Command::Migrate { command } => run_migrate(command, &settings).await,
-        Command::Check { output } => check_command(&settings, output.json).await,
+        Command::Check { output, e2e } => check_command(&settings, output.json, e2e).await,
         Command::Users { command } => users_command(command, &settings).await,
         Command::Sync {
             dry_run,
@@ -96,7 +96,7 @@ async fn users_command(command: crate::cli::Users, settings: &Settings) -> Resul
                 missing_profile,
                 include_deleted,
             };
-            let page = users::list(&client, &query).await?;
+            let page = users::list(&**client, &query).await?;
             if output.json {
                 print_json(&page)?;
             } else {
@@ -111,7 +111,7 @@ async fn users_command(command: crate::cli::Users, settings: &Settings) -> Resul
             }
             Ok(exit::OK)
         }
-        Users::Get { id, output } => match users::get(&client, id).await? {
+        Users::Get { id, output } => match users::get(&**client, id).await? {
             Some(user) if output.json => print_json(&user).map(|()| exit::OK),
             Some(user) => write_stdout(&user_line(&user)).map(|()| exit::OK),
             None => Err(Error::NotFound(format!("no user {id}"))),
@@ -143,13 +143,14 @@ fn user_line(u: &crate::db::users::User) -> String {
     )
 }
 
-async fn check_command(settings: &Settings, json: bool) -> Result<u8> {
+async fn check_command(settings: &Settings, json: bool, e2e: bool) -> Result<u8> {
     let db = db::connect(&settings.database).await?;
     let mut client = db.get().await?;
     let report = integrity::run(
         &mut client,
         &settings.integrity,
         settings.sync.include_anonymous,
+        e2e,
     )
     .await?;
     if json {
@@ -189,7 +190,7 @@ fn check_text(report: &integrity::Report) -> String {
             if !f.samples.is_empty() {
                 out.push_str(&format!("    samples: {}\n", f.samples.join(", ")));
             }
-            out.push_str(&format!("    fix: {}\n", f.fix));
+            out.push_str(&format!("    {}{}\n", fix_label(f.fix_kind), f.fix));
         }
         out.push('\n');
     }
@@ -368,6 +369,25 @@ async fn run_migrate(command: Migrate, settings: &Settings) -> Result<u8> {
             }
             Ok(exit::OK)
         }
+        Migrate::Grant { role, output } => {
+            let granted =
+                db::grant::grant(client, &role, &settings.integrity.user_id_columns).await?;
+            if output.json {
+                print_json(&granted)?;
+            } else {
+                let mut out = String::new();
+                for sql in &granted.statements {
+                    out.push_str(sql);
+                    out.push_str(";\n");
+                }
+                out.push_str(&format!(
+                    "granted: {} may now run usersync run, sync, check and the users API\n",
+                    granted.role
+                ));
+                write_stdout(&out)?;
+            }
+            Ok(exit::OK)
+        }
         Migrate::Verify { e2e, output } => {
             let mut report = verify::verify(client).await?;
             if e2e {
@@ -385,21 +405,45 @@ async fn run_migrate(command: Migrate, settings: &Settings) -> Result<u8> {
 
 fn verify_text(report: &verify::Report, e2e: bool) -> String {
     let probe = if e2e { " and the sign-up probe" } else { "" };
-    if report.ok {
+    if report.findings.is_empty() {
         return format!("ok: {} checks{probe} passed\n", report.checks);
     }
-    let mut out = format!(
-        "FAILED: {} of {} checks{probe}\n",
-        report.findings.len(),
-        report.checks
-    );
+    let mut out = if report.ok {
+        format!(
+            "ok: {} checks{probe} passed, with warnings\n",
+            report.checks
+        )
+    } else {
+        format!(
+            "FAILED: {} of {} checks{probe}\n",
+            report.findings.len(),
+            report.checks
+        )
+    };
     for f in &report.findings {
+        let warning = if f.level == verify::Level::Warning {
+            " (warning)"
+        } else {
+            ""
+        };
         out.push_str(&format!(
-            "\n{}\n  expected: {}\n  found:    {}\n  fix:      {}\n",
-            f.check, f.expected, f.found, f.fix
+            "\n{}{warning}\n  expected: {}\n  found:    {}\n  {}{}\n",
+            f.check,
+            f.expected,
+            f.found,
+            fix_label(f.fix_kind),
+            f.fix
         ));
     }
     out
+}
+
+/// How a fix is introduced: SQL to run as printed, or a step.
+fn fix_label(kind: verify::FixKind) -> &'static str {
+    match kind {
+        verify::FixKind::Sql => "fix (SQL): ",
+        verify::FixKind::Command => "fix (run): ",
+    }
 }
 
 fn print_steps(steps: &[migrate::Step], json: bool, direction: &str) -> Result<()> {

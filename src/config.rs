@@ -29,18 +29,27 @@ pub struct Settings {
 #[derive(Clone, Debug)]
 pub struct HttpSettings {
     pub listen: std::net::SocketAddr,
+    /// What `/readyz` waits for the database before it answers 503.
+    pub readiness_timeout: Duration,
 }
 
 /// The users API; off without a token.
 #[derive(Clone)]
 pub struct ApiSettings {
     pub token: Option<String>,
+    /// Most pooled connections API requests hold at once: the rest stay for the jobs and
+    /// readiness, however many clients call.
+    pub max_db_connections: usize,
+    /// What one API request may take in the database, waiting for a connection included.
+    pub timeout: Duration,
 }
 
 impl fmt::Debug for ApiSettings {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ApiSettings")
             .field("token", &self.token.as_ref().map(|_| "***"))
+            .field("max_db_connections", &self.max_db_connections)
+            .field("timeout", &self.timeout)
             .finish()
     }
 }
@@ -53,6 +62,9 @@ pub struct DaemonSettings {
 #[derive(Clone, Debug)]
 pub struct IntegritySettings {
     pub schedule: String,
+    /// The rolled-back sign-up and delete probe, when set: it writes to auth.users, so the
+    /// application's own triggers there fire with it. Empty: never.
+    pub probe_schedule: Option<String>,
     /// Users younger than this are not reported as missing a profile.
     pub grace_period: Duration,
     /// A repair queue item waiting longer than this is a warning.
@@ -96,6 +108,18 @@ pub struct DatabaseSettings {
     pub ca_cert: Option<std::path::PathBuf>,
     pub pool_size: usize,
     pub connect_timeout: Duration,
+    pub timeouts: Timeouts,
+}
+
+/// Server-side limits of every usersync session ([`crate::db::pin_session`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Timeouts {
+    /// Any statement: a batch, a catalog read, an API query (which has its own, shorter one).
+    pub statement: Duration,
+    /// Waiting for a lock, e.g. behind a `LOCK TABLE` or a long migration.
+    pub lock: Duration,
+    /// A statement that reads a whole table: detection, integrity counts.
+    pub scan: Duration,
 }
 
 impl fmt::Debug for DatabaseSettings {
@@ -104,6 +128,7 @@ impl fmt::Debug for DatabaseSettings {
             .field("target", &target(&self.pg))
             .field("pool_size", &self.pool_size)
             .field("connect_timeout", &self.connect_timeout)
+            .field("timeouts", &self.timeouts)
             .finish_non_exhaustive()
     }
 }
@@ -147,12 +172,15 @@ struct Raw {
 #[serde(deny_unknown_fields)]
 struct RawHttp {
     listen: String,
+    readiness_timeout_secs: i64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawApi {
     token: String,
+    max_db_connections: i64,
+    timeout_secs: i64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -165,6 +193,7 @@ struct RawDaemon {
 #[serde(deny_unknown_fields)]
 struct RawIntegrity {
     schedule: String,
+    probe_schedule: String,
     grace_period_secs: i64,
     queue_stale_secs: i64,
     queue_max_attempts: i64,
@@ -179,6 +208,9 @@ struct RawDatabase {
     ca_cert: String,
     pool_size: i64,
     connect_timeout_secs: i64,
+    statement_timeout_secs: i64,
+    lock_timeout_secs: i64,
+    scan_timeout_secs: i64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -299,6 +331,26 @@ impl Settings {
                 1,
                 300,
             )? as u64),
+            timeouts: Timeouts {
+                statement: secs(
+                    "database.statement_timeout_secs",
+                    raw.database.statement_timeout_secs,
+                    1,
+                    3600,
+                )?,
+                lock: secs(
+                    "database.lock_timeout_secs",
+                    raw.database.lock_timeout_secs,
+                    1,
+                    3600,
+                )?,
+                scan: secs(
+                    "database.scan_timeout_secs",
+                    raw.database.scan_timeout_secs,
+                    1,
+                    86_400,
+                )?,
+            },
         };
         let sync = SyncSettings {
             schedule: cron("sync.schedule", &raw.sync.schedule)?,
@@ -320,6 +372,10 @@ impl Settings {
             .map_err(|e| Error::config("log.level", format!("not a level or filter: {e}")))?;
         let integrity = IntegritySettings {
             schedule: cron("integrity.schedule", &raw.integrity.schedule)?,
+            probe_schedule: match raw.integrity.probe_schedule.trim() {
+                "" => None,
+                expr => Some(cron("integrity.probe_schedule", expr)?),
+            },
             grace_period: Duration::from_secs(in_range(
                 "integrity.grace_period_secs",
                 raw.integrity.grace_period_secs,
@@ -352,6 +408,12 @@ impl Settings {
                     format!("{:?} is not an address:port: {e}", raw.http.listen),
                 )
             })?,
+            readiness_timeout: secs(
+                "http.readiness_timeout_secs",
+                raw.http.readiness_timeout_secs,
+                1,
+                60,
+            )?,
         };
         let token = raw.api.token.trim().to_string();
         if !token.is_empty() && token.len() < 16 {
@@ -359,7 +421,27 @@ impl Settings {
         }
         let api = ApiSettings {
             token: (!token.is_empty()).then_some(token),
+            // 0: half the pool.
+            max_db_connections: match in_range(
+                "api.max_db_connections",
+                raw.api.max_db_connections,
+                0,
+                1000,
+            )? {
+                0 => (database.pool_size / 2).max(1),
+                n => n as usize,
+            },
+            timeout: secs("api.timeout_secs", raw.api.timeout_secs, 1, 300)?,
         };
+        if raw.api.max_db_connections > 0 && api.max_db_connections >= database.pool_size {
+            return Err(Error::config(
+                "api.max_db_connections",
+                format!(
+                    "{} leaves none of database.pool_size ({}) for the jobs and readiness",
+                    api.max_db_connections, database.pool_size
+                ),
+            ));
+        }
         let daemon = DaemonSettings {
             shutdown_grace: Duration::from_secs(in_range(
                 "daemon.shutdown_grace_secs",
@@ -465,6 +547,10 @@ fn user_id_column(text: &str) -> Result<UserIdColumn> {
             format!("{text:?} is not schema.table.column"),
         )),
     }
+}
+
+fn secs(key: &str, value: i64, min: i64, max: i64) -> Result<Duration> {
+    Ok(Duration::from_secs(in_range(key, value, min, max)? as u64))
 }
 
 fn in_range(key: &str, value: i64, min: i64, max: i64) -> Result<i64> {

@@ -32,6 +32,11 @@ pub enum Error {
     #[error("cannot reach PostgreSQL at {target}: {reason}")]
     Unreachable { target: String, reason: String },
 
+    /// Every pooled connection stayed in use for as long as the caller could wait: the
+    /// database answers, usersync is busy (or something holds its connections).
+    #[error("no free connection to PostgreSQL at {target} within {waited_secs}s: all in use")]
+    Busy { target: String, waited_secs: u64 },
+
     /// The database is not shaped like a Supabase project.
     #[error("no auth.users table: is this a Supabase database?")]
     NotSupabase,
@@ -72,11 +77,25 @@ impl Error {
     pub fn exit_code(&self) -> u8 {
         match self {
             Error::Config { .. } | Error::ConfigSource(_) => exit::CONFIG,
-            Error::Unreachable { .. } => exit::UNAVAILABLE,
+            Error::Unreachable { .. } | Error::Busy { .. } => exit::UNAVAILABLE,
             Error::Usage(_) => exit::USAGE,
             Error::Db { source, .. } if is_connection_error(source) => exit::UNAVAILABLE,
             _ => exit::FAILED,
         }
+    }
+
+    /// Whether it means the database is down, rather than busy or refusing one statement.
+    pub fn is_unreachable(&self) -> bool {
+        match self {
+            Error::Unreachable { .. } => true,
+            Error::Db { source, .. } => is_connection_error(source),
+            _ => false,
+        }
+    }
+
+    /// Whether a statement or lock timeout ended it (SQLSTATE 57014 or 55P03).
+    pub fn is_timeout(&self) -> bool {
+        matches!(self, Error::Db { source, .. } if is_timeout(source))
     }
 
     pub fn config(key: impl Into<String>, message: impl fmt::Display) -> Self {
@@ -117,6 +136,12 @@ pub fn db_message(e: &tokio_postgres::Error) -> String {
             None => e.to_string(),
         },
     }
+}
+
+/// True when a statement timeout (query_canceled) or lock timeout (lock_not_available) ended it.
+pub fn is_timeout(e: &tokio_postgres::Error) -> bool {
+    e.code()
+        .is_some_and(|c| matches!(c.code(), "57014" | "55P03"))
 }
 
 /// True when the error means the connection is gone rather than that a statement failed.

@@ -24,6 +24,9 @@ pub enum JobKind {
     Sweep,
     Repair,
     Integrity,
+    /// The integrity check with the rolled-back delete probe (`integrity.probe_schedule`):
+    /// the same job, its metrics and its lock, one more check.
+    IntegrityProbe,
 }
 
 impl JobKind {
@@ -31,7 +34,7 @@ impl JobKind {
         match self {
             JobKind::Sweep => "sweep",
             JobKind::Repair => "repair",
-            JobKind::Integrity => "integrity",
+            JobKind::Integrity | JobKind::IntegrityProbe => "integrity",
         }
     }
 }
@@ -49,7 +52,7 @@ impl Jobs {
         match kind {
             JobKind::Sweep => &self.sweep,
             JobKind::Repair => &self.repair,
-            JobKind::Integrity => &self.integrity,
+            JobKind::Integrity | JobKind::IntegrityProbe => &self.integrity,
         }
     }
 
@@ -97,13 +100,14 @@ async fn execute(shared: &Shared, kind: JobKind) {
         let outcome = match kind {
             JobKind::Sweep => sweep(shared).await,
             JobKind::Repair => repair(shared).await,
-            JobKind::Integrity => check(shared).await,
+            JobKind::Integrity => check(shared, false).await,
+            JobKind::IntegrityProbe => check(shared, true).await,
         };
         timer.observe_duration();
         let label = match &outcome {
             Ok(outcome) => *outcome,
             Err(e) => {
-                if e.exit_code() == crate::error::exit::UNAVAILABLE {
+                if e.is_unreachable() {
                     shared.database_down();
                 }
                 tracing::warn!(error = %e, "job run failed; retried on its next tick");
@@ -190,7 +194,7 @@ async fn repair(shared: &Shared) -> Result<&'static str> {
     })
 }
 
-async fn check(shared: &Shared) -> Result<&'static str> {
+async fn check(shared: &Shared, probe: bool) -> Result<&'static str> {
     let m = &shared.metrics;
     let mut client = shared.db.get().await?;
     if !db::try_advisory_lock(&client, JOB_LOCK_NAMESPACE, INTEGRITY_LOCK).await? {
@@ -202,6 +206,7 @@ async fn check(shared: &Shared) -> Result<&'static str> {
         &mut client,
         &shared.settings.integrity,
         shared.settings.sync.include_anonymous,
+        probe,
     )
     .await;
     m.leader.with_label_values(&["integrity"]).set(0);

@@ -79,6 +79,10 @@ async fn session(shared: &Arc<Shared>) -> Ended {
             }
         }
     });
+    if let Err(e) = crate::db::pin_session(&client, shared.db.timeouts()).await {
+        driver.abort();
+        return Ended::Lost(crate::error::db_message(&e));
+    }
     if let Err(e) = client.batch_execute(&format!("LISTEN {CHANNEL}")).await {
         driver.abort();
         return match e.as_db_error() {

@@ -32,6 +32,8 @@ pub struct Shared {
     pub settings: Settings,
     pub db: Db,
     pub metrics: Metrics,
+    /// The users API's share of the pool: one permit per connection it may hold.
+    pub api_permits: tokio::sync::Semaphore,
     /// Turns true on shutdown: passes stop between batches.
     pub stop: watch::Receiver<bool>,
     /// Unix time of the scheduler's last heartbeat: liveness.
@@ -68,6 +70,7 @@ pub async fn run(
     let shared = Arc::new(Shared {
         db,
         metrics: Metrics::new(),
+        api_permits: tokio::sync::Semaphore::new(settings.api.max_db_connections),
         stop,
         heartbeat: AtomicU64::new(metrics::now() as u64),
         jobs: jobs::Jobs::default(),
@@ -123,11 +126,15 @@ async fn schedule(shared: &Arc<Shared>) -> Result<JobScheduler> {
         |e: tokio_cron_scheduler::JobSchedulerError| Error::Internal(format!("scheduler: {e}"));
     let scheduler = JobScheduler::new().await.map_err(fail)?;
     let s = &shared.settings;
-    for (kind, expr) in [
+    let mut schedules = vec![
         (JobKind::Sweep, s.sync.schedule.clone()),
         (JobKind::Repair, s.sync.repair_schedule.clone()),
         (JobKind::Integrity, s.integrity.schedule.clone()),
-    ] {
+    ];
+    if let Some(probe) = &s.integrity.probe_schedule {
+        schedules.push((JobKind::IntegrityProbe, probe.clone()));
+    }
+    for (kind, expr) in schedules {
         let shared = shared.clone();
         let job = Job::new_async(expr.as_str(), move |_, _| {
             let shared = shared.clone();
@@ -150,29 +157,48 @@ async fn schedule(shared: &Arc<Shared>) -> Result<JobScheduler> {
     Ok(scheduler)
 }
 
-/// Pings PostgreSQL: every 5 s while it answers; when it does not, again after a backoff that
-/// doubles from 1 s up to 30 s. Keeps `usersync_database_up` true.
+/// Pings PostgreSQL on a connection of its own: every 5 s while it answers; when it does not,
+/// reconnects after a backoff that doubles from 1 s up to 30 s. Keeps `usersync_database_up`
+/// true. Its own connection, not the pool's: a pool held by the jobs, the API or a lock says
+/// nothing about whether the database is up.
 async fn monitor_database(shared: Arc<Shared>) {
     let mut backoff = Duration::from_secs(1);
     loop {
-        let ok = match tokio::time::timeout(Duration::from_secs(5), shared.db.get()).await {
-            Ok(Ok(client)) => client.simple_query("SELECT 1").await.is_ok(),
-            _ => false,
-        };
-        if ok {
-            if shared.metrics.database_up.get() == 0 {
-                tracing::info!("database reachable");
+        let connected = tokio::time::timeout(
+            shared.settings.database.connect_timeout + Duration::from_secs(1),
+            shared.db.connect_dedicated("usersync-monitor"),
+        )
+        .await;
+        if let Ok(Ok((client, connection))) = connected {
+            let driver = tokio::spawn(connection);
+            if db::pin_session(&client, shared.db.timeouts()).await.is_ok() {
+                if shared.metrics.database_up.get() == 0 {
+                    tracing::info!("database reachable");
+                }
+                backoff = Duration::from_secs(1);
+                loop {
+                    shared.metrics.database_up.set(1);
+                    tokio::time::sleep(Duration::from_secs(5)).await;
+                    let ping = tokio::time::timeout(
+                        Duration::from_secs(5),
+                        client.simple_query("SELECT 1"),
+                    )
+                    .await;
+                    if !matches!(ping, Ok(Ok(_))) {
+                        break;
+                    }
+                }
+                driver.abort();
+                // A lost session is reconnected at once; the backoff is for failing connects.
+                continue;
             }
-            shared.metrics.database_up.set(1);
-            backoff = Duration::from_secs(1);
-            tokio::time::sleep(Duration::from_secs(5)).await;
-        } else {
-            if shared.metrics.database_up.get() == 1 {
-                tracing::warn!(database = %shared.db.target(), "database unreachable; retrying with backoff");
-            }
-            shared.database_down();
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(Duration::from_secs(30));
+            driver.abort();
         }
+        if shared.metrics.database_up.get() == 1 {
+            tracing::warn!(database = %shared.db.target(), "database unreachable; retrying with backoff");
+        }
+        shared.database_down();
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(30));
     }
 }

@@ -50,12 +50,19 @@ macro_rules! migration {
 }
 
 /// Every migration, in order.
-pub static MIGRATIONS: &[Migration] = &[migration!(1, "0001", "user_profiles")];
+pub static MIGRATIONS: &[Migration] = &[
+    migration!(1, "0001", "user_profiles"),
+    migration!(2, "0002", "hardening"),
+];
 
 /// The latest version this binary knows.
 pub fn latest() -> i32 {
     MIGRATIONS.last().map_or(0, |m| m.version)
 }
+
+/// Migrations run with nothing but the catalog on the path, whatever the session had: a
+/// function or type in `public` or pg_temp cannot stand in for one the files name.
+const PIN_SEARCH_PATH: &str = "SET LOCAL search_path = pg_catalog, pg_temp";
 
 // Any constant works as long as nothing else uses it; this one spells "usersync".
 const MIGRATE_LOCK: i64 = 0x7573_6572_7379_6e63;
@@ -295,6 +302,9 @@ pub async fn up(client: &mut Client, options: UpOptions) -> Result<Vec<Step>> {
                 .transaction()
                 .await
                 .context("starting a transaction")?;
+            tx.batch_execute(PIN_SEARCH_PATH)
+                .await
+                .context("starting a transaction")?;
             tx.batch_execute(m.up)
                 .await
                 .context(format!("applying {}", m.up_file()))?;
@@ -388,12 +398,17 @@ pub async fn down(client: &mut Client, to: Option<i32>) -> Result<Vec<Step>> {
         let Some(&newest) = applied.last() else { return Ok(Vec::new()) };
         let target = to.unwrap_or_else(|| applied.iter().rev().nth(1).copied().unwrap_or(0));
         let mut steps = Vec::new();
+        // One transaction for every step: a rollback that fails halfway leaves the schema as
+        // it was, not between two versions.
+        let tx = client.transaction().await.context("starting a transaction")?;
+        tx.batch_execute(PIN_SEARCH_PATH)
+            .await
+            .context("starting a transaction")?;
         for m in MIGRATIONS.iter().rev().filter(|m| m.version > target && m.version <= newest) {
             if !applied.contains(&m.version) {
                 continue;
             }
             let started = Instant::now();
-            let tx = client.transaction().await.context("starting a transaction")?;
             // Delete the history row first: migration 0001's down drops the history table.
             tx.execute("DELETE FROM usersync.schema_migrations WHERE version = $1", &[&m.version])
                 .await
@@ -401,7 +416,6 @@ pub async fn down(client: &mut Client, to: Option<i32>) -> Result<Vec<Step>> {
             tx.batch_execute(m.down)
                 .await
                 .context(format!("rolling back {:04}_{}", m.version, m.name))?;
-            tx.commit().await.context("committing the rollback")?;
             let duration_ms = started.elapsed().as_millis() as i64;
             tracing::info!(version = m.version, name = m.name, duration_ms, "migration rolled back");
             steps.push(Step {
@@ -411,6 +425,7 @@ pub async fn down(client: &mut Client, to: Option<i32>) -> Result<Vec<Step>> {
                 duration_ms,
             });
         }
+        tx.commit().await.context("committing the rollback")?;
         Ok(steps)
     })
     .await

@@ -1,5 +1,6 @@
 //! Database access: the connection pool, and the SQL usersync runs, one module per concern.
 
+pub mod grant;
 pub mod migrate;
 pub mod probe;
 pub mod tls;
@@ -10,7 +11,7 @@ use std::time::Duration;
 
 use deadpool_postgres::{Hook, HookError, Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 
-use crate::config::{DatabaseSettings, target};
+use crate::config::{DatabaseSettings, Timeouts, target};
 use crate::error::{Error, Result, db_message};
 
 pub use deadpool_postgres::{Client, Object};
@@ -23,14 +24,32 @@ pub struct Db {
     connect_timeout: Duration,
     tls: tokio_postgres_rustls::MakeRustlsConnect,
     pg: tokio_postgres::Config,
+    timeouts: Timeouts,
 }
 
 impl Db {
-    /// A pooled connection; failing to open one is `Unreachable` (exit 69).
+    /// A pooled connection; failing to open one is `Unreachable` (exit 69), waiting too long
+    /// for one that is in use is `Busy`.
     pub async fn get(&self) -> Result<Object> {
-        use deadpool_postgres::PoolError;
-        self.pool.get().await.map_err(|e| {
+        self.get_within(self.connect_timeout * 6).await
+    }
+
+    /// A pooled connection, waiting at most `wait` for one to be free.
+    pub async fn get_within(&self, wait: Duration) -> Result<Object> {
+        use deadpool_postgres::{PoolError, TimeoutType};
+        let timeouts = deadpool_postgres::Timeouts {
+            wait: Some(wait),
+            create: Some(self.connect_timeout + Duration::from_secs(1)),
+            recycle: None,
+        };
+        self.pool.timeout_get(&timeouts).await.map_err(|e| {
             let reason = match &e {
+                PoolError::Timeout(TimeoutType::Wait) => {
+                    return Error::Busy {
+                        target: self.target.clone(),
+                        waited_secs: wait.as_secs(),
+                    };
+                }
                 PoolError::Backend(pg) => db_message(pg),
                 PoolError::Timeout(_) => {
                     format!("timed out after {}s", self.connect_timeout.as_secs())
@@ -44,7 +63,9 @@ impl Db {
         })
     }
 
-    /// A connection of its own, outside the pool (the repair listener's), with the pool's TLS.
+    /// A connection of its own, outside the pool (the repair listener's, the health monitor's),
+    /// with the pool's TLS. Not yet pinned: the caller drives the connection, then calls
+    /// [`pin_session`] before anything else.
     pub async fn connect_dedicated(
         &self,
         application_name: &str,
@@ -63,6 +84,11 @@ impl Db {
         let mut pg = self.pg.clone();
         pg.application_name(application_name);
         pg.connect(self.tls.clone()).await
+    }
+
+    /// What [`pin_session`] sets on a dedicated connection, once its caller drives it.
+    pub fn timeouts(&self) -> &Timeouts {
+        &self.timeouts
     }
 
     /// host:port of the database, for messages.
@@ -85,6 +111,7 @@ pub fn pool(settings: &DatabaseSettings) -> Result<Db> {
     if pg.get_application_name().is_none() {
         pg.application_name("usersync");
     }
+    let timeouts = settings.timeouts;
     let manager = Manager::from_config(
         pg.clone(),
         tls.clone(),
@@ -96,10 +123,9 @@ pub fn pool(settings: &DatabaseSettings) -> Result<Db> {
         .max_size(settings.pool_size)
         // usersync's statements are short batches: JIT compilation costs each 10-15 ms and
         // saves nothing (measured by benches/sync.rs).
-        .post_create(Hook::async_fn(|client, _| {
+        .post_create(Hook::async_fn(move |client, _| {
             Box::pin(async move {
-                client
-                    .batch_execute("SET jit = off")
+                pin_session(client, &timeouts)
                     .await
                     .map_err(HookError::Backend)
             })
@@ -115,7 +141,63 @@ pub fn pool(settings: &DatabaseSettings) -> Result<Db> {
         connect_timeout: settings.connect_timeout,
         tls,
         pg,
+        timeouts,
     })
+}
+
+/// Every usersync session starts here, before its first statement: the search path holds
+/// only the catalog (then pg_temp, explicitly last, which PostgreSQL never searches for
+/// functions and operators), so nothing in `public`, in a schema named like the role, or in
+/// pg_temp can stand in for a function or type usersync names; the timeouts of
+/// `database.*_timeout_secs` bound what any statement or lock wait can hold. The scan timeout
+/// is kept in `usersync.scan_timeout` for whole-table statements to raise the limit to.
+pub async fn pin_session(
+    client: &tokio_postgres::Client,
+    timeouts: &Timeouts,
+) -> std::result::Result<(), tokio_postgres::Error> {
+    let ms = |d: Duration| format!("{}ms", d.as_millis());
+    client
+        .query(
+            "SELECT pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', false),
+                    pg_catalog.set_config('jit', 'off', false),
+                    pg_catalog.set_config('statement_timeout', $1, false),
+                    pg_catalog.set_config('usersync.statement_timeout', $1, false),
+                    pg_catalog.set_config('lock_timeout', $2, false),
+                    pg_catalog.set_config('usersync.scan_timeout', $3, false),
+                    pg_catalog.set_config('idle_in_transaction_session_timeout', $4, false)",
+            &[
+                &ms(timeouts.statement),
+                &ms(timeouts.lock),
+                &ms(timeouts.scan),
+                &ms(timeouts.scan.max(Duration::from_secs(60))),
+            ],
+        )
+        .await
+        .map(drop)
+}
+
+/// Raises the session's statement timeout to the scan timeout, for a series of statements
+/// that read whole tables (the integrity checks); [`end_scan`] puts the short one back.
+pub async fn begin_scan(client: &tokio_postgres::Client) -> Result<()> {
+    set_timeout_from(client, "usersync.scan_timeout").await
+}
+
+pub async fn end_scan(client: &tokio_postgres::Client) -> Result<()> {
+    set_timeout_from(client, "usersync.statement_timeout").await
+}
+
+async fn set_timeout_from(client: &tokio_postgres::Client, setting: &str) -> Result<()> {
+    use crate::error::DbContext;
+    client
+        .execute(
+            "SELECT pg_catalog.set_config('statement_timeout',
+                 COALESCE(pg_catalog.current_setting($1, true),
+                          pg_catalog.current_setting('statement_timeout')), false)",
+            &[&setting],
+        )
+        .await
+        .map(drop)
+        .context("setting the statement timeout")
 }
 
 /// Takes a session-level advisory lock (the two-key form) if it is free: how sync ranges and

@@ -13,7 +13,7 @@
 use tokio_postgres::{Client, Transaction};
 use uuid::Uuid;
 
-use crate::db::verify::{Finding, Report};
+use crate::db::verify::{Finding, FixKind, Level, Report};
 use crate::error::{DbContext, Error, Result, db_message, is_connection_error};
 
 /// What GoTrue writes for an e-mail sign-up, reduced to what a trigger can see: $1 id,
@@ -57,7 +57,7 @@ pub async fn run(client: &mut Client, report: &mut Report) -> Result<()> {
     rolled_back?;
     report.checks += 3;
     report.findings.extend(findings);
-    report.ok = report.findings.is_empty();
+    report.ok = report.passes();
     Ok(())
 }
 
@@ -136,8 +136,8 @@ async fn steps(tx: &Transaction<'_>) -> Result<Vec<Finding>> {
             "e2e.failure_queued",
             "the sign-up commits although its profile cannot be created",
             format!("the sign-up failed: {}", db_message(&e)),
-            "ALTER FUNCTION usersync.on_auth_user_created() must catch every error: \
-             restore it from migrations/0001_user_profiles.up.sql",
+            "usersync.on_auth_user_created() must catch every error: restore it from \
+             migrations/0002_hardening.up.sql",
         ));
         return Ok(findings);
     }
@@ -154,7 +154,7 @@ async fn steps(tx: &Transaction<'_>) -> Result<Vec<Finding>> {
             "e2e.failure_queued",
             "the failed profile is in usersync.repair_queue",
             "not queued",
-            "restore usersync.on_auth_user_created() from migrations/0001_user_profiles.up.sql",
+            "restore usersync.on_auth_user_created() from migrations/0002_hardening.up.sql",
         ));
     }
     Ok(findings)
@@ -166,10 +166,13 @@ pub(crate) fn probe_email(id: Uuid) -> String {
 }
 
 fn step(check: &str, expected: &str, found: impl Into<String>, fix: &str) -> Finding {
+    // Every probe fix is a step for a person: what went wrong is for verify to name.
     Finding {
         check: check.to_string(),
+        level: Level::Error,
         expected: expected.to_string(),
         found: found.into(),
         fix: fix.to_string(),
+        fix_kind: FixKind::Command,
     }
 }

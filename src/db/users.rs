@@ -10,7 +10,7 @@
 use base64::Engine;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use tokio_postgres::{Client, Row};
+use tokio_postgres::{GenericClient, Row};
 use uuid::Uuid;
 
 use crate::error::{DbContext, Result};
@@ -72,12 +72,12 @@ const SELECT: &str = "
            p.created_at, p.updated_at
     FROM auth.users u
     LEFT JOIN public.user_profiles p ON p.id = u.id AND ($1::uuid IS NULL OR p.id > $1)
-    CROSS JOIN LATERAL usersync.build_profile(u) AS b";
+    CROSS JOIN LATERAL usersync.build_profile(u.id, u.email::pg_catalog.text, u.raw_user_meta_data, u.created_at) AS b";
 
 /// One page. Not a cached statement: a custom plan folds the optional cursor away and walks
 /// the primary key from it. The cursor is repeated on the profile side of the join, or a
 /// merge join would read the profiles' index from its start on every deep page.
-pub async fn list(client: &Client, query: &Query) -> Result<Page> {
+pub async fn list(client: &impl GenericClient, query: &Query) -> Result<Page> {
     let sql = format!(
         "{SELECT}
          WHERE ($1::uuid IS NULL OR u.id > $1)
@@ -109,7 +109,7 @@ pub async fn list(client: &Client, query: &Query) -> Result<Page> {
 }
 
 /// One user by id, soft-deleted or not.
-pub async fn get(client: &Client, id: Uuid) -> Result<Option<User>> {
+pub async fn get(client: &impl GenericClient, id: Uuid) -> Result<Option<User>> {
     let row = client
         .query_opt(&format!("{SELECT} WHERE u.id = $2"), &[&None::<Uuid>, &id])
         .await

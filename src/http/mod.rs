@@ -95,9 +95,15 @@ async fn route(
         ),
         "/readyz" => match readiness.check(shared).await {
             Ok(()) => json(StatusCode::OK, r#"{"ready":true}"#.into()),
-            Err(reason) => json(
+            Err(not_ready) => json(
                 StatusCode::SERVICE_UNAVAILABLE,
-                serde_json::json!({ "ready": false, "reason": reason }).to_string(),
+                serde_json::json!({
+                    "ready": false,
+                    "reason": not_ready.reason,
+                    "checks": not_ready.checks,
+                    "database": shared.db.target(),
+                })
+                .to_string(),
             ),
         },
         "/metrics" => Response::builder()
@@ -124,41 +130,87 @@ pub(crate) fn json(status: StatusCode, body: String) -> Response<Body> {
 /// probes from several kubelets or load balancers cost one check.
 #[derive(Default)]
 struct Readiness {
-    last: Mutex<Option<(std::time::Instant, Result<(), String>)>>,
+    last: Mutex<Option<(std::time::Instant, Result<(), NotReady>)>>,
+}
+
+/// Why `/readyz` says 503: a stable reason code, and for `schema` the failed checks. Never the
+/// server's own messages (they can name the user and the authentication method): the log has
+/// those.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+struct NotReady {
+    /// `unreachable`: no connection could be opened; `busy`: every pooled connection stayed in
+    /// use; `timeout`: the database did not answer in time; `schema`: `migrate verify` fails;
+    /// `error`: a statement failed otherwise.
+    reason: &'static str,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    checks: Vec<String>,
 }
 
 impl Readiness {
-    async fn check(&self, shared: &Shared) -> Result<(), String> {
+    async fn check(&self, shared: &Shared) -> Result<(), NotReady> {
         let mut last = self.last.lock().await;
         if let Some((at, result)) = last.as_ref()
             && at.elapsed() < Duration::from_secs(2)
         {
             return result.clone();
         }
-        let result = match tokio::time::timeout(Duration::from_secs(3), probe(shared)).await {
+        let limit = shared.settings.http.readiness_timeout;
+        let result = match tokio::time::timeout(limit, probe(shared, limit)).await {
             Ok(result) => result,
-            Err(_) => Err("the database did not answer within 3 s".into()),
+            Err(_) => {
+                tracing::warn!(
+                    timeout_secs = limit.as_secs(),
+                    "readiness: the database did not answer in time"
+                );
+                Err(NotReady {
+                    reason: "timeout",
+                    checks: Vec::new(),
+                })
+            }
         };
-        if result.is_err() && shared.metrics.database_up.get() == 1 {
-            tracing::info!(reason = ?result, "not ready");
+        if let Err(reason) = &result {
+            tracing::info!(reason = reason.reason, checks = ?reason.checks, "not ready");
         }
         *last = Some((std::time::Instant::now(), result.clone()));
         result
     }
 }
 
-async fn probe(shared: &Shared) -> Result<(), String> {
-    let client = shared.db.get().await.map_err(|e| {
-        shared.database_down();
-        e.to_string()
+async fn probe(shared: &Shared, limit: Duration) -> Result<(), NotReady> {
+    let not_ready = |reason: &'static str, e: &crate::Error| {
+        tracing::warn!(error = %e, reason, "readiness check failed");
+        NotReady {
+            reason,
+            checks: Vec::new(),
+        }
+    };
+    let client = shared.db.get_within(limit).await.map_err(|e| match &e {
+        crate::Error::Busy { .. } => not_ready("busy", &e),
+        _ => {
+            shared.database_down();
+            not_ready("unreachable", &e)
+        }
     })?;
-    let report = verify::verify(&client).await.map_err(|e| e.to_string())?;
+    let report = verify::verify(&client).await.map_err(|e| {
+        if e.is_timeout() {
+            not_ready("timeout", &e)
+        } else if e.is_unreachable() {
+            not_ready("unreachable", &e)
+        } else {
+            not_ready("error", &e)
+        }
+    })?;
     if report.ok {
         Ok(())
     } else {
-        Err(format!(
-            "migrate verify fails: {}",
-            report.failed_checks().join(", ")
-        ))
+        Err(NotReady {
+            reason: "schema",
+            checks: report
+                .findings
+                .iter()
+                .filter(|f| f.level == verify::Level::Error)
+                .map(|f| f.check.clone())
+                .collect(),
+        })
     }
 }

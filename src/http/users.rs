@@ -2,6 +2,8 @@
 //! token. The response shape is the contract in `users-v1.schema.json`; errors are
 //! `{"error": code, "message": …}` with stable codes.
 
+use std::time::Duration;
+
 use hyper::{HeaderMap, Method, Response, StatusCode, header};
 use subtle::ConstantTimeEq;
 use uuid::Uuid;
@@ -9,6 +11,7 @@ use uuid::Uuid;
 use super::{Body, json};
 use crate::daemon::Shared;
 use crate::db::users::{self, DEFAULT_LIMIT, MAX_LIMIT, Query};
+use crate::error::DbContext;
 
 /// The pinned JSON Schema of the responses.
 pub const SCHEMA: &str = include_str!("users-v1.schema.json");
@@ -74,40 +77,95 @@ async fn list(query: Option<&str>, shared: &Shared) -> Response<Body> {
         Ok(q) => q,
         Err((code, message)) => return error(StatusCode::BAD_REQUEST, code, &message),
     };
-    let client = match shared.db.get().await {
-        Ok(c) => c,
-        Err(_) => return unavailable(shared),
-    };
-    match users::list(&client, &query).await {
+    match bounded(shared, async |tx| users::list(tx, &query).await).await {
         Ok(page) => json(
             StatusCode::OK,
             serde_json::to_string(&page).expect("a page serializes"),
         ),
-        Err(_) => unavailable(shared),
+        Err(response) => response,
     }
 }
 
 async fn one(id: Uuid, shared: &Shared) -> Response<Body> {
-    let client = match shared.db.get().await {
-        Ok(c) => c,
-        Err(_) => return unavailable(shared),
-    };
-    match users::get(&client, id).await {
+    match bounded(shared, async |tx| users::get(tx, id).await).await {
         Ok(Some(user)) => json(
             StatusCode::OK,
             serde_json::to_string(&user).expect("a user serializes"),
         ),
         Ok(None) => error(StatusCode::NOT_FOUND, "not_found", "no such user"),
-        Err(_) => unavailable(shared),
+        Err(response) => response,
     }
 }
 
-fn unavailable(shared: &Shared) -> Response<Body> {
-    shared.database_down();
+/// Runs one API query within the API's share of the pool (`api.max_db_connections`) and its
+/// time (`api.timeout_secs`, waiting for a connection included), in a read-only transaction
+/// whose statement and lock timeouts end it on the server too. However many clients call and
+/// whatever holds a lock, the jobs and readiness keep their connections and the caller gets
+/// an answer in time.
+async fn bounded<T>(
+    shared: &Shared,
+    query: impl AsyncFnOnce(&tokio_postgres::Transaction<'_>) -> crate::Result<T>,
+) -> Result<T, Response<Body>> {
+    let limit = shared.settings.api.timeout;
+    let started = std::time::Instant::now();
+    let work = async {
+        let _permit = shared.api_permits.acquire().await.map_err(|_| busy())?;
+        let mut client = shared
+            .db
+            .get_within(limit.saturating_sub(started.elapsed()))
+            .await
+            .map_err(|e| failure(shared, &e))?;
+        let result = async {
+            let tx = client
+                .transaction()
+                .await
+                .context("starting an API query")?;
+            let left = format!(
+                "{}ms",
+                limit.saturating_sub(started.elapsed()).as_millis().max(1)
+            );
+            tx.execute(
+                "SELECT pg_catalog.set_config('statement_timeout', $1, true),
+                        pg_catalog.set_config('lock_timeout', $1, true),
+                        pg_catalog.set_config('transaction_read_only', 'on', true)",
+                &[&left],
+            )
+            .await
+            .context("starting an API query")?;
+            let value = query(&tx).await?;
+            tx.commit().await.context("ending an API query")?;
+            Ok::<_, crate::Error>(value)
+        }
+        .await;
+        result.map_err(|e| failure(shared, &e))
+    };
+    // The server-side timeouts end the query; this one covers a server that does not answer.
+    match tokio::time::timeout(limit + Duration::from_secs(1), work).await {
+        Ok(result) => result,
+        Err(_) => Err(busy()),
+    }
+}
+
+fn failure(shared: &Shared, e: &crate::Error) -> Response<Body> {
+    if e.is_unreachable() {
+        tracing::warn!(error = %e, "users API: database unreachable");
+        shared.database_down();
+        error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "database_unavailable",
+            "the database cannot be reached",
+        )
+    } else {
+        tracing::warn!(error = %e, "users API: query did not complete");
+        busy()
+    }
+}
+
+fn busy() -> Response<Body> {
     error(
         StatusCode::SERVICE_UNAVAILABLE,
-        "database_unavailable",
-        "the database cannot be reached",
+        "database_busy",
+        "the database did not answer within the API's time limit",
     )
 }
 

@@ -4,7 +4,7 @@ use tokio_postgres::Client;
 
 use super::{Finding, Level};
 use crate::config::IntegritySettings;
-use crate::db::verify::quote_ident as quote;
+use crate::db::verify::FixKind;
 use crate::error::{DbContext, Result};
 use crate::sync::plan;
 
@@ -35,6 +35,7 @@ pub async fn one_to_one(
             samples,
             fix: "usersync sync (then check why the trigger missed them: usersync migrate verify)"
                 .into(),
+            fix_kind: FixKind::Command,
         });
     }
 
@@ -62,6 +63,7 @@ pub async fn one_to_one(
             fix: "DELETE FROM public.user_profiles p WHERE NOT EXISTS \
                   (SELECT 1 FROM auth.users u WHERE u.id = p.id);"
                 .into(),
+            fix_kind: FixKind::Sql,
         });
     }
     Ok(())
@@ -105,9 +107,11 @@ pub async fn repair_queue(
                 .into(),
             count: stale_count,
             samples: stale_samples,
-            fix: "usersync sync; SELECT user_id, attempts, last_error FROM usersync.repair_queue \
+            fix: "usersync sync (it retries every queued user at once); the queue's errors: \
+                  SELECT user_id, attempts, last_error FROM usersync.repair_queue \
                   ORDER BY first_failed_at;"
                 .into(),
+            fix_kind: FixKind::Command,
         });
     }
     if failing > 0 {
@@ -128,6 +132,7 @@ pub async fn repair_queue(
             fix: "fix the cause in the error (a constraint or NOT NULL column added to \
                   public.user_profiles), then usersync sync"
                 .into(),
+            fix_kind: FixKind::Command,
         });
     }
     Ok(())
@@ -137,29 +142,45 @@ pub async fn repair_queue(
 /// profile's own (which `migrate verify` checks): NOT VALID ones with their orphans, and ones
 /// whose ON DELETE rule would block deleting a user.
 pub async fn foreign_keys(client: &Client, findings: &mut Vec<Finding>) -> Result<()> {
+    // Every name in the statements below is quoted by PostgreSQL (%I) and schema-qualified,
+    // so each fix runs as printed whatever the session's search_path.
     let rows = client
         .query(
-            "SELECT c.conrelid::regclass::text, c.conname::text, c.confrelid::regclass::text,
-                    c.convalidated, c.confdeltype::text, pg_catalog.pg_get_constraintdef(c.oid),
-                    format('SELECT count(*), COALESCE((array_agg(t.%1$I::text))[1:10], ''{}'')
+            "WITH k AS (
+                 SELECT c.oid, c.conname, c.convalidated, c.confdeltype, a.attname,
+                        pg_catalog.format('%I.%I', tn.nspname, t.relname) AS tbl,
+                        pg_catalog.format('%I.%I', rn.nspname, r.relname) AS target,
+                        tn.nspname AS schema
+                 FROM pg_catalog.pg_constraint c
+                 JOIN pg_catalog.pg_class t ON t.oid = c.conrelid
+                 JOIN pg_catalog.pg_namespace tn ON tn.oid = t.relnamespace
+                 JOIN pg_catalog.pg_class r ON r.oid = c.confrelid
+                 JOIN pg_catalog.pg_namespace rn ON rn.oid = r.relnamespace
+                 JOIN pg_catalog.pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = c.conkey[1]
+                 JOIN pg_catalog.pg_attribute ra ON ra.attrelid = c.confrelid AND ra.attnum = c.confkey[1]
+                 WHERE c.contype = 'f'
+                   AND c.confrelid IN ('auth.users'::pg_catalog.regclass,
+                                       'public.user_profiles'::pg_catalog.regclass)
+                   AND pg_catalog.cardinality(c.conkey) = 1 AND ra.attname = 'id'
+                   AND NOT (c.conrelid = 'public.user_profiles'::pg_catalog.regclass
+                            AND c.confrelid = 'auth.users'::pg_catalog.regclass)
+             )
+             SELECT k.tbl, k.conname::pg_catalog.text, k.target, k.convalidated,
+                    k.confdeltype::pg_catalog.text, pg_catalog.pg_get_constraintdef(k.oid),
+                    pg_catalog.format('SELECT pg_catalog.count(*), COALESCE((pg_catalog.array_agg(t.%1$I::pg_catalog.text))[1:10], ''{}'')
                             FROM %2$s t WHERE t.%1$I IS NOT NULL AND NOT EXISTS
-                            (SELECT 1 FROM %3$s r WHERE r.id = t.%1$I)',
-                           a.attname, c.conrelid::regclass, c.confrelid::regclass),
-                    format('ALTER TABLE %s DROP CONSTRAINT %I, ADD CONSTRAINT %I FOREIGN KEY (%I) \
-                            REFERENCES %s(id) ON DELETE CASCADE;',
-                           c.conrelid::regclass, c.conname, c.conname, a.attname, c.confrelid::regclass),
-                    format('DELETE FROM %s t WHERE t.%I IS NOT NULL AND NOT EXISTS \
+                            (SELECT 1 FROM %3$s r WHERE r.id OPERATOR(pg_catalog.=) t.%1$I)',
+                           k.attname, k.tbl, k.target),
+                    pg_catalog.format('ALTER TABLE %s DROP CONSTRAINT %I, ADD CONSTRAINT %I FOREIGN KEY (%I) \
+                            REFERENCES %s(id) ON DELETE CASCADE%s;',
+                           k.tbl, k.conname, k.conname, k.attname, k.target,
+                           CASE WHEN k.convalidated THEN '' ELSE ' NOT VALID' END),
+                    pg_catalog.format('DELETE FROM %s t WHERE t.%I IS NOT NULL AND NOT EXISTS \
                             (SELECT 1 FROM %s r WHERE r.id = t.%I); ALTER TABLE %s VALIDATE CONSTRAINT %I;',
-                           c.conrelid::regclass, a.attname, c.confrelid::regclass, a.attname,
-                           c.conrelid::regclass, c.conname)
-             FROM pg_catalog.pg_constraint c
-             JOIN pg_catalog.pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = c.conkey[1]
-             JOIN pg_catalog.pg_attribute r ON r.attrelid = c.confrelid AND r.attnum = c.confkey[1]
-             WHERE c.contype = 'f'
-               AND c.confrelid IN ('auth.users'::regclass, 'public.user_profiles'::regclass)
-               AND cardinality(c.conkey) = 1 AND r.attname = 'id'
-               AND NOT (c.conrelid = 'public.user_profiles'::regclass
-                        AND c.confrelid = 'auth.users'::regclass)
+                           k.tbl, k.attname, k.target, k.attname, k.tbl, k.conname),
+                    pg_catalog.format('GRANT USAGE ON SCHEMA %I TO %I; GRANT SELECT (%I) ON TABLE %s TO %I;',
+                           k.schema, current_user, k.attname, k.tbl, current_user)
+             FROM k
              ORDER BY 1, 2",
             &[],
         )
@@ -175,6 +196,7 @@ pub async fn foreign_keys(client: &Client, findings: &mut Vec<Finding>) -> Resul
         let orphans_sql: String = row.get(6);
         let cascade_sql: String = row.get(7);
         let validate_sql: String = row.get(8);
+        let grant_sql: String = row.get(9);
         let object = format!("{table}.{name}");
         if !validated {
             // The statement is PostgreSQL's own format() of catalog names, quoted with %I.
@@ -183,7 +205,7 @@ pub async fn foreign_keys(client: &Client, findings: &mut Vec<Finding>) -> Resul
                 format!("counting the rows of {table} that reference no {target}"),
             )?;
             findings.push(match counted {
-                None => unreadable(&object, &table),
+                None => unreadable(&object, &table, grant_sql),
                 Some(counted) => {
                     let (count, samples): (i64, Vec<String>) = (counted.get(0), counted.get(1));
                     Finding {
@@ -205,6 +227,7 @@ pub async fn foreign_keys(client: &Client, findings: &mut Vec<Finding>) -> Resul
                         count,
                         samples,
                         fix: validate_sql,
+                        fix_kind: FixKind::Sql,
                     }
                 }
             });
@@ -229,6 +252,7 @@ pub async fn foreign_keys(client: &Client, findings: &mut Vec<Finding>) -> Resul
                 count: 1,
                 samples: Vec::new(),
                 fix: cascade_sql,
+                fix_kind: FixKind::Sql,
             });
         }
     }
@@ -244,21 +268,28 @@ pub async fn user_id_columns(
     for column in &settings.user_id_columns {
         // PostgreSQL builds the statement from the configured names, quoting each with %I;
         // a name that matches no column gives no statement.
-        let sql: Option<String> = client
+        let sql: Option<(String, String, String)> = client
             .query_opt(
-                "SELECT format('SELECT count(*), COALESCE((array_agg(t.%3$I::text))[1:10], ''{}'')
+                "SELECT pg_catalog.format('SELECT pg_catalog.count(*), COALESCE((pg_catalog.array_agg(t.%3$I::pg_catalog.text))[1:10], ''{}'')
                                 FROM %1$I.%2$I t WHERE t.%3$I IS NOT NULL AND NOT EXISTS
-                                (SELECT 1 FROM auth.users u WHERE u.id::text = t.%3$I::text)',
-                               $1::text, $2::text, $3::text)
+                                (SELECT 1 FROM auth.users u
+                                 WHERE u.id::pg_catalog.text OPERATOR(pg_catalog.=) t.%3$I::pg_catalog.text)',
+                               $1::pg_catalog.text, $2::pg_catalog.text, $3::pg_catalog.text),
+                        pg_catalog.format('DELETE FROM %1$I.%2$I t WHERE t.%3$I IS NOT NULL AND NOT EXISTS \
+                               (SELECT 1 FROM auth.users u WHERE u.id::text = t.%3$I::text);',
+                               $1::pg_catalog.text, $2::pg_catalog.text, $3::pg_catalog.text),
+                        pg_catalog.format('GRANT USAGE ON SCHEMA %1$I TO %4$I; GRANT SELECT (%3$I) ON TABLE %1$I.%2$I TO %4$I;',
+                               $1::pg_catalog.text, $2::pg_catalog.text, $3::pg_catalog.text, current_user)
                  FROM pg_catalog.pg_attribute a
-                 WHERE a.attrelid = pg_catalog.to_regclass(format('%I.%I', $1::text, $2::text))
+                 WHERE a.attrelid = pg_catalog.to_regclass(
+                           pg_catalog.format('%I.%I', $1::pg_catalog.text, $2::pg_catalog.text))
                    AND a.attname = $3 AND NOT a.attisdropped",
                 &[&column.schema, &column.table, &column.column],
             )
             .await
             .context(format!("looking up {column}"))?
-            .map(|row| row.get(0));
-        let Some(sql) = sql else {
+            .map(|row| (row.get(0), row.get(1), row.get(2)));
+        let Some((sql, delete_sql, grant_sql)) = sql else {
             findings.push(Finding {
                 check: "user_id_column_orphans".into(),
                 level: Level::Warning,
@@ -269,6 +300,7 @@ pub async fn user_id_columns(
                 count: 0,
                 samples: Vec::new(),
                 fix: "correct integrity.user_id_columns".into(),
+                fix_kind: FixKind::Command,
             });
             continue;
         };
@@ -280,6 +312,7 @@ pub async fn user_id_columns(
             findings.push(unreadable(
                 &column.to_string(),
                 &format!("{}.{}", column.schema, column.table),
+                grant_sql,
             ));
             continue;
         };
@@ -295,14 +328,8 @@ pub async fn user_id_columns(
                     .into(),
                 count,
                 samples,
-                fix: format!(
-                    "DELETE FROM {}.{} t WHERE t.{} IS NOT NULL AND NOT EXISTS \
-                     (SELECT 1 FROM auth.users u WHERE u.id::text = t.{}::text);",
-                    quote(&column.schema),
-                    quote(&column.table),
-                    quote(&column.column),
-                    quote(&column.column)
-                ),
+                fix: delete_sql,
+                fix_kind: FixKind::Sql,
             });
         }
     }
@@ -324,7 +351,7 @@ fn readable(
     }
 }
 
-fn unreadable(object: &str, table: &str) -> Finding {
+fn unreadable(object: &str, table: &str, grant_sql: String) -> Finding {
     Finding {
         check: "unreadable_table".into(),
         level: Level::Warning,
@@ -333,6 +360,7 @@ fn unreadable(object: &str, table: &str) -> Finding {
         detail: "its orphan rows could not be counted".into(),
         count: 1,
         samples: Vec::new(),
-        fix: format!("GRANT SELECT ON {table} TO <the role usersync connects as>;"),
+        fix: grant_sql,
+        fix_kind: FixKind::Sql,
     }
 }

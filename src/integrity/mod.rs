@@ -3,9 +3,11 @@
 //! One [`run`] returns [`Finding`]s: users without a profile, profiles without a user, the
 //! schema usersync installed (from [`crate::db::verify`]), the repair queue, every foreign key
 //! into `auth.users` or `public.user_profiles` found in the catalog, the configured user-id
-//! columns that have no foreign key, and a rolled-back probe that deleting a user takes its
-//! profile and referencing rows along. `usersync check` prints them; the daemon turns
-//! [`Report::values`] into one metric per check.
+//! columns that have no foreign key. That deleting a user takes its profile and queue rows
+//! along is read from the catalog (the foreign keys present, validated, ON DELETE CASCADE, their
+//! triggers enabled: [`crate::db::verify`]); the rolled-back delete probe that proves it by
+//! writing to `auth.users` runs only when asked (`check --e2e`, `integrity.probe_schedule`).
+//! `usersync check` prints them; the daemon turns [`Report::values`] into one metric per check.
 
 mod checks;
 mod probe;
@@ -17,7 +19,7 @@ use serde::Serialize;
 use tokio_postgres::Client;
 
 use crate::config::IntegritySettings;
-use crate::db::verify;
+use crate::db::verify::{self, FixKind};
 use crate::error::Result;
 
 /// How bad a finding is: `check` exits 1 on any error.
@@ -47,6 +49,8 @@ pub struct Finding {
     pub samples: Vec<String>,
     /// The SQL or the step that remedies it.
     pub fix: String,
+    /// `sql`: runs as printed; `command`: a step for a person.
+    pub fix_kind: FixKind,
 }
 
 /// The outcome of one run of every check.
@@ -93,12 +97,13 @@ impl Report {
     }
 }
 
-/// Runs every check once. Reads only, but for the probe, which is rolled back.
-#[tracing::instrument(skip_all)]
+/// Runs every check once. Reads only; with `probe`, also the delete probe, rolled back.
+#[tracing::instrument(skip_all, fields(probe))]
 pub async fn run(
     client: &mut Client,
     settings: &IntegritySettings,
     include_anonymous: bool,
+    probe: bool,
 ) -> Result<Report> {
     let started = Instant::now();
     let mut findings = Vec::new();
@@ -113,7 +118,8 @@ pub async fn run(
     findings.extend(schema.findings.into_iter().map(|f| Finding {
         title: format!("{}: expected {}", f.check, f.expected),
         object: None,
-        level: Level::Error,
+        level: f.level,
+        fix_kind: f.fix_kind,
         detail: format!("found {}", f.found),
         count: 1,
         samples: Vec::new(),
@@ -122,11 +128,20 @@ pub async fn run(
     }));
     // Without the table and queue there is nothing further to count.
     if installed {
-        checks::one_to_one(client, settings, include_anonymous, &mut findings).await?;
-        checks::repair_queue(client, settings, &mut findings).await?;
-        checks::foreign_keys(client, &mut findings).await?;
-        checks::user_id_columns(client, settings, &mut findings).await?;
-        probe::cascade_delete(client, &mut findings).await?;
+        // The counts read whole tables: the scan timeout, not the batch one, bounds them.
+        crate::db::begin_scan(client).await?;
+        let counted = async {
+            checks::one_to_one(client, settings, include_anonymous, &mut findings).await?;
+            checks::repair_queue(client, settings, &mut findings).await?;
+            checks::foreign_keys(client, &mut findings).await?;
+            checks::user_id_columns(client, settings, &mut findings).await
+        }
+        .await;
+        crate::db::end_scan(client).await?;
+        counted?;
+        if probe {
+            probe::cascade_delete(client, &mut findings).await?;
+        }
     }
 
     findings.sort_by(|a, b| (a.level, &a.check, &a.object).cmp(&(b.level, &b.check, &b.object)));

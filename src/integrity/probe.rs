@@ -1,4 +1,5 @@
-//! Cascade deletion, proven rather than read from the catalog (Requirement 4.3).
+//! Cascade deletion, proven rather than read from the catalog: only when asked (`check --e2e`,
+//! `integrity.probe_schedule`), since it writes to auth.users and fires its triggers.
 //!
 //! Inside a transaction that is always rolled back: a user, its profile, and a row of a table
 //! that references the user (the repair queue, usersync's own, so no application table is
@@ -9,6 +10,7 @@ use uuid::Uuid;
 
 use super::{Finding, Level};
 use crate::db::probe;
+use crate::db::verify::FixKind;
 use crate::error::{DbContext, Result};
 
 pub async fn cascade_delete(client: &mut Client, findings: &mut Vec<Finding>) -> Result<()> {
@@ -71,6 +73,7 @@ pub async fn cascade_delete(client: &mut Client, findings: &mut Vec<Finding>) ->
                 samples: Vec::new(),
                 fix: "see the foreign_key_blocks_delete findings and usersync migrate verify"
                     .into(),
+                fix_kind: FixKind::Command,
             });
             return Ok(());
         }
@@ -92,6 +95,7 @@ pub async fn cascade_delete(client: &mut Client, findings: &mut Vec<Finding>) ->
                   ADD CONSTRAINT user_profiles_id_fkey FOREIGN KEY (id) REFERENCES auth.users(id) \
                   ON DELETE CASCADE;"
                     .into(),
+            fix_kind: FixKind::Sql,
         });
     }
     Ok(())

@@ -46,7 +46,7 @@ const CREATE: &str = "
     INSERT INTO public.user_profiles
         (id, email, full_name, avatar_url, role, is_active, created_at, updated_at)
     SELECT p.id, p.email, p.full_name, p.avatar_url, p.role, p.is_active, p.created_at, p.updated_at
-    FROM auth.users u CROSS JOIN LATERAL usersync.build_profile(u) AS p
+    FROM auth.users u CROSS JOIN LATERAL usersync.build_profile(u.id, u.email::pg_catalog.text, u.raw_user_meta_data, u.created_at) AS p
     WHERE u.id = ANY($1) AND ($4::tid[] IS NULL OR u.ctid = ANY($4))
       AND u.deleted_at IS NULL AND ($3 OR NOT u.is_anonymous)
       AND ($2 OR NOT EXISTS (SELECT 1 FROM usersync.repair_queue q
@@ -224,7 +224,7 @@ pub async fn preview(client: &Client, ids: &[Uuid]) -> Result<Vec<serde_json::Va
     let rows = client
         .query(
             "SELECT pg_catalog.to_jsonb(p) FROM auth.users u
-             CROSS JOIN LATERAL usersync.build_profile(u) AS p
+             CROSS JOIN LATERAL usersync.build_profile(u.id, u.email::pg_catalog.text, u.raw_user_meta_data, u.created_at) AS p
              WHERE u.id = ANY($1) ORDER BY u.id",
             &[&ids],
         )

@@ -467,7 +467,8 @@ async fn analyze_if_stale(client: &tokio_postgres::Client) -> Result<()> {
     if stale {
         tracing::debug!("analyzing public.user_profiles before the sweep");
         client
-            .batch_execute("ANALYZE (SKIP_LOCKED) public.user_profiles")
+            // The table's owner's function: the runtime role does not own it.
+            .batch_execute("SELECT usersync.analyze_profiles()")
             .await
             .context("analyzing public.user_profiles")?;
     }

@@ -108,7 +108,13 @@ pub async fn detect(client: &mut Client, include_anonymous: bool) -> Result<Plan
 /// a freshly emptied `user_profiles` looks like one row to the planner, which then picks one
 /// and rescans the table, growing under the sweep's inserts, for every user: quadratic
 /// (DESIGN.md). Hash joins it is.
-const WHOLE_TABLE: &str = "SET LOCAL enable_nestloop = off";
+/// It also runs under the scan timeout, not the batch one.
+const WHOLE_TABLE: &str = concat!(
+    "SET LOCAL enable_nestloop = off; ",
+    "SELECT pg_catalog.set_config('statement_timeout', ",
+    "COALESCE(pg_catalog.current_setting('usersync.scan_timeout', true), ",
+    "pg_catalog.current_setting('statement_timeout')), true)"
+);
 
 /// The counts of a pass; `missing` is left empty.
 pub async fn count(client: &mut Client, include_anonymous: bool) -> Result<Plan> {

@@ -200,10 +200,11 @@ async fn migrate_up_then_verify_e2e_passes_and_a_disabled_trigger_fails_verify_w
     let status: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(status[0]["state"], "applied");
 
-    let (code, stdout, stderr) = usersync(&["migrate", "down"], &env);
+    let (code, stdout, stderr) = usersync(&["migrate", "down", "--to", "0"], &env);
     assert_eq!(code, 0, "{stderr}");
     assert!(
-        stdout.contains("rolled back 0001_user_profiles"),
+        stdout.contains("rolled back 0002_hardening")
+            && stdout.contains("rolled back 0001_user_profiles"),
         "{stdout}"
     );
     let after = schema_snapshot(&admin).await;

@@ -174,7 +174,10 @@ async fn the_daemon_serves_health_and_metrics_and_a_sweep_raises_the_created_cou
     tokio::time::sleep(Duration::from_millis(2100)).await; // past the readiness cache
     let (status, body) = daemon.get("/readyz").await;
     assert_eq!(status, 503);
-    assert!(body.contains("migrate verify fails: trigger"), "{body}");
+    assert!(
+        body.contains(r#""reason":"schema""#) && body.contains(r#""checks":["trigger"]"#),
+        "{body}"
+    );
     assert_eq!(daemon.get("/healthz").await.0, 200);
 
     // promtool judges a real scrape.

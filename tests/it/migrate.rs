@@ -5,14 +5,18 @@ use usersync::Error;
 use usersync::db::migrate::{self, State, UpOptions};
 
 use crate::property;
-use crate::support::{AuthUser, TestDb, count, insert_users, schema_snapshot, snapshot_diff};
+use crate::support::{
+    AuthUser, TestDb, count, insert_users, schema_snapshot, snapshot_diff,
+    supabase_default_privileges,
+};
 
 #[tokio::test]
 async fn up_installs_everything_and_a_second_up_is_a_no_op() {
     let db = TestDb::new().await;
     let mut app = db.app().await;
     let steps = migrate::up(&mut app, UpOptions::default()).await.unwrap();
-    assert_eq!(steps.iter().map(|s| s.version).collect::<Vec<_>>(), vec![1]);
+    let every: Vec<i32> = migrate::MIGRATIONS.iter().map(|m| m.version).collect();
+    assert_eq!(steps.iter().map(|s| s.version).collect::<Vec<_>>(), every);
     let installed = schema_snapshot(&app).await;
 
     let again = migrate::up(&mut app, UpOptions::default()).await.unwrap();
@@ -20,9 +24,11 @@ async fn up_installs_everything_and_a_second_up_is_a_no_op() {
     assert_eq!(schema_snapshot(&app).await, installed);
 
     let status = migrate::status(&app).await.unwrap();
-    assert_eq!(status.len(), 1);
+    assert_eq!(status.len(), migrate::MIGRATIONS.len());
     assert!(
-        matches!(status[0].state, State::Applied { .. }),
+        status
+            .iter()
+            .all(|s| matches!(s.state, State::Applied { .. })),
         "{status:?}"
     );
     let history: String = app
@@ -52,8 +58,8 @@ async fn down_restores_the_schema_and_keeps_auth_rows_and_application_tables() {
         .collect();
     insert_users(&admin, &users).await.unwrap();
 
-    let steps = migrate::down(&mut app, None).await.unwrap();
-    assert_eq!(steps.len(), 1);
+    let steps = migrate::down(&mut app, Some(0)).await.unwrap();
+    assert_eq!(steps.len(), migrate::MIGRATIONS.len());
     let after = schema_snapshot(&admin).await;
     assert_eq!(before, after, "{}", snapshot_diff(&before, &after));
     assert_eq!(count(&admin, "auth.users").await, 5);
@@ -74,7 +80,10 @@ async fn down_stops_without_dropping_anything_when_the_application_depends_on_pr
         .unwrap();
     let before = schema_snapshot(&admin).await;
     let mut app = db.app().await;
-    let err = migrate::down(&mut app, None).await.unwrap_err().to_string();
+    let err = migrate::down(&mut app, Some(0))
+        .await
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("rolling back 0001_user_profiles"), "{err}");
     assert!(
         err.contains("posts"),
@@ -200,8 +209,11 @@ async fn two_concurrent_ups_apply_each_migration_once() {
         migrate::up(&mut b, UpOptions::default())
     );
     let applied = ra.unwrap().len() + rb.unwrap().len();
-    assert_eq!(applied, 1);
-    assert_eq!(count(&a, "usersync.schema_migrations").await, 1);
+    assert_eq!(applied, migrate::MIGRATIONS.len());
+    assert_eq!(
+        count(&a, "usersync.schema_migrations").await,
+        migrate::MIGRATIONS.len() as i64
+    );
 }
 
 #[tokio::test]
@@ -226,30 +238,43 @@ async fn unknown_target_versions_are_rejected_before_anything_runs() {
 
 #[derive(Clone, Debug)]
 enum Op {
-    Up,
-    Down,
+    /// `up --to V` (0: nothing to apply).
+    Up(i32),
+    /// `down --to V`.
+    Down(i32),
     SignUps(u8),
 }
 
 fn op() -> impl Strategy<Value = Op> {
-    prop_oneof![Just(Op::Up), Just(Op::Down), (1u8..4).prop_map(Op::SignUps)]
+    let versions = 0..=migrate::latest();
+    prop_oneof![
+        versions.clone().prop_map(Op::Up),
+        versions.prop_map(Op::Down),
+        (1u8..4).prop_map(Op::SignUps)
+    ]
 }
 
-/// Property 1: after any sequence of up, down and sign-ups, the schema after `up` is always
-/// the same, `down` always returns exactly to the schema before, and auth rows stay.
+/// Property 1: after any sequence of `up --to V`, `down --to V` and sign-ups, the schema is
+/// always the one version V has (the one reached by stepping up from nothing), and auth rows
+/// stay. With Supabase's default privileges in force, so that 0002's saved grants come back.
 #[test]
-fn property_01_up_and_down_always_reach_the_same_two_schemas() {
+fn property_01_up_and_down_always_reach_the_schema_of_their_version() {
     let rt = property::runtime();
-    let (db, before, installed) = rt.block_on(async {
+    let (db, snapshots) = rt.block_on(async {
         let db = TestDb::new().await;
         let admin = db.admin().await;
-        let before = schema_snapshot(&admin).await;
-        migrate::up(&mut db.app().await, UpOptions::default())
-            .await
-            .unwrap();
-        let installed = schema_snapshot(&admin).await;
+        supabase_default_privileges(&admin).await;
+        let mut snapshots = vec![schema_snapshot(&admin).await];
+        for m in migrate::MIGRATIONS {
+            let options = UpOptions {
+                to: Some(m.version),
+                ..UpOptions::default()
+            };
+            migrate::up(&mut db.app().await, options).await.unwrap();
+            snapshots.push(schema_snapshot(&admin).await);
+        }
         migrate::down(&mut db.app().await, Some(0)).await.unwrap();
-        (db, before, installed)
+        (db, snapshots)
     });
     property::check(
         "property_01",
@@ -258,30 +283,30 @@ fn property_01_up_and_down_always_reach_the_same_two_schemas() {
             rt.block_on(async {
                 let admin = db.admin().await;
                 let mut app = db.app().await;
+                // Each case starts from nothing, even after a failed one (when shrinking).
+                migrate::down(&mut app, Some(0))
+                    .await
+                    .map_err(property::fail)?;
                 let mut users = count(&admin, "auth.users").await;
+                let mut at = 0;
                 for op in ops {
                     match op {
-                        Op::Up => {
-                            migrate::up(&mut app, UpOptions::default())
+                        Op::Up(0) => {}
+                        Op::Up(to) => {
+                            let options = UpOptions {
+                                to: Some(to),
+                                ..UpOptions::default()
+                            };
+                            migrate::up(&mut app, options)
                                 .await
                                 .map_err(property::fail)?;
-                            let now = schema_snapshot(&admin).await;
-                            prop_assert!(
-                                now == installed,
-                                "after up: {}",
-                                snapshot_diff(&installed, &now)
-                            );
+                            at = at.max(to);
                         }
-                        Op::Down => {
-                            migrate::down(&mut app, None)
+                        Op::Down(to) => {
+                            migrate::down(&mut app, Some(to))
                                 .await
                                 .map_err(property::fail)?;
-                            let now = schema_snapshot(&admin).await;
-                            prop_assert!(
-                                now == before,
-                                "after down: {}",
-                                snapshot_diff(&before, &now)
-                            );
+                            at = at.min(to);
                         }
                         Op::SignUps(n) => {
                             let new: Vec<AuthUser> = (0..n)
@@ -296,6 +321,13 @@ fn property_01_up_and_down_always_reach_the_same_two_schemas() {
                             users += i64::from(n);
                         }
                     }
+                    let now = schema_snapshot(&admin).await;
+                    let expected = &snapshots[at as usize];
+                    prop_assert!(
+                        &now == expected,
+                        "at version {at}: {}",
+                        snapshot_diff(expected, &now)
+                    );
                     prop_assert_eq!(count(&admin, "auth.users").await, users);
                 }
                 migrate::down(&mut app, Some(0))

@@ -528,6 +528,20 @@ pub fn snapshot_diff(before: &[String], after: &[String]) -> String {
     format!("only before: {gone:#?}\nonly after: {new:#?}")
 }
 
+/// What a hosted Supabase project has in force: whatever the migration role creates in
+/// `public` is granted ALL to anon, authenticated and service_role.
+pub async fn supabase_default_privileges(admin: &Client) {
+    admin
+        .batch_execute(&format!(
+            "ALTER DEFAULT PRIVILEGES FOR ROLE {APP_ROLE} IN SCHEMA public
+                 GRANT ALL ON TABLES TO anon, authenticated, service_role;
+             ALTER DEFAULT PRIVILEGES FOR ROLE {APP_ROLE} IN SCHEMA public
+                 GRANT ALL ON FUNCTIONS TO anon, authenticated, service_role;"
+        ))
+        .await
+        .expect("setting Supabase's default privileges");
+}
+
 /// Number of rows in a table (a trusted name from the test itself).
 pub async fn count(client: &Client, table: &str) -> i64 {
     client

@@ -53,7 +53,7 @@ async fn the_probe_finds_a_trigger_that_lets_sign_ups_fail() {
         .await
         .batch_execute(
             "CREATE OR REPLACE FUNCTION usersync.on_auth_user_created() RETURNS trigger
-             LANGUAGE plpgsql SECURITY DEFINER SET search_path = '' AS $$
+             LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
              BEGIN
                  INSERT INTO public.user_profiles (id) VALUES (NEW.id);
                  RETURN NULL;

@@ -10,16 +10,52 @@ use tokio_postgres::Client;
 use crate::db::migrate::MIGRATIONS;
 use crate::db::migrate::{self, State};
 use crate::error::{DbContext, Result};
+pub use crate::integrity::Level;
+
+pub mod access;
 
 /// One broken promise.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Finding {
     /// Stable name: `trigger`, `foreign_key`, `column.email`, ...
     pub check: String,
+    /// Errors fail verify (and readiness); warnings are reported and pass.
+    pub level: Level,
     pub expected: String,
     pub found: String,
-    /// SQL (or a usersync command) that restores the promise.
+    /// What restores the promise: SQL that runs as printed, or a step to take.
     pub fix: String,
+    pub fix_kind: FixKind,
+}
+
+/// Whether a fix is SQL, to run as printed (schema-qualified, identifiers quoted by
+/// PostgreSQL), or a command or step for a person, never to be pasted into psql.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FixKind {
+    Sql,
+    Command,
+}
+
+/// A fix and its kind; plain strings are SQL.
+pub struct Fix(pub FixKind, pub String);
+
+impl Fix {
+    pub fn command(text: impl Into<String>) -> Fix {
+        Fix(FixKind::Command, text.into())
+    }
+}
+
+impl From<String> for Fix {
+    fn from(sql: String) -> Fix {
+        Fix(FixKind::Sql, sql)
+    }
+}
+
+impl From<&str> for Fix {
+    fn from(sql: &str) -> Fix {
+        Fix(FixKind::Sql, sql.to_string())
+    }
 }
 
 /// The outcome of a verify run.
@@ -32,19 +68,32 @@ pub struct Report {
 }
 
 impl Report {
-    fn push(
+    fn push(&mut self, check: &str, expected: &str, found: impl Into<String>, fix: impl Into<Fix>) {
+        self.push_at(Level::Error, check, expected, found, fix);
+    }
+
+    fn push_at(
         &mut self,
+        level: Level,
         check: &str,
         expected: &str,
         found: impl Into<String>,
-        fix: impl Into<String>,
+        fix: impl Into<Fix>,
     ) {
+        let Fix(fix_kind, fix) = fix.into();
         self.findings.push(Finding {
             check: check.to_string(),
+            level,
             expected: expected.to_string(),
             found: found.into(),
-            fix: fix.into(),
+            fix,
+            fix_kind,
         });
+    }
+
+    /// Whether nothing at error level was found.
+    pub fn passes(&self) -> bool {
+        !self.findings.iter().any(|f| f.level == Level::Error)
     }
 
     /// Names of the failed checks, sorted: what tests and metrics compare.
@@ -60,6 +109,7 @@ pub const TRIGGER: &str = "usersync_on_auth_user_created";
 const TRIGGER_DEF: &str = "CREATE TRIGGER usersync_on_auth_user_created AFTER INSERT ON auth.users \
      FOR EACH ROW EXECUTE FUNCTION usersync.on_auth_user_created()";
 const FUNCTION: &str = "usersync.on_auth_user_created()";
+const PINNED_SEARCH_PATH: &str = "search_path=pg_catalog, pg_temp";
 const UP_FILE: &str = "migrations/0001_user_profiles.up.sql";
 
 /// A column of `public.user_profiles` as migration 0001 creates it.
@@ -158,7 +208,14 @@ pub async fn verify(client: &Client) -> Result<Report> {
     report.checks += 1;
     check_repair_queue(client, &mut report).await?;
 
-    report.ok = report.findings.is_empty();
+    report.checks += 3;
+    check_cascade(client, &mut report).await?;
+    report.checks += 2;
+    access::api_roles(client, &mut report).await?;
+    report.checks += 1;
+    access::runtime_grants(client, &mut report).await?;
+
+    report.ok = report.passes();
     Ok(report)
 }
 
@@ -171,19 +228,21 @@ async fn check_migrations(client: &Client, report: &mut Report) -> Result<()> {
                 "migrations",
                 &format!("{file} applied"),
                 format!("{file} pending"),
-                "usersync migrate up",
+                Fix::command("usersync migrate up"),
             ),
             State::Drifted { applied_checksum } => report.push(
                 "migrations",
                 &format!("{file} applied with checksum {}", s.checksum),
                 format!("applied with checksum {applied_checksum}: the file has changed since"),
-                format!("restore migrations/{file}.up.sql as it was applied"),
+                Fix::command(format!(
+                    "restore migrations/{file}.up.sql as it was applied"
+                )),
             ),
             State::Unknown => report.push(
                 "migrations",
                 &format!("only migrations up to {:04}", migrate::latest()),
                 format!("{file}, unknown to this usersync"),
-                "run the usersync version that applied it",
+                Fix::command("run the usersync version that applied it"),
             ),
         }
     }
@@ -210,35 +269,38 @@ async fn check_table(client: &Client, report: &mut Report) -> Result<bool> {
     Ok(present)
 }
 
-fn recreate_hint(object: &str) -> String {
-    format!("re-run the statement that creates {object} in {UP_FILE}")
+fn recreate_hint(object: &str) -> Fix {
+    Fix::command(format!(
+        "re-run the statement that creates {object} in {UP_FILE}, then usersync migrate verify"
+    ))
 }
 
 async fn check_columns(client: &Client, report: &mut Report) -> Result<()> {
     let rows = client
         .query(
-            "SELECT a.attname::text,
+            "SELECT a.attname::pg_catalog.text,
                     pg_catalog.format_type(a.atttypid, a.atttypmod),
                     a.attnotnull,
-                    pg_catalog.pg_get_expr(d.adbin, d.adrelid)
+                    pg_catalog.pg_get_expr(d.adbin, d.adrelid),
+                    pg_catalog.quote_ident(a.attname)
              FROM pg_catalog.pg_attribute a
              LEFT JOIN pg_catalog.pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
-             WHERE a.attrelid = 'public.user_profiles'::regclass
+             WHERE a.attrelid = 'public.user_profiles'::pg_catalog.regclass
                AND a.attnum > 0 AND NOT a.attisdropped
              ORDER BY a.attnum",
             &[],
         )
         .await
         .context("verifying the columns of public.user_profiles")?;
-    let found: Vec<(String, String, bool, Option<String>)> = rows
+    let found: Vec<(String, String, bool, Option<String>, String)> = rows
         .iter()
-        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4)))
         .collect();
 
     for c in COLUMNS {
         let check = format!("column.{}", c.name);
         let expected = describe(c.sql_type, c.not_null, c.default);
-        let Some((_, ty, not_null, default)) = found.iter().find(|f| f.0 == c.name) else {
+        let Some((_, ty, not_null, default, _)) = found.iter().find(|f| f.0 == c.name) else {
             report.push(&check, &expected, "missing", add_column_sql(c));
             continue;
         };
@@ -280,7 +342,7 @@ async fn check_columns(client: &Client, report: &mut Report) -> Result<()> {
 
     // The application may add columns, but one that is NOT NULL without a default makes every
     // profile insert fail: the trigger would queue every sign-up for repair, forever.
-    for (name, ty, not_null, default) in &found {
+    for (name, ty, not_null, default, quoted) in &found {
         if COLUMNS.iter().any(|c| c.name == name) || !*not_null || default.is_some() {
             continue;
         }
@@ -289,10 +351,7 @@ async fn check_columns(client: &Client, report: &mut Report) -> Result<()> {
             &format!("column.{name}"),
             "added columns are nullable or have a default",
             format!("{ty} NOT NULL without a default: every profile insert fails"),
-            format!(
-                "ALTER TABLE public.user_profiles ALTER COLUMN {} DROP NOT NULL;",
-                quote_ident(name)
-            ),
+            format!("ALTER TABLE public.user_profiles ALTER COLUMN {quoted} DROP NOT NULL;"),
         );
     }
     Ok(())
@@ -316,22 +375,6 @@ fn add_column_sql(c: &Column) -> String {
         c.name,
         describe(c.sql_type, c.not_null, c.default)
     )
-}
-
-/// Quotes an identifier read from the catalog for a fix line, as `quote_ident` would.
-pub(crate) fn quote_ident(name: &str) -> String {
-    let plain = name
-        .chars()
-        .next()
-        .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
-        && name
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
-    if plain {
-        name.to_string()
-    } else {
-        format!("\"{}\"", name.replace('"', "\"\""))
-    }
 }
 
 async fn check_primary_key(client: &Client, report: &mut Report) -> Result<()> {
@@ -368,7 +411,7 @@ async fn check_foreign_key(client: &Client, report: &mut Report) -> Result<()> {
         "FOREIGN KEY (id) REFERENCES auth.users(id) ON DELETE CASCADE, validated";
     let rows = client
         .query(
-            "SELECT c.conname::text, c.convalidated, c.confdeltype::text,
+            "SELECT pg_catalog.quote_ident(c.conname), c.convalidated, c.confdeltype::pg_catalog.text,
                     pg_catalog.pg_get_constraintdef(c.oid)
              FROM pg_catalog.pg_constraint c
              WHERE c.conrelid = 'public.user_profiles'::regclass
@@ -399,18 +442,14 @@ async fn check_foreign_key(client: &Client, report: &mut Report) -> Result<()> {
             format!(
                 "DELETE FROM public.user_profiles p WHERE NOT EXISTS \
                  (SELECT 1 FROM auth.users u WHERE u.id = p.id); \
-                 ALTER TABLE public.user_profiles VALIDATE CONSTRAINT {};",
-                quote_ident(name)
+                 ALTER TABLE public.user_profiles VALIDATE CONSTRAINT {name};"
             ),
         ),
         Some((name, _, _, def)) => report.push(
             "foreign_key",
             EXPECTED,
             def.clone(),
-            format!(
-                "ALTER TABLE public.user_profiles DROP CONSTRAINT {}; {add}",
-                quote_ident(name)
-            ),
+            format!("ALTER TABLE public.user_profiles DROP CONSTRAINT {name}; {add}"),
         ),
     }
     Ok(())
@@ -419,7 +458,9 @@ async fn check_foreign_key(client: &Client, report: &mut Report) -> Result<()> {
 async fn check_functions(client: &Client, report: &mut Report) -> Result<()> {
     let builder: bool = client
         .query_one(
-            "SELECT pg_catalog.to_regprocedure('usersync.build_profile(auth.users)') IS NOT NULL",
+            "SELECT pg_catalog.to_regprocedure('usersync.build_profile(auth.users)') IS NOT NULL
+                AND pg_catalog.to_regprocedure(
+                    'usersync.build_profile(uuid, text, jsonb, timestamp with time zone)') IS NOT NULL",
             &[],
         )
         .await
@@ -428,9 +469,12 @@ async fn check_functions(client: &Client, report: &mut Report) -> Result<()> {
     if !builder {
         report.push(
             "profile_function",
-            "function usersync.build_profile(auth.users)",
+            "functions usersync.build_profile(auth.users) and (uuid, text, jsonb, timestamptz)",
             "missing",
-            recreate_hint("usersync.build_profile"),
+            Fix::command(
+                "usersync migrate down --to 1, then usersync migrate up: migration 0002 \
+                 recreates both",
+            ),
         );
     }
 
@@ -448,7 +492,10 @@ async fn check_functions(client: &Client, report: &mut Report) -> Result<()> {
             "trigger_function",
             &format!("function {FUNCTION}"),
             "missing",
-            recreate_hint(FUNCTION),
+            Fix::command(format!(
+                "re-run the statement that creates {FUNCTION} in \
+                 migrations/0002_hardening.up.sql, then usersync migrate verify"
+            )),
         );
         return Ok(());
     };
@@ -463,18 +510,22 @@ async fn check_functions(client: &Client, report: &mut Report) -> Result<()> {
             format!("ALTER FUNCTION {FUNCTION} SECURITY DEFINER;"),
         );
     }
-    // PostgreSQL stores SET search_path = '' as `search_path=""`.
-    if !config.iter().any(|c| c == "search_path=\"\"") {
-        let found = config
-            .iter()
-            .find(|c| c.starts_with("search_path="))
-            .cloned()
-            .unwrap_or_else(|| "search_path not set: resolved from the caller".into());
+    // PostgreSQL stores `SET search_path = pg_catalog, pg_temp` as written, in one entry.
+    if !config.iter().any(|c| c == PINNED_SEARCH_PATH) {
+        let found = match config.iter().find(|c| c.starts_with("search_path=")) {
+            Some(c) if c == "search_path=\"\"" => {
+                "search_path = '': pg_temp is still searched first for types, so a session can \
+                 shadow one with its own domain"
+                    .to_string()
+            }
+            Some(c) => c.clone(),
+            None => "search_path not set: names are resolved on the caller's path".into(),
+        };
         report.push(
             "trigger_function.search_path",
-            "SET search_path = ''",
+            "SET search_path = pg_catalog, pg_temp",
             found,
-            format!("ALTER FUNCTION {FUNCTION} SET search_path = '';"),
+            format!("ALTER FUNCTION {FUNCTION} SET search_path = pg_catalog, pg_temp;"),
         );
     }
     Ok(())
@@ -603,16 +654,91 @@ async fn check_repair_queue(client: &Client, report: &mut Report) -> Result<()> 
     Ok(())
 }
 
+/// Deleting a user takes its profile and its repair queue row along, read from the catalog:
+/// both foreign keys present, validated and ON DELETE CASCADE, and the triggers PostgreSQL
+/// enforces them with not disabled (`ALTER TABLE … DISABLE TRIGGER ALL`, which restores use).
+/// The profile's key is the `foreign_key` check; this one is the queue's and the triggers.
+async fn check_cascade(client: &Client, report: &mut Report) -> Result<()> {
+    let queue_key: Option<(bool, String, String)> = client
+        .query_opt(
+            "SELECT c.convalidated, c.confdeltype::pg_catalog.text, pg_catalog.quote_ident(c.conname)
+             FROM pg_catalog.pg_constraint c
+             WHERE c.conrelid = pg_catalog.to_regclass('usersync.repair_queue')
+               AND c.contype = 'f' AND c.confrelid = 'auth.users'::pg_catalog.regclass
+             ORDER BY c.convalidated DESC, c.confdeltype = 'c' DESC
+             LIMIT 1",
+            &[],
+        )
+        .await
+        .context("verifying the foreign key of usersync.repair_queue")?
+        .map(|r| (r.get(0), r.get(1), r.get(2)));
+    let add = "ALTER TABLE usersync.repair_queue ADD CONSTRAINT repair_queue_user_id_fkey \
+               FOREIGN KEY (user_id) REFERENCES auth.users(id) ON DELETE CASCADE;";
+    const EXPECTED: &str =
+        "usersync.repair_queue FOREIGN KEY (user_id) REFERENCES auth.users(id) ON DELETE CASCADE";
+    match queue_key {
+        Some((true, rule, _)) if rule == "c" => {}
+        Some((_, _, name)) => report.push(
+            "cascade.repair_queue",
+            EXPECTED,
+            "not ON DELETE CASCADE, or NOT VALID",
+            format!(
+                "DELETE FROM usersync.repair_queue q WHERE NOT EXISTS \
+                 (SELECT 1 FROM auth.users u WHERE u.id = q.user_id); \
+                 ALTER TABLE usersync.repair_queue DROP CONSTRAINT {name}; {add}"
+            ),
+        ),
+        None if pg_exists(client, "usersync.repair_queue").await? => {
+            report.push("cascade.repair_queue", EXPECTED, "missing", add)
+        }
+        None => {}
+    }
+    let disabled: Vec<String> = client
+        .query(
+            "SELECT DISTINCT t.tgrelid::pg_catalog.regclass::pg_catalog.text
+             FROM pg_catalog.pg_constraint c
+             JOIN pg_catalog.pg_trigger t ON t.tgconstraint = c.oid
+             WHERE c.contype = 'f' AND c.confrelid = 'auth.users'::pg_catalog.regclass
+               AND c.conrelid IN (pg_catalog.to_regclass('public.user_profiles'),
+                                  pg_catalog.to_regclass('usersync.repair_queue'))
+               AND t.tgenabled = 'D'
+             ORDER BY 1",
+            &[],
+        )
+        .await
+        .context("verifying the triggers of the foreign keys into auth.users")?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    if !disabled.is_empty() {
+        report.push(
+            "cascade.triggers",
+            "the foreign keys' triggers enabled: deleting a user deletes its profile",
+            format!("disabled on {}", disabled.join(", ")),
+            disabled
+                .iter()
+                .map(|t| format!("ALTER TABLE {t} ENABLE TRIGGER ALL;"))
+                .collect::<Vec<_>>()
+                .join(" "),
+        );
+    }
+    Ok(())
+}
+
+async fn pg_exists(client: &Client, relation: &str) -> Result<bool> {
+    Ok(client
+        .query_one(
+            "SELECT pg_catalog.to_regclass($1) IS NOT NULL",
+            &[&relation],
+        )
+        .await
+        .context("looking up a relation")?
+        .get(0))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn identifiers_in_fixes_are_quoted_when_needed() {
-        assert_eq!(quote_ident("nickname"), "nickname");
-        assert_eq!(quote_ident("Nick Name"), "\"Nick Name\"");
-        assert_eq!(quote_ident("a\"b"), "\"a\"\"b\"");
-    }
 
     #[test]
     fn the_expected_trigger_is_the_one_migration_0001_creates() {
