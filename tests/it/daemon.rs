@@ -65,7 +65,7 @@ impl Daemon {
     }
 
     /// The value of one sample in /metrics, e.g. `usersync_database_up`.
-    async fn metric(&self, series: &str) -> f64 {
+    pub async fn metric(&self, series: &str) -> f64 {
         let (_, body) = self.get("/metrics").await;
         body.lines()
             .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
@@ -79,7 +79,7 @@ impl Daemon {
 }
 
 /// Waits until `condition` holds, up to `limit`.
-async fn eventually<F, Fut>(limit: Duration, mut condition: F) -> bool
+pub async fn eventually<F, Fut>(limit: Duration, mut condition: F) -> bool
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
@@ -96,7 +96,7 @@ where
 
 pub const NEVER: &str = "0 0 0 1 1 *"; // once a year: keeps a job out of the way
 
-fn emails(n: usize, tag: &str) -> Vec<AuthUser> {
+pub fn emails(n: usize, tag: &str) -> Vec<AuthUser> {
     (0..n)
         .map(|i| {
             AuthUser::email(&format!(
@@ -107,7 +107,7 @@ fn emails(n: usize, tag: &str) -> Vec<AuthUser> {
         .collect()
 }
 
-async fn users_without_trigger(admin: &tokio_postgres::Client, n: i64) {
+pub async fn users_without_trigger(admin: &tokio_postgres::Client, n: i64) {
     admin
         .batch_execute(&format!(
             "ALTER TABLE auth.users DISABLE TRIGGER usersync_on_auth_user_created;
@@ -124,7 +124,7 @@ async fn users_without_trigger(admin: &tokio_postgres::Client, n: i64) {
 async fn the_daemon_serves_health_and_metrics_and_a_sweep_raises_the_created_counter() {
     let test_db = TestDb::migrated().await;
     users_without_trigger(&test_db.admin().await, 40).await;
-    let daemon = Daemon::start(test_db.settings_with(&[
+    let daemon = Daemon::start(test_db.runtime_settings_with(&[
         ("USERSYNC__SYNC__SCHEDULE", "* * * * * *"),
         ("USERSYNC__SYNC__REPAIR_SCHEDULE", NEVER),
         ("USERSYNC__INTEGRITY__SCHEDULE", "* * * * * *"),
@@ -218,7 +218,7 @@ async fn a_failed_sign_up_trigger_is_repaired_within_a_second_by_notify() {
     let test_db = TestDb::migrated().await;
     let admin = test_db.admin().await;
     admin.batch_execute(FAIL_IN_SIGNUP_SESSION).await.unwrap();
-    let daemon = Daemon::start(test_db.settings_with(&[
+    let daemon = Daemon::start(test_db.runtime_settings_with(&[
         ("USERSYNC__SYNC__SCHEDULE", NEVER),
         ("USERSYNC__SYNC__REPAIR_SCHEDULE", NEVER),
         ("USERSYNC__INTEGRITY__SCHEDULE", NEVER),
@@ -275,7 +275,7 @@ async fn a_failed_sign_up_trigger_is_repaired_within_a_second_by_notify() {
 async fn two_daemons_create_every_missing_profile_exactly_once() {
     let test_db = TestDb::migrated().await;
     users_without_trigger(&test_db.admin().await, 6000).await;
-    let settings = test_db.settings_with(&[
+    let settings = test_db.runtime_settings_with(&[
         ("USERSYNC__SYNC__SCHEDULE", "* * * * * *"),
         ("USERSYNC__SYNC__BATCH_SIZE", "250"),
         ("USERSYNC__INTEGRITY__SCHEDULE", "* * * * * *"),
@@ -308,7 +308,7 @@ async fn shutdown_in_the_middle_of_a_backfill_leaves_whole_batches_and_exits_cle
     let test_db = TestDb::migrated().await;
     let admin = test_db.admin().await;
     users_without_trigger(&admin, 40_000).await;
-    let daemon = Daemon::start(test_db.settings_with(&[
+    let daemon = Daemon::start(test_db.runtime_settings_with(&[
         ("USERSYNC__SYNC__SCHEDULE", "* * * * * *"),
         ("USERSYNC__SYNC__BATCH_SIZE", "500"),
         ("USERSYNC__SYNC__WORKERS", "1"),
@@ -339,12 +339,12 @@ async fn shutdown_in_the_middle_of_a_backfill_leaves_whole_batches_and_exits_cle
         "{created} is not a number of whole batches"
     );
     // Nothing half-done: a pass completes the rest exactly.
-    let db = usersync::db::connect(&test_db.settings().database)
+    let db = usersync::db::connect(&test_db.runtime_settings_with(&[]).database)
         .await
         .unwrap();
     let report = usersync::sync::run(
         &db,
-        &usersync::sync::Options::from_settings(&test_db.settings().sync),
+        &usersync::sync::Options::from_settings(&test_db.runtime_settings_with(&[]).sync),
         None,
     )
     .await
@@ -359,7 +359,7 @@ async fn terminated_backends_are_survived_and_work_resumes() {
     let admin = test_db.admin().await;
     users_without_trigger(&admin, 20_000).await;
     admin.batch_execute(FAIL_IN_SIGNUP_SESSION).await.unwrap();
-    let daemon = Daemon::start(test_db.settings_with(&[
+    let daemon = Daemon::start(test_db.runtime_settings_with(&[
         ("USERSYNC__SYNC__SCHEDULE", "* * * * * *"),
         ("USERSYNC__SYNC__BATCH_SIZE", "200"),
     ]))
@@ -409,7 +409,7 @@ async fn terminated_backends_are_survived_and_work_resumes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_or_malformed_client_does_not_stall_the_server() {
     let test_db = TestDb::migrated().await;
-    let daemon = Daemon::start(test_db.settings_with(&[
+    let daemon = Daemon::start(test_db.runtime_settings_with(&[
         ("USERSYNC__SYNC__SCHEDULE", NEVER),
         ("USERSYNC__INTEGRITY__SCHEDULE", NEVER),
     ]))

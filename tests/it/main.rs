@@ -3,6 +3,7 @@
 mod property;
 mod support;
 
+mod attacks;
 mod cli;
 mod daemon;
 mod deploy;

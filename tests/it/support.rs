@@ -27,6 +27,10 @@ use uuid::Uuid;
 
 pub const APP_ROLE: &str = "usersync_app";
 const APP_PASSWORD: &str = "usersync-test";
+/// The runtime role: what `usersync migrate grant` gives it and BYPASSRLS, nothing else (no
+/// membership in supabase_auth_admin, no write on auth.users).
+pub const RUNTIME_ROLE: &str = "usersync_runtime";
+const RUNTIME_PASSWORD: &str = "usersync-runtime-test";
 const ROLES_SQL: &str = include_str!("../fixtures/roles.sql");
 const AUTH_SQL: &str = include_str!("../fixtures/auth_schema.sql");
 
@@ -136,6 +140,12 @@ async fn prepare_template(admin: &Config) -> String {
                  END IF;
              END $$;
              GRANT supabase_auth_admin TO {APP_ROLE};
+             DO $$ BEGIN
+                 IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '{RUNTIME_ROLE}') THEN
+                     CREATE ROLE {RUNTIME_ROLE} LOGIN NOSUPERUSER BYPASSRLS
+                         PASSWORD '{RUNTIME_PASSWORD}';
+                 END IF;
+             END $$;
              SELECT pg_advisory_unlock(7573657273);"
         ))
         .await
@@ -199,6 +209,7 @@ pub struct TestDb {
     pub name: String,
     admin: Config,
     app: Config,
+    runtime: Config,
 }
 
 impl TestDb {
@@ -223,17 +234,57 @@ impl TestDb {
         admin.dbname(&name);
         let mut app = cluster.admin.clone();
         app.dbname(&name).user(APP_ROLE).password(APP_PASSWORD);
-        TestDb { name, admin, app }
+        let mut runtime = cluster.admin.clone();
+        runtime
+            .dbname(&name)
+            .user(RUNTIME_ROLE)
+            .password(RUNTIME_PASSWORD);
+        TestDb {
+            name,
+            admin,
+            app,
+            runtime,
+        }
     }
 
-    /// A fresh database with every migration applied, as usersync_app.
+    /// A fresh database with every migration applied, as usersync_app, and the runtime role
+    /// granted what it needs (`usersync migrate grant usersync_runtime`).
     pub async fn migrated() -> TestDb {
         let db = TestDb::new().await;
         let mut client = db.app().await;
         usersync::db::migrate::up(&mut client, Default::default())
             .await
             .expect("migrate up");
+        let columns = db.settings().integrity.user_id_columns;
+        usersync::db::grant::grant(&mut client, RUNTIME_ROLE, &columns)
+            .await
+            .expect("migrate grant");
         db
+    }
+
+    /// A connection as the runtime role.
+    pub async fn runtime(&self) -> Client {
+        connect(&self.runtime).await
+    }
+
+    /// The URL the daemon is given: the runtime role's.
+    pub fn runtime_url(&self) -> String {
+        self.app_url().replacen(APP_ROLE, RUNTIME_ROLE, 1).replacen(
+            APP_PASSWORD,
+            RUNTIME_PASSWORD,
+            1,
+        )
+    }
+
+    /// Settings as the runtime role, with `USERSYNC__…` overrides: what the daemon runs with.
+    pub fn runtime_settings_with(&self, env: &[(&str, &str)]) -> usersync::config::Settings {
+        let mut vars = vec![("DATABASE_URL".to_string(), self.runtime_url())];
+        vars.extend(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        let sources = usersync::config::Sources {
+            file: None,
+            env: vars,
+        };
+        usersync::config::Settings::load(&sources).expect("test settings")
     }
 
     /// A superuser connection, for sabotage and for reading what the test checks.

@@ -20,7 +20,7 @@ fn schema() -> jsonschema::Validator {
 }
 
 async fn api(test_db: &TestDb) -> Daemon {
-    Daemon::start(test_db.settings_with(&[
+    Daemon::start(test_db.runtime_settings_with(&[
         ("USERSYNC__API__TOKEN", TOKEN),
         ("USERSYNC__SYNC__SCHEDULE", NEVER),
         ("USERSYNC__SYNC__REPAIR_SCHEDULE", NEVER),
@@ -264,7 +264,8 @@ async fn tokens_errors_and_the_api_switch() {
     let schema = schema();
 
     // Without a token the routes do not exist.
-    let off = Daemon::start(test_db.settings_with(&[("USERSYNC__SYNC__SCHEDULE", NEVER)])).await;
+    let off =
+        Daemon::start(test_db.runtime_settings_with(&[("USERSYNC__SYNC__SCHEDULE", NEVER)])).await;
     assert_eq!(off.get("/v1/users").await.0, 404);
     off.stop().await.unwrap();
 
@@ -307,7 +308,7 @@ async fn tokens_errors_and_the_api_switch() {
     daemon.stop().await.unwrap();
 
     // The database down: 503 with its code.
-    let down = Daemon::start(test_db.settings_with(&[
+    let down = Daemon::start(test_db.runtime_settings_with(&[
         (
             "DATABASE_URL",
             "postgres://usersync_app@127.0.0.1:1/postgres",
@@ -388,7 +389,7 @@ async fn users_list_and_get_on_the_command_line() {
         )
         .await
         .unwrap();
-    let url = test_db.app_url();
+    let url = test_db.runtime_url();
     let env = [("DATABASE_URL", url.as_str())];
     let (code, stdout, stderr) = usersync(&["users", "list", "--limit", "2", "--json"], &env);
     assert_eq!(code, 0, "{stderr}");

@@ -1,0 +1,698 @@
+//! Attacks on usersync, each performed for real and each required to fail as an attack: code
+//! of an attacker's never runs as usersync or as its definer, the API roles cannot write what
+//! is not theirs, a held lock cannot pin the daemon, and every fix runs as printed. Where it
+//! helps to show the attack is real, the same attack is first shown to work where the defence
+//! is absent (migration 0001 alone, or a session that is not pinned).
+
+use std::time::{Duration, Instant};
+
+use tokio_postgres::Client;
+use uuid::Uuid;
+
+use crate::daemon::{Daemon, NEVER, eventually, users_without_trigger};
+use crate::support::{
+    APP_ROLE, AuthUser, RUNTIME_ROLE, TestDb, count, insert_users, supabase_default_privileges,
+    usersync,
+};
+
+const TOKEN: &str = "attack-token-0123456789abcdef";
+
+/// The sign-up as GoTrue's own credential, with a temporary domain named `text` whose CHECK
+/// records who evaluates it, and a temporary function that would shadow one the builder calls.
+async fn sign_up_with_shadowed_types(admin: &Client) -> Uuid {
+    admin
+        .batch_execute(
+            "CREATE TABLE IF NOT EXISTS public.pwned (who text, at timestamptz DEFAULT now());
+             GRANT INSERT ON public.pwned TO PUBLIC;
+             SET ROLE supabase_auth_admin;
+             CREATE FUNCTION pg_temp.evil(v pg_catalog.text) RETURNS boolean
+                 LANGUAGE plpgsql AS $$
+                 BEGIN
+                     INSERT INTO public.pwned (who) VALUES (current_user);
+                     RETURN true;
+                 END $$;
+             CREATE DOMAIN pg_temp.text AS pg_catalog.text CHECK (pg_temp.evil(VALUE));
+             CREATE FUNCTION pg_temp.jsonb_typeof(j jsonb) RETURNS pg_catalog.text
+                 LANGUAGE plpgsql AS $$
+                 BEGIN
+                     INSERT INTO public.pwned (who) VALUES ('function:' || current_user);
+                     RETURN 'string';
+                 END $$;
+             RESET ROLE;",
+        )
+        .await
+        .unwrap();
+    let user = AuthUser::email(&format!("{}@example.test", Uuid::new_v4().simple()));
+    insert_users(admin, std::slice::from_ref(&user))
+        .await
+        .unwrap();
+    user.id
+}
+
+#[tokio::test]
+async fn a_temporary_type_of_gotrues_role_never_runs_inside_the_definer() {
+    // Where the definer pins `search_path = ''` (migration 0001 alone), the attack works.
+    let old = TestDb::new().await;
+    let mut app = old.app().await;
+    let to_0001 = usersync::db::migrate::UpOptions {
+        to: Some(1),
+        ..Default::default()
+    };
+    usersync::db::migrate::up(&mut app, to_0001).await.unwrap();
+    let admin = old.admin().await;
+    sign_up_with_shadowed_types(&admin).await;
+    let who: Vec<String> = admin
+        .query("SELECT who FROM public.pwned", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(
+        who.contains(&APP_ROLE.to_string()),
+        "under 0001 the attacker's CHECK runs as the definer's owner: {who:?}"
+    );
+
+    // With 0002 the same sign-up gets its profile and nothing of the attacker's runs.
+    let db = TestDb::migrated().await;
+    let admin = db.admin().await;
+    let id = sign_up_with_shadowed_types(&admin).await;
+    assert_eq!(
+        count(&admin, "public.pwned").await,
+        0,
+        "the attacker's code ran"
+    );
+    let profiles: i64 = admin
+        .query_one(
+            "SELECT count(*) FROM public.user_profiles WHERE id = $1",
+            &[&id],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(profiles, 1, "the sign-up still got its profile");
+    assert_eq!(count(&admin, "usersync.repair_queue").await, 0);
+}
+
+/// Better-matching overloads of built-ins usersync calls, in `public` and in a schema named
+/// like usersync's role (the first entry of the default search_path): each advances
+/// `public.trap_hits` when it runs, and returns something plausible so that a capture would go
+/// unnoticed but for the counter.
+const TRAPS: &str = "
+    CREATE SEQUENCE public.trap_hits;
+    GRANT USAGE ON SEQUENCE public.trap_hits TO PUBLIC;
+    CREATE SCHEMA usersync_runtime;
+    GRANT USAGE ON SCHEMA usersync_runtime TO PUBLIC;
+    DO $$
+    DECLARE
+        s text;
+    BEGIN
+        FOREACH s IN ARRAY ARRAY['public', 'usersync_runtime'] LOOP
+            EXECUTE pg_catalog.format($f$
+                CREATE FUNCTION %1$I.format(text, name, regclass, regclass) RETURNS text
+                    LANGUAGE sql AS 'SELECT CASE WHEN nextval(''public.trap_hits'') > 0 THEN NULL END::text';
+                CREATE FUNCTION %1$I.format(text, text) RETURNS text
+                    LANGUAGE sql AS 'SELECT CASE WHEN nextval(''public.trap_hits'') > 0 THEN NULL END::text';
+                CREATE FUNCTION %1$I.format(text, name) RETURNS text
+                    LANGUAGE sql AS 'SELECT CASE WHEN nextval(''public.trap_hits'') > 0 THEN NULL END::text';
+                CREATE FUNCTION %1$I.power(integer, integer) RETURNS double precision
+                    LANGUAGE sql AS 'SELECT (1 + 0 * nextval(''public.trap_hits''))::double precision';
+                CREATE FUNCTION %1$I.cardinality(smallint[]) RETURNS integer
+                    LANGUAGE sql AS 'SELECT 1 + 0 * nextval(''public.trap_hits'')::integer';
+                CREATE FUNCTION %1$I.jsonb_build_object(text, text) RETURNS jsonb
+                    LANGUAGE sql AS 'SELECT jsonb_build_object(''x'', nextval(''public.trap_hits''))';
+                CREATE FUNCTION %1$I.trap_step(text[], text) RETURNS text[]
+                    LANGUAGE sql AS 'SELECT $1 || $2 || nextval(''public.trap_hits'')::text';
+                CREATE AGGREGATE %1$I.array_agg(text) (sfunc = %1$I.trap_step, stype = text[]);
+                CREATE FUNCTION %1$I.btrim(character varying) RETURNS text
+                    LANGUAGE sql AS 'SELECT nextval(''public.trap_hits'')::text';
+                CREATE OPERATOR %1$I.= (leftarg = uuid, rightarg = uuid,
+                                        function = %1$I.trap_equals);
+            $f$, s);
+        END LOOP;
+    END $$;";
+
+const TRAP_EQUALS: &str = "
+    CREATE FUNCTION public.trap_equals(uuid, uuid) RETURNS boolean
+        LANGUAGE sql AS 'SELECT $1 OPERATOR(pg_catalog.=) $2 AND nextval(''public.trap_hits'') > 0';
+    CREATE FUNCTION usersync_runtime.trap_equals(uuid, uuid) RETURNS boolean
+        LANGUAGE sql AS 'SELECT $1 OPERATOR(pg_catalog.=) $2 AND nextval(''public.trap_hits'') > 0';";
+
+async fn trap_hits(admin: &Client) -> bool {
+    admin
+        .query_one("SELECT is_called FROM public.trap_hits", &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overloads_in_public_and_in_the_role_schema_never_capture_a_usersync_call() {
+    let db = TestDb::migrated().await;
+    let admin = db.admin().await;
+    // The trap functions' schema for the operator must exist first.
+    let traps = TRAPS.replacen(
+        "CREATE SCHEMA usersync_runtime;",
+        &format!("CREATE SCHEMA usersync_runtime; {TRAP_EQUALS}"),
+        1,
+    );
+    admin.batch_execute(&traps).await.unwrap();
+    // Work for every path: users without a profile, a queued failure, a NOT VALID key.
+    users_without_trigger(&admin, 30).await;
+    admin
+        .batch_execute(
+            "CREATE TABLE public.notes (owner uuid);
+             INSERT INTO public.notes VALUES (gen_random_uuid());
+             ALTER TABLE public.notes ADD FOREIGN KEY (owner) REFERENCES auth.users (id)
+                 ON DELETE CASCADE NOT VALID;
+             GRANT SELECT ON public.notes TO usersync_runtime;",
+        )
+        .await
+        .unwrap();
+    let runtime = db.runtime_url();
+    let migration = db.app_url();
+    let as_runtime = [("DATABASE_URL", runtime.as_str())];
+    let as_migration = [("DATABASE_URL", migration.as_str())];
+    for (args, env) in [
+        (&["sync", "--dry-run", "-v"][..], &as_runtime),
+        (&["sync", "--json"][..], &as_runtime),
+        (&["check", "--json"][..], &as_runtime),
+        (&["users", "list", "--json"][..], &as_runtime),
+        (&["migrate", "verify", "--e2e"][..], &as_migration),
+        (&["check", "--e2e"][..], &as_migration),
+    ] {
+        let (code, stdout, stderr) = usersync(args, env);
+        assert!(
+            code == 0 || (args[0] == "check" && code == 1),
+            "usersync {args:?}: exit {code}\n{stdout}\n{stderr}"
+        );
+        assert!(!trap_hits(&admin).await, "usersync {args:?} ran a trap");
+    }
+
+    // The daemon's jobs and the API, as the runtime role.
+    users_without_trigger(&admin, 10).await;
+    admin
+        .batch_execute(
+            "INSERT INTO usersync.repair_queue (user_id, last_error, last_sqlstate)
+             SELECT id, 'queued by the test', 'XX000' FROM auth.users LIMIT 3
+             ON CONFLICT DO NOTHING",
+        )
+        .await
+        .unwrap();
+    let daemon = Daemon::start(db.runtime_settings_with(&[
+        ("USERSYNC__API__TOKEN", TOKEN),
+        ("USERSYNC__SYNC__SCHEDULE", "* * * * * *"),
+        ("USERSYNC__SYNC__REPAIR_SCHEDULE", "* * * * * *"),
+        ("USERSYNC__INTEGRITY__SCHEDULE", "* * * * * *"),
+    ]))
+    .await;
+    let auth = format!("Bearer {TOKEN}");
+    let created = eventually(Duration::from_secs(15), || async {
+        daemon
+            .metric("usersync_integrity_findings{check=\"missing_profile\"}")
+            .await
+            == 0.0
+            && daemon
+                .metric("usersync_job_runs_total{job=\"integrity\",outcome=\"success\"}")
+                .await
+                >= 2.0
+            && daemon
+                .metric("usersync_job_runs_total{job=\"repair\",outcome=\"success\"}")
+                .await
+                >= 1.0
+    })
+    .await;
+    assert!(created, "the daemon's jobs ran");
+    let (status, _, body) = daemon
+        .request("GET", "/v1/users?limit=5", &[("Authorization", &auth)])
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(daemon.get("/readyz").await.0, 200);
+    daemon.stop().await.unwrap();
+    assert!(!trap_hits(&admin).await, "the daemon ran a trap");
+
+    // The traps are live: a session on the default search_path walks into them.
+    let unpinned = db.runtime().await;
+    unpinned
+        .query(
+            "SELECT format('%s', 'x'::text), array_agg(id::text) FROM auth.users",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert!(trap_hits(&admin).await, "an unpinned session is captured");
+}
+
+/// anon and authenticated, with Supabase's default privileges in force before `migrate up`.
+async fn as_api_role(
+    admin: &Client,
+    role: &str,
+    user: Option<Uuid>,
+    sql: &str,
+) -> Result<u64, String> {
+    let claims = user.map_or("{}".to_string(), |id| format!(r#"{{"sub": "{id}"}}"#));
+    admin
+        .batch_execute(&format!(
+            "BEGIN; SET LOCAL ROLE {role};
+             SELECT set_config('request.jwt.claims', '{claims}', true);"
+        ))
+        .await
+        .unwrap();
+    let result = admin.execute(sql, &[]).await;
+    let end = if result.is_ok() { "COMMIT" } else { "ROLLBACK" };
+    admin.batch_execute(end).await.unwrap();
+    result.map_err(|e| e.code().map(|c| c.code().to_string()).unwrap_or_default())
+}
+
+#[tokio::test]
+async fn the_api_roles_cannot_truncate_promote_themselves_or_read_others() {
+    const DENIED: &str = "42501";
+    // Under 0001 alone, Supabase's default privileges let anon empty the table.
+    let old = TestDb::new().await;
+    let old_admin = old.admin().await;
+    supabase_default_privileges(&old_admin).await;
+    let to_0001 = usersync::db::migrate::UpOptions {
+        to: Some(1),
+        ..Default::default()
+    };
+    usersync::db::migrate::up(&mut old.app().await, to_0001)
+        .await
+        .unwrap();
+    assert_eq!(
+        as_api_role(&old_admin, "anon", None, "TRUNCATE public.user_profiles").await,
+        Ok(0),
+        "the attack works without 0002"
+    );
+
+    let db = TestDb::new().await;
+    let admin = db.admin().await;
+    supabase_default_privileges(&admin).await;
+    usersync::db::migrate::up(&mut db.app().await, Default::default())
+        .await
+        .unwrap();
+    let (a, b) = (
+        AuthUser::email("a@example.test"),
+        AuthUser::email("b@example.test"),
+    );
+    insert_users(&admin, &[a.clone(), b.clone()]).await.unwrap();
+
+    for sql in [
+        "TRUNCATE public.user_profiles",
+        "SELECT * FROM public.user_profiles",
+        "UPDATE public.user_profiles SET full_name = 'x'",
+        "DELETE FROM public.user_profiles",
+    ] {
+        assert_eq!(
+            as_api_role(&admin, "anon", None, sql).await,
+            Err(DENIED.into()),
+            "anon: {sql}"
+        );
+    }
+    let me = Some(a.id);
+    for sql in [
+        "TRUNCATE public.user_profiles".to_string(),
+        format!(
+            "UPDATE public.user_profiles SET role = 'admin' WHERE id = '{}'",
+            a.id
+        ),
+        format!(
+            "UPDATE public.user_profiles SET is_active = true WHERE id = '{}'",
+            a.id
+        ),
+        format!(
+            "UPDATE public.user_profiles SET email = 'x@y' WHERE id = '{}'",
+            a.id
+        ),
+        format!(
+            "UPDATE public.user_profiles SET id = gen_random_uuid() WHERE id = '{}'",
+            a.id
+        ),
+        format!("DELETE FROM public.user_profiles WHERE id = '{}'", a.id),
+        format!(
+            "INSERT INTO public.user_profiles (id) VALUES ('{}')",
+            Uuid::new_v4()
+        ),
+    ] {
+        assert_eq!(
+            as_api_role(&admin, "authenticated", me, &sql).await,
+            Err(DENIED.into()),
+            "authenticated: {sql}"
+        );
+    }
+    // Own row: readable and its name editable; the other user's row: invisible.
+    assert_eq!(
+        as_api_role(
+            &admin,
+            "authenticated",
+            me,
+            "SELECT id FROM public.user_profiles"
+        )
+        .await,
+        Ok(1)
+    );
+    let rename =
+        |id: Uuid| format!("UPDATE public.user_profiles SET full_name = 'Ada' WHERE id = '{id}'");
+    assert_eq!(
+        as_api_role(&admin, "authenticated", me, &rename(a.id)).await,
+        Ok(1)
+    );
+    assert_eq!(
+        as_api_role(&admin, "authenticated", me, &rename(b.id)).await,
+        Ok(0)
+    );
+    let role: String = admin
+        .query_one(
+            "SELECT role FROM public.user_profiles WHERE id = $1",
+            &[&a.id],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(role, "user");
+
+    // An application that re-grants everything and adds the starter policies: verify names
+    // each hole, the writes as errors, the wide read as a warning, and its fixes close them.
+    admin
+        .batch_execute(
+            "GRANT ALL ON public.user_profiles TO anon, authenticated;
+             CREATE POLICY \"Public profiles are viewable by everyone.\" ON public.user_profiles
+                 FOR SELECT USING (true);
+             CREATE POLICY \"Users can update own profile.\" ON public.user_profiles
+                 FOR UPDATE USING (auth.uid() = id);",
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        as_api_role(
+            &admin,
+            "authenticated",
+            me,
+            &format!(
+                "UPDATE public.user_profiles SET role = 'admin' WHERE id = '{}'",
+                a.id
+            )
+        )
+        .await,
+        Ok(1),
+        "the application's grant opened self-promotion"
+    );
+    let report = usersync::db::verify::verify(&db.app().await).await.unwrap();
+    assert!(!report.ok);
+    let checks = report.failed_checks();
+    for check in ["api_roles.write", "api_roles.update", "api_roles.read"] {
+        assert!(checks.contains(&check), "{check} in {:#?}", report.findings);
+    }
+    for f in &report.findings {
+        admin
+            .batch_execute(&f.fix)
+            .await
+            .unwrap_or_else(|e| panic!("{}: {e}", f.fix));
+    }
+    let after = usersync::db::verify::verify(&db.app().await).await.unwrap();
+    assert!(after.findings.is_empty(), "{:#?}", after.findings);
+    assert_eq!(
+        as_api_role(&admin, "anon", None, "TRUNCATE public.user_profiles").await,
+        Err(DENIED.into())
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lock_held_on_the_profiles_costs_the_api_a_503_and_nothing_else() {
+    let db = TestDb::migrated().await;
+    let admin = db.admin().await;
+    let daemon = Daemon::start(db.runtime_settings_with(&[
+        ("USERSYNC__API__TOKEN", TOKEN),
+        ("USERSYNC__API__TIMEOUT_SECS", "2"),
+        ("USERSYNC__SYNC__SCHEDULE", "*/2 * * * * *"),
+        ("USERSYNC__SYNC__REPAIR_SCHEDULE", NEVER),
+        ("USERSYNC__INTEGRITY__SCHEDULE", NEVER),
+    ]))
+    .await;
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            daemon.metric("usersync_database_up").await == 1.0
+        })
+        .await
+    );
+
+    // A session locks the table for 20 s; users without a profile arrive meanwhile.
+    let locker = db.admin().await;
+    locker
+        .batch_execute("BEGIN; LOCK TABLE public.user_profiles IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    let locked_at = Instant::now();
+    users_without_trigger(&admin, 20).await;
+
+    let auth = format!("Bearer {TOKEN}");
+    let mut calls = tokio::task::JoinSet::new();
+    for _ in 0..10 {
+        let (addr, auth) = (daemon.addr, auth.clone());
+        calls.spawn(async move {
+            let started = Instant::now();
+            let (status, body) = get_at(addr, "/v1/users?limit=10", &auth).await;
+            (status, body, started.elapsed())
+        });
+    }
+    while let Some(call) = calls.join_next().await {
+        let (status, body, took) = call.unwrap();
+        assert_eq!(status, 503, "{body}");
+        assert!(body.contains("database_busy"), "{body}");
+        assert!(took < Duration::from_secs(4), "answered after {took:?}");
+    }
+    // While it is held: alive, the database up, readiness answering in its own time.
+    while locked_at.elapsed() < Duration::from_secs(20) {
+        let started = Instant::now();
+        assert_eq!(daemon.get("/healthz").await.0, 200);
+        assert!(started.elapsed() < Duration::from_secs(1));
+        assert_eq!(daemon.metric("usersync_database_up").await, 1.0);
+        let started = Instant::now();
+        let (status, body) = daemon.get("/readyz").await;
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "/readyz took long"
+        );
+        assert!(status == 200 || !body.contains("unreachable"), "{body}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    locker.batch_execute("COMMIT").await.unwrap();
+
+    // The jobs resume: the sweep creates the missing profiles, the API answers.
+    assert!(
+        eventually(Duration::from_secs(15), || async {
+            count(&admin, "public.user_profiles").await == 20
+        })
+        .await,
+        "the sweep resumed"
+    );
+    let (status, _, body) = daemon
+        .request("GET", "/v1/users?limit=10", &[("Authorization", &auth)])
+        .await;
+    assert_eq!(status, 200, "{body}");
+    daemon.stop().await.unwrap();
+}
+
+/// One GET with a bearer token, on a connection of its own: (status, body).
+async fn get_at(addr: std::net::SocketAddr, path: &str, auth: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nHost: usersync\r\nAuthorization: {auth}\r\nConnection: close\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await.unwrap();
+    let response = String::from_utf8_lossy(&response).into_owned();
+    let status = response
+        .get(9..12)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = response.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    (status, body.to_string())
+}
+
+#[tokio::test]
+async fn the_runtime_role_reads_what_it_needs_and_cannot_write_auth_users() {
+    let db = TestDb::migrated().await;
+    let runtime = db.runtime().await;
+    let id = Uuid::new_v4();
+    for sql in [
+        format!("INSERT INTO auth.users (id) VALUES ('{id}')"),
+        "UPDATE auth.users SET email = 'x@y'".to_string(),
+        "DELETE FROM auth.users".to_string(),
+        "SELECT encrypted_password FROM auth.users".to_string(),
+        "TRUNCATE public.user_profiles".to_string(),
+    ] {
+        let err = runtime.batch_execute(&sql).await.unwrap_err();
+        assert_eq!(
+            err.code(),
+            Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE),
+            "{sql}: {err}"
+        );
+    }
+    let report = usersync::db::verify::verify(&runtime).await.unwrap();
+    assert!(report.ok, "{:#?}", report.findings);
+
+    // A role without the grants is told which, and what to run.
+    db.admin()
+        .await
+        .batch_execute(&format!(
+            "REVOKE SELECT (email) ON auth.users FROM {RUNTIME_ROLE}"
+        ))
+        .await
+        .unwrap();
+    let report = usersync::db::verify::verify(&runtime).await.unwrap();
+    let finding = report
+        .findings
+        .iter()
+        .find(|f| f.check == "runtime_grants")
+        .expect("runtime_grants");
+    assert!(
+        finding.found.contains("SELECT (email) ON auth.users"),
+        "{finding:?}"
+    );
+    assert_eq!(
+        finding.fix,
+        format!("usersync migrate grant {RUNTIME_ROLE} (as the migration role)")
+    );
+    let (code, stdout, stderr) = usersync(
+        &["migrate", "grant", RUNTIME_ROLE],
+        &[("DATABASE_URL", db.app_url().as_str())],
+    );
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(usersync::db::verify::verify(&runtime).await.unwrap().ok);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemon_writes_no_probe_user_unless_its_schedule_asks() {
+    let db = TestDb::migrated().await;
+    let admin = db.admin().await;
+    // The application's own trigger on auth.users counts every insert, rolled back or not.
+    admin
+        .batch_execute(
+            "CREATE SEQUENCE public.auth_inserts;
+             GRANT USAGE ON SEQUENCE public.auth_inserts TO PUBLIC;
+             CREATE FUNCTION public.count_auth_insert() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN PERFORM nextval('public.auth_inserts'); RETURN NULL; END $$;
+             CREATE TRIGGER app_counts_inserts AFTER INSERT ON auth.users
+                 FOR EACH ROW EXECUTE FUNCTION public.count_auth_insert();",
+        )
+        .await
+        .unwrap();
+    let inserted = || async {
+        admin
+            .query_one("SELECT is_called FROM public.auth_inserts", &[])
+            .await
+            .unwrap()
+            .get::<_, bool>(0)
+    };
+    let daemon = Daemon::start(db.runtime_settings_with(&[
+        ("USERSYNC__INTEGRITY__SCHEDULE", "* * * * * *"),
+        ("USERSYNC__SYNC__SCHEDULE", NEVER),
+    ]))
+    .await;
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            daemon
+                .metric("usersync_job_runs_total{job=\"integrity\",outcome=\"success\"}")
+                .await
+                >= 3.0
+        })
+        .await
+    );
+    daemon.stop().await.unwrap();
+    assert!(
+        !inserted().await,
+        "the integrity check inserted into auth.users"
+    );
+
+    // Opted in, with a role that may write auth.users, the probe runs on its schedule.
+    let daemon = Daemon::start(db.settings_with(&[
+        ("USERSYNC__INTEGRITY__SCHEDULE", NEVER),
+        ("USERSYNC__INTEGRITY__PROBE_SCHEDULE", "* * * * * *"),
+        ("USERSYNC__SYNC__SCHEDULE", NEVER),
+    ]))
+    .await;
+    assert!(eventually(Duration::from_secs(10), || async { inserted().await }).await);
+    daemon.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn fixes_for_awkward_names_run_as_printed() {
+    let db = TestDb::migrated().await;
+    let admin = db.admin().await;
+    let users: Vec<AuthUser> = (0..2)
+        .map(|i| AuthUser::email(&format!("awkward{i}@example.test")))
+        .collect();
+    insert_users(&admin, &users).await.unwrap();
+    admin
+        .batch_execute(
+            r#"CREATE TABLE public."select" ("from" uuid REFERENCES auth.users (id));
+               INSERT INTO public."select" SELECT id FROM auth.users;
+               CREATE TABLE public."Mixed Case" ("from" uuid);
+               INSERT INTO public."Mixed Case" VALUES (gen_random_uuid());
+               ALTER TABLE public."Mixed Case" ADD CONSTRAINT "Mixed Key" FOREIGN KEY ("from")
+                   REFERENCES auth.users (id) NOT VALID;
+               CREATE TABLE public."order" ("from" text);
+               INSERT INTO public."order" VALUES ('not a user');
+               ALTER TABLE public.user_profiles ADD COLUMN "from" text NOT NULL DEFAULT '';
+               ALTER TABLE public.user_profiles ALTER COLUMN "from" DROP DEFAULT;"#,
+        )
+        .await
+        .unwrap();
+    let url = db.runtime_url();
+    let env = [
+        ("DATABASE_URL", url.as_str()),
+        ("USERSYNC__INTEGRITY__USER_ID_COLUMNS", "public.order.from"),
+    ];
+    let findings = |json: &str| -> Vec<serde_json::Value> {
+        let report: serde_json::Value = serde_json::from_str(json).expect("one JSON document");
+        report["findings"].as_array().unwrap().clone()
+    };
+    let (code, json, stderr) = usersync(&["check", "--json"], &env);
+    assert_eq!(code, 1, "{stderr}");
+    let first = findings(&json);
+    let checks: Vec<&str> = first.iter().map(|f| f["check"].as_str().unwrap()).collect();
+    for expected in [
+        "unreadable_table",
+        "foreign_key_blocks_delete",
+        "column.from",
+    ] {
+        assert!(checks.contains(&expected), "{expected} in {checks:?}");
+    }
+    // Run every SQL fix exactly as printed; a step that is not SQL says so.
+    let mut ran = 0;
+    for f in &first {
+        if f["fix_kind"] == "sql" {
+            let sql = f["fix"].as_str().unwrap();
+            admin
+                .batch_execute(sql)
+                .await
+                .unwrap_or_else(|e| panic!("{}: {sql}: {e}", f["check"]));
+            ran += 1;
+        }
+    }
+    assert!(ran >= 3);
+    // Readable now: the NOT VALID key's orphans and the user-id column's are counted, and
+    // their fixes run too (the key's rewrite keeps it NOT VALID, so it never fails on them).
+    let (_, json, _) = usersync(&["check", "--json"], &env);
+    let second = findings(&json);
+    let checks: Vec<&str> = second
+        .iter()
+        .map(|f| f["check"].as_str().unwrap())
+        .collect();
+    assert!(checks.contains(&"foreign_key_not_valid"), "{checks:?}");
+    assert!(checks.contains(&"user_id_column_orphans"), "{checks:?}");
+    for f in &second {
+        if f["fix_kind"] == "sql" {
+            let sql = f["fix"].as_str().unwrap();
+            admin
+                .batch_execute(sql)
+                .await
+                .unwrap_or_else(|e| panic!("{}: {sql}: {e}", f["check"]));
+        }
+    }
+    let (code, json, _) = usersync(&["check", "--json"], &env);
+    assert_eq!(code, 0, "{json}");
+    assert!(findings(&json).is_empty(), "{json}");
+}
