@@ -27,36 +27,59 @@ fn run(program: &str, args: &[&str]) -> String {
 }
 
 #[test]
-fn the_systemd_unit_verifies_and_its_exposure_is_at_most_2_5() {
+fn the_systemd_units_verify_and_their_exposure_is_at_most_2_5() {
+    let read = |name: &str| {
+        std::fs::read_to_string(Path::new(ROOT).join("deploy/systemd").join(name)).unwrap()
+    };
+    let daemon = read("usersync.service");
+    assert!(daemon.contains("Type=notify") && daemon.contains("WatchdogSec="));
+    assert!(daemon.contains("Requires=usersync-migrate.service"));
+    let migrate = read("usersync-migrate.service");
+    for step in [
+        "migrate up",
+        "migrate grant usersync_runtime",
+        "migrate verify --e2e",
+    ] {
+        assert!(
+            migrate.contains(step),
+            "usersync-migrate.service runs {step}"
+        );
+    }
+    // Two credentials: the daemon's file is the runtime role's, the migration's its own.
+    assert!(daemon.contains("EnvironmentFile=/etc/usersync/usersync.env"));
+    assert!(migrate.contains("EnvironmentFile=/etc/usersync/migrate.env"));
+    assert!(read("usersync.env.example").contains("postgres://usersync_runtime:"));
+
     // verify checks that ExecStart exists: point it at the binary under test.
-    let unit =
-        std::fs::read_to_string(Path::new(ROOT).join("deploy/systemd/usersync.service")).unwrap();
-    assert!(unit.contains("Type=notify") && unit.contains("WatchdogSec="));
     let dir = std::env::temp_dir().join(format!("usersync-it-{}-unit", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("usersync.service");
-    std::fs::write(
-        &path,
-        unit.replace("/usr/local/bin/usersync", env!("CARGO_BIN_EXE_usersync")),
-    )
-    .unwrap();
-    let path = path.to_str().unwrap();
-    let verified = run("systemd-analyze", &["verify", path]);
-    assert!(
-        !verified.contains("usersync.service:"),
-        "warnings about the unit:\n{verified}"
-    );
-    let security = run("systemd-analyze", &["security", "--offline=true", path]);
-    let score: f64 = security
-        .lines()
-        .find_map(|l| {
-            l.split("Overall exposure level for usersync.service:")
-                .nth(1)
-        })
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("no exposure level in:\n{security}"));
-    assert!(score <= 2.5, "exposure {score}:\n{security}");
+    for name in ["usersync.service", "usersync-migrate.service"] {
+        std::fs::write(
+            dir.join(name),
+            read(name).replace("/usr/local/bin/usersync", env!("CARGO_BIN_EXE_usersync")),
+        )
+        .unwrap();
+    }
+    for name in ["usersync.service", "usersync-migrate.service"] {
+        let path = dir.join(name);
+        let path = path.to_str().unwrap();
+        let verified = run("systemd-analyze", &["verify", path]);
+        assert!(
+            !verified.contains(&format!("{name}:")),
+            "warnings about {name}:\n{verified}"
+        );
+        let security = run("systemd-analyze", &["security", "--offline=true", path]);
+        let score: f64 = security
+            .lines()
+            .find_map(|l| {
+                l.split(&format!("Overall exposure level for {name}:"))
+                    .nth(1)
+            })
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("no exposure level in:\n{security}"));
+        assert!(score <= 2.5, "{name}: exposure {score}:\n{security}");
+    }
     let _ = std::fs::remove_dir_all(dir);
 }
 
@@ -116,7 +139,9 @@ fn the_kubernetes_base_builds_and_validates_against_the_schemas() {
         "/healthz",
         "/readyz",
         "- migrate\n        - up",
+        "- grant\n        - usersync_runtime",
         "- verify\n        - --e2e",
+        "name: usersync-migrate",
         "readOnlyRootFilesystem: true",
         "runAsNonRoot: true",
         "replicas: 2",
