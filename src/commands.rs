@@ -123,12 +123,14 @@ fn user_line(u: &crate::db::users::User) -> String {
     format!(
         "{}  {:<32} {:<24} role={} active={}{}{}\n",
         u.id,
-        u.email
-            .as_deref()
-            .or(u.phone.as_deref())
-            .unwrap_or(if u.is_anonymous { "(anonymous)" } else { "-" }),
-        u.profile.full_name.as_deref().unwrap_or("-"),
-        u.profile.role,
+        printable(
+            u.email
+                .as_deref()
+                .or(u.phone.as_deref())
+                .unwrap_or(if u.is_anonymous { "(anonymous)" } else { "-" })
+        ),
+        printable(u.profile.full_name.as_deref().unwrap_or("-")),
+        printable(&u.profile.role),
         u.profile.is_active,
         if u.profile_missing {
             "  PROFILE MISSING"
@@ -186,11 +188,20 @@ fn check_text(report: &integrity::Report) -> String {
         }
         out.push_str(&format!("{heading} ({})\n", of_level.len()));
         for f in of_level {
-            out.push_str(&format!("\n  {}: {}\n    {}\n", f.check, f.title, f.detail));
+            out.push_str(&format!(
+                "\n  {}: {}\n    {}\n",
+                f.check,
+                printable(&f.title),
+                printable(&f.detail)
+            ));
             if !f.samples.is_empty() {
                 out.push_str(&format!("    samples: {}\n", f.samples.join(", ")));
             }
-            out.push_str(&format!("    {}{}\n", fix_label(f.fix_kind), f.fix));
+            out.push_str(&format!(
+                "    {}{}\n",
+                fix_label(f.fix_kind),
+                printable(&f.fix)
+            ));
         }
         out.push('\n');
     }
@@ -245,7 +256,9 @@ fn sync_text(r: &sync::Report, verbose: bool) -> String {
     for f in &r.failures {
         out.push_str(&format!(
             "failed {}: {} (SQLSTATE {})\n",
-            f.user_id, f.reason, f.sqlstate
+            f.user_id,
+            printable(&f.reason),
+            f.sqlstate
         ));
     }
     out
@@ -430,9 +443,9 @@ fn verify_text(report: &verify::Report, e2e: bool) -> String {
             "\n{}{warning}\n  expected: {}\n  found:    {}\n  {}{}\n",
             f.check,
             f.expected,
-            f.found,
+            printable(&f.found),
             fix_label(f.fix_kind),
-            f.fix
+            printable(&f.fix)
         ));
     }
     out
@@ -477,13 +490,51 @@ fn print_json(value: &impl Serialize) -> Result<()> {
     write_stdout(&text)
 }
 
+/// Writes to stdout. A reader that went away (`usersync users list | head -1`) is not an
+/// error: the output was wanted up to there.
 fn write_stdout(text: &str) -> Result<()> {
     let mut stdout = std::io::stdout().lock();
-    stdout
+    match stdout
         .write_all(text.as_bytes())
         .and_then(|()| stdout.flush())
-        .map_err(|source| Error::Io {
+    {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        result => result.map_err(|source| Error::Io {
             context: "writing to stdout".into(),
             source,
-        })
+        }),
+    }
+}
+
+/// A value from the database made safe for a terminal: control characters (an escape
+/// sequence in someone's name would retitle or repaint the terminal) are shown as `\u{1b}`.
+fn printable(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.chars().any(char::is_control) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    std::borrow::Cow::Owned(
+        text.chars()
+            .map(|c| {
+                if c.is_control() {
+                    c.escape_unicode().to_string()
+                } else {
+                    c.to_string()
+                }
+            })
+            .collect(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::printable;
+
+    #[test]
+    fn control_characters_from_the_database_are_shown_escaped() {
+        assert_eq!(printable("Ada Lovelace"), "Ada Lovelace");
+        assert_eq!(
+            printable("\u{1b}]0;pwned\u{7}Ada\nEve\u{9b}"),
+            "\\u{1b}]0;pwned\\u{7}Ada\\u{a}Eve\\u{9b}"
+        );
+    }
 }

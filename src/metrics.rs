@@ -31,6 +31,11 @@ pub struct Metrics {
     /// 1 while the repair listener holds LISTEN on its own connection.
     pub listener_up: IntGauge,
     pub start_time: Gauge,
+    /// HTTP requests by `route` (a fixed set) and status `code`.
+    pub http_requests: IntCounterVec,
+    /// Connections the daemon closed to stay within `http.max_connections`, by `reason`:
+    /// evicted (waited for a request head while a newcomer needed room) or refused.
+    pub http_connections_closed: IntCounterVec,
 }
 
 impl Metrics {
@@ -102,6 +107,22 @@ impl Metrics {
                 "Unix time the daemon started",
             )
             .unwrap(),
+            http_requests: IntCounterVec::new(
+                Opts::new(
+                    "usersync_http_requests_total",
+                    "HTTP requests by route and status code",
+                ),
+                &["route", "code"],
+            )
+            .unwrap(),
+            http_connections_closed: IntCounterVec::new(
+                Opts::new(
+                    "usersync_http_connections_closed_total",
+                    "HTTP connections closed to stay within http.max_connections, by reason",
+                ),
+                &["reason"],
+            )
+            .unwrap(),
         };
         let build_info = IntGaugeVec::new(
             Opts::new("usersync_build_info", "Build information, always 1"),
@@ -124,6 +145,8 @@ impl Metrics {
             Box::new(m.repair_queue_depth.clone()),
             Box::new(m.listener_up.clone()),
             Box::new(m.start_time.clone()),
+            Box::new(m.http_requests.clone()),
+            Box::new(m.http_connections_closed.clone()),
         ] {
             registry.register(c).unwrap();
         }
@@ -137,6 +160,9 @@ impl Metrics {
             for outcome in ["success", "failed", "error", "skipped", "busy"] {
                 m.runs.with_label_values(&[job, outcome]);
             }
+        }
+        for reason in ["evicted", "refused"] {
+            m.http_connections_closed.with_label_values(&[reason]);
         }
         for check in crate::integrity::CHECKS {
             m.integrity_findings.with_label_values(&[check]).set(0);

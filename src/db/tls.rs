@@ -1,9 +1,9 @@
 //! TLS to PostgreSQL with rustls, as `database.sslmode` asks.
 //!
 //! `disable` never speaks TLS; `prefer` tries it and falls back to plain text; `require`
-//! insists on it without checking the certificate (libpq's meaning); `verify-full` insists and
-//! checks the server's certificate chain against `database.ca_cert` and its name against the
-//! host (hosted Supabase serves a certificate of its own CA).
+//! insists on it without checking the certificate (libpq's meaning); `verify-ca` insists and
+//! checks the server's certificate chain against `database.ca_cert`; `verify-full` also checks
+//! its name against the host (hosted Supabase serves a certificate of its own CA).
 
 use std::sync::Arc;
 
@@ -27,7 +27,7 @@ pub fn connector(
         .map_err(|e| Error::config("database.sslmode", e))?;
     let mut pg = settings.pg.clone();
     let config = match settings.sslmode {
-        SslMode::VerifyFull => {
+        verified @ (SslMode::VerifyFull | SslMode::VerifyCa) => {
             let path = settings.ca_cert.as_ref().ok_or_else(|| {
                 Error::config(
                     "database.ca_cert",
@@ -53,7 +53,20 @@ pub fn connector(
                 ));
             }
             pg.ssl_mode(PgSslMode::Require);
-            builder.with_root_certificates(roots).with_no_client_auth()
+            if verified == SslMode::VerifyFull {
+                builder.with_root_certificates(roots).with_no_client_auth()
+            } else {
+                let chain = rustls::client::WebPkiServerVerifier::builder_with_provider(
+                    Arc::new(roots),
+                    provider.clone(),
+                )
+                .build()
+                .map_err(|e| Error::config("database.ca_cert", e))?;
+                builder
+                    .dangerous()
+                    .with_custom_certificate_verifier(Arc::new(ChainOnly(chain)))
+                    .with_no_client_auth()
+            }
         }
         mode => {
             pg.ssl_mode(match mode {
@@ -68,6 +81,55 @@ pub fn connector(
         }
     };
     Ok((MakeRustlsConnect::new(config), pg))
+}
+
+/// `verify-ca`: the chain must lead to the CA; the name in the certificate is not compared
+/// with the host (libpq's meaning).
+#[derive(Debug)]
+struct ChainOnly(Arc<rustls::client::WebPkiServerVerifier>);
+
+impl ServerCertVerifier for ChainOnly {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp: &[u8],
+        now: UnixTime,
+    ) -> std::result::Result<ServerCertVerified, rustls::Error> {
+        use rustls::CertificateError::{NotValidForName, NotValidForNameContext};
+        match self
+            .0
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)
+        {
+            Err(rustls::Error::InvalidCertificate(
+                NotValidForName | NotValidForNameContext { .. },
+            )) => Ok(ServerCertVerified::assertion()),
+            other => other,
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.supported_verify_schemes()
+    }
 }
 
 /// Encryption without authentication of the server, which is what `prefer` and `require` mean.

@@ -62,14 +62,25 @@ pub struct Query {
 pub const MAX_LIMIT: i64 = 1000;
 pub const DEFAULT_LIMIT: i64 = 50;
 
+/// A page ends once its users' text passes this many bytes (the user that passes it is the
+/// last one), so a page costs about this much memory whatever users put in their metadata.
+pub const MAX_PAGE_BYTES: i64 = 1 << 20;
+
+/// Text values (e-mail, phone, name, picture URL, role) are cut to this many characters
+/// (at most 64 KiB) in what the API and `users` show: a 40 MB display name is someone's
+/// attack, not their name.
+pub const MAX_FIELD_CHARS: i32 = 16_384;
+
+// The cuts are MAX_FIELD_CHARS (a unit test holds them equal).
 const SELECT: &str = "
-    SELECT u.id, u.email::text, u.phone, u.created_at, u.last_sign_in_at, u.confirmed_at,
-           u.is_anonymous, u.banned_until, u.deleted_at, p.id IS NULL,
-           CASE WHEN p.id IS NULL THEN b.full_name ELSE p.full_name END,
-           CASE WHEN p.id IS NULL THEN b.avatar_url ELSE p.avatar_url END,
-           CASE WHEN p.id IS NULL THEN b.role ELSE p.role END,
-           CASE WHEN p.id IS NULL THEN b.is_active ELSE p.is_active END,
-           p.created_at, p.updated_at
+    SELECT u.id, pg_catalog.left(u.email::pg_catalog.text, 16384) AS email,
+           pg_catalog.left(u.phone, 16384) AS phone, u.created_at, u.last_sign_in_at, u.confirmed_at,
+           u.is_anonymous, u.banned_until, u.deleted_at, p.id IS NULL AS missing,
+           pg_catalog.left(CASE WHEN p.id IS NULL THEN b.full_name ELSE p.full_name END, 16384) AS full_name,
+           pg_catalog.left(CASE WHEN p.id IS NULL THEN b.avatar_url ELSE p.avatar_url END, 16384) AS avatar_url,
+           pg_catalog.left(CASE WHEN p.id IS NULL THEN b.role ELSE p.role END, 16384) AS role,
+           CASE WHEN p.id IS NULL THEN b.is_active ELSE p.is_active END AS is_active,
+           p.created_at AS profile_created_at, p.updated_at AS profile_updated_at
     FROM auth.users u
     LEFT JOIN public.user_profiles p ON p.id = u.id AND ($1::uuid IS NULL OR p.id > $1)
     CROSS JOIN LATERAL usersync.build_profile(u.id, u.email::pg_catalog.text, u.raw_user_meta_data, u.created_at) AS b";
@@ -77,14 +88,30 @@ const SELECT: &str = "
 /// One page. Not a cached statement: a custom plan folds the optional cursor away and walks
 /// the primary key from it. The cursor is repeated on the profile side of the join, or a
 /// merge join would read the profiles' index from its start on every deep page.
+///
+/// The page is also cut by size on the server: users are returned while the text before them
+/// stays under [`MAX_PAGE_BYTES`], with the number the page would have had, so a cut page
+/// still gets its cursor.
 pub async fn list(client: &impl GenericClient, query: &Query) -> Result<Page> {
     let sql = format!(
-        "{SELECT}
-         WHERE ($1::uuid IS NULL OR u.id > $1)
-           AND ($2 OR u.deleted_at IS NULL)
-           AND (NOT $3 OR p.id IS NULL)
-         ORDER BY u.id
-         LIMIT $4"
+        "WITH page AS MATERIALIZED (
+             SELECT s.*, pg_catalog.sum(s.bytes) OVER (ORDER BY s.id) AS running
+             FROM (SELECT l.*,
+                          512 + COALESCE(pg_catalog.octet_length(l.email), 0)
+                              + COALESCE(pg_catalog.octet_length(l.phone), 0)
+                              + COALESCE(pg_catalog.octet_length(l.full_name), 0)
+                              + COALESCE(pg_catalog.octet_length(l.avatar_url), 0)
+                              + COALESCE(pg_catalog.octet_length(l.role), 0) AS bytes
+                   FROM ({SELECT}
+                         WHERE ($1::uuid IS NULL OR u.id > $1)
+                           AND ($2 OR u.deleted_at IS NULL)
+                           AND (NOT $3 OR p.id IS NULL)
+                         ORDER BY u.id
+                         LIMIT $4) AS l) AS s
+         )
+         SELECT page.*, (SELECT pg_catalog.count(*) FROM page) AS fetched
+         FROM page WHERE page.running - page.bytes < $5
+         ORDER BY page.id"
     );
     let rows = client
         .query(
@@ -94,13 +121,16 @@ pub async fn list(client: &impl GenericClient, query: &Query) -> Result<Page> {
                 &query.include_deleted,
                 &query.missing_profile,
                 &(query.limit + 1),
+                &MAX_PAGE_BYTES,
             ],
         )
         .await
         .context("listing users")?;
+    let fetched: i64 = rows.first().map_or(0, |r| r.get("fetched"));
     let mut users: Vec<User> = rows.iter().map(user).collect();
-    let next_cursor = if users.len() as i64 > query.limit {
-        users.truncate(query.limit as usize);
+    let more = fetched > users.len() as i64 || users.len() as i64 > query.limit;
+    users.truncate(query.limit as usize);
+    let next_cursor = if more {
         users.last().map(|u| encode_cursor(u.id))
     } else {
         None
@@ -163,6 +193,16 @@ pub fn decode_cursor(cursor: &str) -> Option<Uuid> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_text_value_is_cut_at_max_field_chars() {
+        let cuts = SELECT.matches("pg_catalog.left(").count();
+        assert_eq!(cuts, 5);
+        assert_eq!(
+            SELECT.matches(&format!(", {MAX_FIELD_CHARS}) AS")).count(),
+            cuts
+        );
+    }
 
     #[test]
     fn cursors_round_trip_and_anything_else_is_rejected() {

@@ -1,9 +1,11 @@
 //! The daemon's HTTP listener: `/healthz`, `/readyz`, `/metrics`, and with `api.token` set the
 //! users API ([`users`]).
 //!
-//! hyper over HTTP/1.1. A client gets 10 s to send its request head, so a slow or malformed
-//! client holds only its own connection; on shutdown the listener stops accepting and open
-//! connections finish their current request.
+//! hyper over HTTP/1.1, with what a client can make it hold bounded ([`conn`]): connections,
+//! the request head's size, the time to send it and to read the response. Every request is
+//! counted in `usersync_http_requests_total{route,code}`; every API request is one access-log
+//! line (method, route, status, duration; never the token or query values). On shutdown the
+//! listener stops accepting and open connections finish their current request.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -22,6 +24,7 @@ use tokio::sync::{Mutex, watch};
 use crate::daemon::Shared;
 use crate::db::verify;
 
+pub mod conn;
 pub mod users;
 
 type Body = Full<Bytes>;
@@ -30,6 +33,8 @@ type Body = Full<Bytes>;
 pub async fn serve(listener: TcpListener, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
     let graceful = GracefulShutdown::new();
     let readiness = Arc::new(Readiness::default());
+    let connections = Arc::new(conn::Connections::default());
+    let http = shared.settings.http.clone();
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
@@ -43,24 +48,115 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, mut stop: watch::
                 continue;
             }
         };
+        let (admission, evicted) = connections.admit(http.max_connections);
+        if evicted {
+            shared
+                .metrics
+                .http_connections_closed
+                .with_label_values(&["evicted"])
+                .inc();
+        }
+        let (slot, reserve) = match admission {
+            conn::Admission::Full(slot) => (slot, false),
+            conn::Admission::Reserve(slot) => (slot, true),
+            conn::Admission::Refused => {
+                shared
+                    .metrics
+                    .http_connections_closed
+                    .with_label_values(&["refused"])
+                    .inc();
+                continue;
+            }
+        };
+        let slot = Arc::new(slot);
+        let kill = slot.kill.clone();
         let (shared, readiness) = (shared.clone(), readiness.clone());
         let service = service_fn(move |request| {
-            let (shared, readiness) = (shared.clone(), readiness.clone());
-            async move { Ok::<_, Infallible>(route(request, &shared, &readiness).await) }
+            let (shared, readiness, slot) = (shared.clone(), readiness.clone(), slot.clone());
+            async move {
+                slot.busy();
+                let response = observed(request, &shared, &readiness, reserve).await;
+                slot.waiting();
+                Ok::<_, Infallible>(response)
+            }
         });
+        let io = TokioIo::new(conn::DeadlineIo::new(stream, http.write_timeout));
         let connection = http1::Builder::new()
             .timer(TokioTimer::new())
-            .header_read_timeout(Duration::from_secs(10))
-            .serve_connection(TokioIo::new(stream), service);
+            .header_read_timeout(http.header_read_timeout)
+            .max_buf_size(conn::MAX_HEAD)
+            .serve_connection(io, service);
         let connection = graceful.watch(connection);
         tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!(error = %e, "HTTP connection ended with an error");
+            tokio::select! {
+                ended = connection => {
+                    if let Err(e) = ended {
+                        tracing::debug!(error = %e, "HTTP connection ended with an error");
+                    }
+                }
+                _ = kill.notified() => {
+                    tracing::debug!("HTTP connection closed for a newcomer: it sent no request");
+                }
             }
         });
     }
     drop(listener);
     graceful.shutdown().await;
+}
+
+/// The route's name for metrics and the access log: fixed values, never a user id.
+fn route_name(path: &str) -> &'static str {
+    match path {
+        "/healthz" => "/healthz",
+        "/readyz" => "/readyz",
+        "/metrics" => "/metrics",
+        "/" => "/",
+        "/status" => "/status",
+        "/v1/users" | "/v1/users/" => "/v1/users",
+        p if p.starts_with("/v1/users/") => "/v1/users/{id}",
+        _ => "other",
+    }
+}
+
+/// Serves one request, counts it, and logs it when it is an API request.
+async fn observed(
+    request: Request<Incoming>,
+    shared: &Shared,
+    readiness: &Readiness,
+    reserve: bool,
+) -> Response<Body> {
+    let started = std::time::Instant::now();
+    let method = request.method().clone();
+    let name = route_name(request.uri().path());
+    let response = if reserve && !matches!(name, "/healthz" | "/readyz" | "/metrics") {
+        let mut response = json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            r#"{"error":"busy","message":"every connection is in use"}"#.into(),
+        );
+        response.headers_mut().insert(
+            header::CONNECTION,
+            header::HeaderValue::from_static("close"),
+        );
+        response
+    } else {
+        route(request, shared, readiness).await
+    };
+    let status = response.status();
+    shared
+        .metrics
+        .http_requests
+        .with_label_values(&[name, status.as_str()])
+        .inc();
+    if name.starts_with("/v1/") {
+        tracing::info!(
+            method = %method,
+            route = name,
+            status = status.as_u16(),
+            duration_ms = started.elapsed().as_secs_f64() * 1e3,
+            "api request"
+        );
+    }
+    response
 }
 
 async fn route(
@@ -122,6 +218,7 @@ pub(crate) fn json(status: StatusCode, body: String) -> Response<Body> {
     Response::builder()
         .status(status)
         .header(header::CONTENT_TYPE, "application/json")
+        .header(header::CACHE_CONTROL, "no-store")
         .body(Full::new(Bytes::from(body)))
         .expect("a valid response")
 }

@@ -25,7 +25,7 @@ pub async fn route(
     shared: &Shared,
 ) -> Option<Response<Body>> {
     let rest = path.strip_prefix("/v1/users")?;
-    let token = shared.settings.api.token.as_deref()?;
+    let token = shared.settings.api.token.as_ref()?.expose();
     if !authorized(headers, token) {
         let mut response = error(
             StatusCode::UNAUTHORIZED,
@@ -58,7 +58,8 @@ pub async fn route(
     })
 }
 
-/// `Authorization: Bearer <token>`, compared in constant time.
+/// `Authorization: Bearer <token>` (the scheme in any case, as RFC 7235 says), the token
+/// compared in constant time.
 fn authorized(headers: &HeaderMap, token: &str) -> bool {
     let Some(value) = headers
         .get(header::AUTHORIZATION)
@@ -66,10 +67,11 @@ fn authorized(headers: &HeaderMap, token: &str) -> bool {
     else {
         return false;
     };
-    let Some(given) = value.strip_prefix("Bearer ").map(str::trim) else {
+    let Some((scheme, given)) = value.trim().split_once(' ') else {
         return false;
     };
-    given.as_bytes().ct_eq(token.as_bytes()).into()
+    scheme.eq_ignore_ascii_case("bearer")
+        && bool::from(given.trim().as_bytes().ct_eq(token.as_bytes()))
 }
 
 async fn list(query: Option<&str>, shared: &Shared) -> Response<Body> {
@@ -301,5 +303,12 @@ mod tests {
             "Basic a-long-enough-token".parse().unwrap(),
         );
         assert!(!authorized(&headers, "a-long-enough-token"));
+        for scheme in ["bearer", "BEARER", "bEaReR"] {
+            headers.insert(
+                header::AUTHORIZATION,
+                format!("{scheme} a-long-enough-token").parse().unwrap(),
+            );
+            assert!(authorized(&headers, "a-long-enough-token"), "{scheme}");
+        }
     }
 }

@@ -133,7 +133,7 @@ fn config_prints_the_effective_settings_with_the_password_redacted() {
     assert_eq!(code, 0, "{stderr}");
     assert!(!stdout.contains("hunter2"), "{stdout}");
     assert!(
-        stdout.contains("url = \"postgres://app:***@db.example:6543/postgres\""),
+        stdout.contains("url = \"postgres://app:***@db.example:6543/postgres?sslmode=prefer\""),
         "{stdout}"
     );
     assert!(stdout.contains("pool_size = 3"), "{stdout}");

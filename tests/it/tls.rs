@@ -8,12 +8,17 @@ use crate::support::{OwnCluster, connect, count, usersync};
 
 /// A CA and a server certificate it signs for localhost and 127.0.0.1: (ca pem, cert, key).
 fn certificates() -> (String, String, String) {
+    certificates_for(&["localhost", "127.0.0.1"])
+}
+
+/// A CA and a server certificate it signs for `names`.
+fn certificates_for(names: &[&str]) -> (String, String, String) {
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
     let key = KeyPair::generate().unwrap();
     let params =
-        CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
+        CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).unwrap();
     let cert = params.signed_by(&key, &ca).unwrap();
     (ca.pem(), cert.pem(), key.serialize_pem())
 }
@@ -101,6 +106,78 @@ async fn verify_full_connects_with_the_ca_and_fails_clearly_without_it() {
     assert!(stderr.contains("database.ca_cert"), "{stderr}");
     let _ = std::fs::remove_file(ca_file);
     let _ = std::fs::remove_file(other_file);
+}
+
+#[tokio::test]
+async fn verify_ca_checks_the_chain_and_not_the_name_and_the_urls_sslmode_is_honoured() {
+    // A certificate for another name, from the CA usersync is given.
+    let (ca, cert, key) = certificates_for(&["db.elsewhere.invalid"]);
+    let ssl = [
+        "ssl=on".to_string(),
+        "ssl_cert_file=server.crt".to_string(),
+        "ssl_key_file=server.key".to_string(),
+    ];
+    let cluster = OwnCluster::start(
+        "verify-ca",
+        &[
+            ("server.crt", cert.as_bytes()),
+            ("server.key", key.as_bytes()),
+        ],
+        &ssl,
+    )
+    .await;
+    let ca_file = write_temp("verify-ca.pem", &ca);
+    // The mode in the URL, the CA from the configuration.
+    let url = |mode: &str| format!("{}?sslmode={mode}", cluster.app_url());
+    let verify_ca = url("verify-ca");
+    let env = [
+        ("DATABASE_URL", verify_ca.as_str()),
+        ("USERSYNC__DATABASE__CA_CERT", ca_file.as_str()),
+    ];
+    let (code, _, stderr) = usersync(&["migrate", "status"], &env);
+    assert_eq!(
+        code, 0,
+        "verify-ca accepts the chain whatever the name: {stderr}"
+    );
+    let verify_full = url("verify-full");
+    let env = [
+        ("DATABASE_URL", verify_full.as_str()),
+        ("USERSYNC__DATABASE__CA_CERT", ca_file.as_str()),
+    ];
+    let (code, _, stderr) = usersync(&["migrate", "status"], &env);
+    assert_eq!(code, 69, "verify-full compares the name: {stderr}");
+    assert!(stderr.to_lowercase().contains("certificate"), "{stderr}");
+    let _ = std::fs::remove_file(ca_file);
+
+    // sslmode=require in the URL, against a server without TLS: no plain-text fallback.
+    let plain = OwnCluster::start("no-tls", &[], &[]).await;
+    let require = format!("{}?sslmode=require", plain.app_url());
+    let (code, _, stderr) = usersync(
+        &["migrate", "status"],
+        &[("DATABASE_URL", require.as_str())],
+    );
+    assert_eq!(code, 69, "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.to_lowercase().contains("tls"), "{stderr}");
+    // The same in key=value form, and a conflicting database.sslmode is exit 78 naming both.
+    let kv = format!(
+        "host=127.0.0.1 port={} user=usersync_app password=usersync-test dbname=postgres sslmode=require",
+        plain.port
+    );
+    let (code, _, stderr) = usersync(&["migrate", "status"], &[("DATABASE_URL", kv.as_str())]);
+    assert_eq!(code, 69, "{stderr}");
+    let (code, _, stderr) = usersync(
+        &["migrate", "status"],
+        &[
+            ("DATABASE_URL", require.as_str()),
+            ("USERSYNC__DATABASE__SSLMODE", "disable"),
+        ],
+    );
+    assert_eq!(code, 78, "{stderr}");
+    assert!(
+        stderr.contains("database.sslmode") && stderr.contains("sslmode=require"),
+        "{stderr}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

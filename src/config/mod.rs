@@ -10,8 +10,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 
+mod url;
+
+pub use url::{Secret, SslMode, render as render_url};
+
 /// `config/usersync.toml`, built in: every key with its default.
-pub const DEFAULTS: &str = include_str!("../config/usersync.toml");
+pub const DEFAULTS: &str = include_str!("../../config/usersync.toml");
 
 /// What usersync runs with, every value checked.
 #[derive(Clone, Debug)]
@@ -31,12 +35,18 @@ pub struct HttpSettings {
     pub listen: std::net::SocketAddr,
     /// What `/readyz` waits for the database before it answers 503.
     pub readiness_timeout: Duration,
+    /// Most connections served at once (more are kept for health checks: `http::conn`).
+    pub max_connections: usize,
+    /// Time a client has to send its request head.
+    pub header_read_timeout: Duration,
+    /// Time a response write may make no progress before the connection is closed.
+    pub write_timeout: Duration,
 }
 
 /// The users API; off without a token.
 #[derive(Clone)]
 pub struct ApiSettings {
-    pub token: Option<String>,
+    pub token: Option<Secret>,
     /// Most pooled connections API requests hold at once: the rest stay for the jobs and
     /// readiness, however many clients call.
     pub max_db_connections: usize,
@@ -47,7 +57,7 @@ pub struct ApiSettings {
 impl fmt::Debug for ApiSettings {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ApiSettings")
-            .field("token", &self.token.as_ref().map(|_| "***"))
+            .field("token", &self.token)
             .field("max_db_connections", &self.max_db_connections)
             .field("timeout", &self.timeout)
             .finish()
@@ -87,16 +97,6 @@ impl std::fmt::Display for UserIdColumn {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}.{}.{}", self.schema, self.table, self.column)
     }
-}
-
-/// `database.sslmode`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum SslMode {
-    Disable,
-    Prefer,
-    Require,
-    VerifyFull,
 }
 
 #[derive(Clone)]
@@ -173,12 +173,15 @@ struct Raw {
 struct RawHttp {
     listen: String,
     readiness_timeout_secs: i64,
+    max_connections: i64,
+    header_read_timeout_secs: i64,
+    write_timeout_secs: i64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawApi {
-    token: String,
+    token: Secret,
     max_db_connections: i64,
     timeout_secs: i64,
 }
@@ -203,8 +206,9 @@ struct RawIntegrity {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawDatabase {
-    url: String,
-    sslmode: SslMode,
+    url: Secret,
+    /// "" when the URL's `sslmode` (or libpq's default, prefer) applies.
+    sslmode: String,
     ca_cert: String,
     pool_size: i64,
     connect_timeout_secs: i64,
@@ -296,11 +300,47 @@ impl Settings {
     }
 
     fn validate(raw: Raw) -> Result<Settings> {
-        let pg = tokio_postgres::Config::from_str(&raw.database.url)
-            .map_err(|e| Error::config("database.url", format!("not a PostgreSQL URL: {e}")))?;
+        // tokio-postgres knows sslmode only up to `require`: usersync reads it itself.
+        let (url, url_mode) = url::take_sslmode(raw.database.url.expose());
+        // The parser's message is kept out: it could quote part of the URL.
+        let pg = tokio_postgres::Config::from_str(&url).map_err(|_| {
+            Error::config(
+                "database.url",
+                "not a PostgreSQL URL (postgres://user:password@host:port/dbname, \
+                 special characters in the password percent-encoded) or key=value string",
+            )
+        })?;
         if pg.get_hosts().is_empty() {
             return Err(Error::config("database.url", "names no host"));
         }
+        let modes = "disable, prefer, require, verify-ca or verify-full";
+        let url_mode = match url_mode {
+            None => None,
+            Some(m) => Some(SslMode::parse(&m).ok_or_else(|| {
+                Error::config("database.url", format!("sslmode={m:?} is not {modes}"))
+            })?),
+        };
+        let key_mode = match raw.database.sslmode.trim() {
+            "" => None,
+            m => Some(SslMode::parse(m).ok_or_else(|| {
+                Error::config("database.sslmode", format!("{m:?} is not {modes}"))
+            })?),
+        };
+        let sslmode = match (key_mode, url_mode) {
+            (Some(key), Some(in_url)) if key != in_url => {
+                return Err(Error::config(
+                    "database.sslmode",
+                    format!(
+                        "{:?} conflicts with sslmode={} in database.url; set one of them",
+                        key.as_str(),
+                        in_url.as_str()
+                    ),
+                ));
+            }
+            (Some(mode), _) | (None, Some(mode)) => mode,
+            // libpq's default.
+            (None, None) => SslMode::Prefer,
+        };
         let ca_cert = match raw.database.ca_cert.trim() {
             "" => None,
             path => {
@@ -314,15 +354,18 @@ impl Settings {
                 Some(path)
             }
         };
-        if raw.database.sslmode == SslMode::VerifyFull && ca_cert.is_none() {
+        if matches!(sslmode, SslMode::VerifyFull | SslMode::VerifyCa) && ca_cert.is_none() {
             return Err(Error::config(
                 "database.ca_cert",
-                "sslmode verify-full needs the CA certificate file (hosted Supabase: the project's CA)",
+                format!(
+                    "sslmode {} needs the CA certificate file (hosted Supabase: the project's CA)",
+                    sslmode.as_str()
+                ),
             ));
         }
         let database = DatabaseSettings {
             pg,
-            sslmode: raw.database.sslmode,
+            sslmode,
             ca_cert,
             pool_size: in_range("database.pool_size", raw.database.pool_size, 1, 1000)? as usize,
             connect_timeout: Duration::from_secs(in_range(
@@ -414,13 +457,27 @@ impl Settings {
                 1,
                 60,
             )?,
+            max_connections: in_range("http.max_connections", raw.http.max_connections, 1, 100_000)?
+                as usize,
+            header_read_timeout: secs(
+                "http.header_read_timeout_secs",
+                raw.http.header_read_timeout_secs,
+                1,
+                300,
+            )?,
+            write_timeout: secs(
+                "http.write_timeout_secs",
+                raw.http.write_timeout_secs,
+                1,
+                300,
+            )?,
         };
-        let token = raw.api.token.trim().to_string();
+        let token = raw.api.token.expose().trim();
         if !token.is_empty() && token.len() < 16 {
             return Err(Error::config("api.token", "is shorter than 16 characters"));
         }
         let api = ApiSettings {
-            token: (!token.is_empty()).then_some(token),
+            token: (!token.is_empty()).then(|| Secret::new(token)),
             // 0: half the pool.
             max_db_connections: match in_range(
                 "api.max_db_connections",
@@ -470,22 +527,26 @@ impl Settings {
     /// the users API on with `token`.
     pub fn for_demo(&self, url: &str, token: &str) -> Result<Settings> {
         let mut raw = self.raw.clone();
-        raw.database.url = url.to_string();
-        raw.database.sslmode = SslMode::Disable;
+        raw.database.url = Secret::new(url);
+        raw.database.sslmode = "disable".into();
         raw.database.ca_cert = String::new();
         raw.sync.schedule = "*/10 * * * * *".into();
-        raw.api.token = token.to_string();
+        raw.api.token = Secret::new(token);
         Settings::validate(raw)
     }
 
-    /// The effective configuration as TOML, the database password and any token redacted.
+    /// The effective configuration as TOML: the database URL shown from the parsed
+    /// connection settings with the password as `***` (never by editing the string), the
+    /// token as `***`. Secrets serialize as `***` whatever happens here.
     pub fn to_redacted_toml(&self) -> String {
-        let mut raw = self.raw.clone();
-        raw.database.url = redact_url(&raw.database.url);
-        if !raw.api.token.is_empty() {
-            raw.api.token = "***".into();
+        let mut table = toml::Table::try_from(&self.raw).expect("configuration serializes");
+        if let Some(toml::Value::Table(database)) = table.get_mut("database") {
+            database.insert(
+                "url".into(),
+                render_url(&self.database.pg, self.database.sslmode).into(),
+            );
         }
-        toml::to_string_pretty(&raw).expect("configuration serializes")
+        toml::to_string_pretty(&table).expect("configuration serializes")
     }
 }
 
@@ -504,34 +565,6 @@ pub fn target(pg: &tokio_postgres::Config) -> String {
         })
         .collect::<Vec<_>>()
         .join(",")
-}
-
-/// Replaces the password in a URL (`scheme://user:secret@host`) or a key=value string.
-pub fn redact_url(url: &str) -> String {
-    if let Some(scheme_end) = url.find("://") {
-        let rest = &url[scheme_end + 3..];
-        let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
-        if let Some(at) = rest[..authority_end].rfind('@') {
-            let userinfo = &rest[..at];
-            if let Some(colon) = userinfo.find(':') {
-                return format!(
-                    "{}{}:***{}",
-                    &url[..scheme_end + 3],
-                    &userinfo[..colon],
-                    &rest[at..]
-                );
-            }
-        }
-        url.to_string()
-    } else {
-        url.split_whitespace()
-            .map(|part| match part.split_once('=') {
-                Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}=***"),
-                _ => part.to_string(),
-            })
-            .collect::<Vec<_>>()
-            .join(" ")
-    }
 }
 
 fn user_id_column(text: &str) -> Result<UserIdColumn> {
@@ -663,15 +696,64 @@ mod tests {
     }
 
     #[test]
-    fn redaction_hides_url_and_keyword_passwords() {
-        assert_eq!(
-            redact_url("postgres://app:s3cr%40t@db.example:6543/postgres?sslmode=require"),
-            "postgres://app:***@db.example:6543/postgres?sslmode=require"
+    fn the_urls_sslmode_is_honoured_and_a_conflict_is_named() {
+        let load = |env: &[(&str, &str)]| {
+            Settings::load(&Sources {
+                file: None,
+                env: env
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            })
+        };
+        let url = "postgres://u:pw@db.example:5432/postgres?sslmode=require";
+        let s = load(&[("DATABASE_URL", url)]).unwrap();
+        assert_eq!(s.database.sslmode, SslMode::Require);
+        let s = load(&[("DATABASE_URL", "host=h user=u sslmode=disable")]).unwrap();
+        assert_eq!(s.database.sslmode, SslMode::Disable);
+        let s = load(&[("DATABASE_URL", "postgres://u@h/db")]).unwrap();
+        assert_eq!(s.database.sslmode, SslMode::Prefer);
+        let err = load(&[
+            ("DATABASE_URL", url),
+            ("USERSYNC__DATABASE__SSLMODE", "disable"),
+        ])
+        .unwrap_err();
+        assert_eq!(err.exit_code(), crate::error::exit::CONFIG);
+        let message = err.to_string();
+        assert!(
+            message.contains("database.sslmode") && message.contains("sslmode=require"),
+            "{message}"
         );
-        assert_eq!(redact_url("postgres://app@h/db"), "postgres://app@h/db");
-        assert_eq!(
-            redact_url("host=h password=x user=u"),
-            "host=h password=*** user=u"
+        let err = load(&[("DATABASE_URL", "postgres://u@h/db?sslmode=verify-ca")]).unwrap_err();
+        assert!(err.to_string().contains("database.ca_cert"), "{err}");
+    }
+
+    #[test]
+    fn debug_of_the_settings_prints_no_secret() {
+        let s = Settings::load(&Sources {
+            file: None,
+            env: vec![
+                (
+                    "DATABASE_URL".into(),
+                    "postgres://u:hunter2-secret@h/db".into(),
+                ),
+                (
+                    "USERSYNC__API__TOKEN".into(),
+                    "token-0123456789-secret".into(),
+                ),
+            ],
+        })
+        .unwrap();
+        let debug = format!("{s:?}");
+        assert!(
+            !debug.contains("hunter2") && !debug.contains("token-0123"),
+            "{debug}"
         );
+        let shown = s.to_redacted_toml();
+        assert!(
+            !shown.contains("hunter2") && !shown.contains("token-0123"),
+            "{shown}"
+        );
+        assert!(shown.contains("postgres://u:***@h:5432/db"), "{shown}");
     }
 }
