@@ -2,6 +2,9 @@
 //! local binaries (run as the `postgres` OS user when started as root, since initdb refuses
 //! root), a Supabase-shaped auth schema, the migration, ten thousand users of whom a fifth
 //! have no profile, then the daemon in the foreground. Ctrl-C removes everything it made.
+//!
+//! Nothing of it is reachable from the network: the database listens only on a unix socket in
+//! a directory only its owner may enter, and the daemon on 127.0.0.1.
 
 use std::path::PathBuf;
 use std::process::Child;
@@ -23,29 +26,35 @@ pub async fn run(
 ) -> Result<()> {
     let cluster = Cluster::start()?;
     let result = async {
-        let url = format!("postgres://postgres@127.0.0.1:{}/postgres", cluster.port);
+        let url = format!(
+            "host={} port={} user=postgres dbname=postgres",
+            cluster.dir.display(),
+            cluster.port
+        );
         cluster.wait_ready(&url).await?;
         load(&url).await?;
         let token = uuid::Uuid::new_v4().simple().to_string();
         settings = settings.for_demo(&url, &token)?;
-        let listener = tokio::net::TcpListener::bind(settings.http.listen).await.map_err(|source| {
-            Error::Io { context: format!("listening on {} (http.listen)", settings.http.listen), source }
+        // Loopback only, on the configured port.
+        let listen = std::net::SocketAddr::from(([127, 0, 0, 1], settings.http.listen.port()));
+        let listener = tokio::net::TcpListener::bind(listen).await.map_err(|source| {
+            Error::Io { context: format!("listening on {listen} (http.listen's port)"), source }
         })?;
-        let base = format!("http://{}", listener.local_addr().map_err(|source| Error::Io {
+        let port = listener.local_addr().map_err(|source| Error::Io {
             context: "reading the listen address".into(),
             source,
-        })?);
+        })?.port();
+        let base = format!("http://localhost:{port}");
         println!(
-            "\nusersync demo: PostgreSQL on 127.0.0.1:{port} (data in {dir}), {USERS} users, \
+            "\nusersync demo: PostgreSQL on a private unix socket (data in {dir}), {USERS} users, \
              {missing} of them without a profile.\n\
              The daemon sweeps every 10 seconds; watch the missing profiles appear.\n\n  \
              {base}/healthz\n  {base}/readyz\n  {base}/metrics\n\n  \
              curl -s {base}/metrics | grep usersync_profiles_created_total\n  \
              curl -s -H 'Authorization: Bearer {token}' '{base}/v1/users?limit=3'\n  \
              curl -s -H 'Authorization: Bearer {token}' '{base}/v1/users?missing_profile=true&limit=3'\n  \
-             psql postgres://postgres@127.0.0.1:{port}/postgres\n\n\
+             psql '{url}'\n\n\
              Ctrl-C stops the daemon and removes the database.\n",
-            port = cluster.port,
             dir = cluster.dir.display(),
             missing = USERS / 5,
         );
@@ -128,8 +137,9 @@ impl Cluster {
             .port();
         // Spawned from the main thread, which lives as long as the demo: if the demo is
         // killed outright, the server stops with it.
+        // No TCP at all: the socket in the cluster's own directory (mode 0700) is the way in.
         let server = cluster
-            .server(port, &[])?
+            .server(port, &["listen_addresses=".to_string()])?
             .spawn()
             .map_err(|source| Error::Io {
                 context: "starting postgres".into(),

@@ -94,6 +94,12 @@ impl ClusterDir {
             None => Ok(()),
         };
         chown(dir)?;
+        {
+            // Its owner only: the unix socket lives here.
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+                .map_err(io("restricting the cluster directory"))?;
+        }
         let data = dir.join("data");
         let initdb = as_owner(Command::new(bindir.join("initdb")), owner)
             .arg("-D")

@@ -9,7 +9,8 @@
 //!   request bodies are never read.
 //! - **Time**: `http.header_read_timeout_secs` to send a head; a response write that makes no
 //!   progress for `http.write_timeout_secs` ends the connection ([`DeadlineIo`]), so a client
-//!   that never reads cannot keep a response in memory.
+//!   that never reads cannot keep a response in memory; the kernel's send buffer is fixed at
+//!   [`SEND_BUFFER`], so a response cannot hide in it either.
 
 use std::collections::VecDeque;
 use std::io;
@@ -28,6 +29,11 @@ pub const RESERVE: usize = 16;
 
 /// The largest request head accepted (hyper's buffer; its floor is 8 KiB).
 pub const MAX_HEAD: usize = 16 * 1024;
+
+/// The kernel's send buffer per connection, fixed rather than grown to megabytes: what a
+/// client that does not read can make the machine hold (in a container, socket memory counts
+/// against the pod's limit), and what makes the write deadline bite.
+pub const SEND_BUFFER: usize = 64 * 1024;
 
 /// The open connections, and which of them wait for a request head, oldest first.
 #[derive(Default)]

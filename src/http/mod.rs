@@ -48,6 +48,7 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, mut stop: watch::
                 continue;
             }
         };
+        let _ = socket2::SockRef::from(&stream).set_send_buffer_size(conn::SEND_BUFFER);
         let (admission, evicted) = connections.admit(http.max_connections);
         if evicted {
             shared

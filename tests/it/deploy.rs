@@ -341,10 +341,9 @@ fn usersync_demo_starts_everything_repairs_the_missing_fifth_and_cleans_up_on_ct
         .port();
     let demo = Command::new(env!("CARGO_BIN_EXE_usersync"))
         .arg("demo")
-        .env("USERSYNC__HTTP__LISTEN", format!("127.0.0.1:{port}"))
-        .env("USERSYNC__LOG__LEVEL", "warn")
+        .env("USERSYNC__HTTP__LISTEN", format!("0.0.0.0:{port}"))
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     let metrics = || -> Option<String> {
@@ -370,18 +369,62 @@ fn usersync_demo_starts_everything_repairs_the_missing_fifth_and_cleans_up_on_ct
         }
         std::thread::sleep(Duration::from_millis(200));
     }
+    // Nothing of the demo is on the network: the daemon is on loopback whatever http.listen
+    // says, and PostgreSQL has no TCP port at all.
+    let outside = std::net::UdpSocket::bind("0.0.0.0:0")
+        .and_then(|u| u.connect("192.0.2.1:9").map(|()| u))
+        .and_then(|u| u.local_addr())
+        .map(|a| a.ip());
+    if let Ok(ip) = outside
+        && !ip.is_loopback()
+    {
+        assert!(
+            std::net::TcpStream::connect((ip, port)).is_err(),
+            "the demo's daemon answers on {ip}"
+        );
+    }
+    let pid_file = std::fs::read_dir(std::env::temp_dir())
+        .unwrap()
+        .flatten()
+        .map(|e| e.path().join("data/postmaster.pid"))
+        .find(|p| {
+            p.parent()
+                .and_then(|d| d.parent())
+                .and_then(|d| d.file_name())
+                .is_some_and(|n| n.to_string_lossy() == format!("usersync-demo-{}", demo.id()))
+        });
+    if let Some(pid_file) = pid_file {
+        let pg_port: u16 = std::fs::read_to_string(&pid_file)
+            .unwrap()
+            .lines()
+            .nth(3)
+            .and_then(|l| l.trim().parse().ok())
+            .expect("postmaster.pid names the port");
+        assert!(
+            std::net::TcpStream::connect(("127.0.0.1", pg_port)).is_err(),
+            "the demo's PostgreSQL listens on TCP"
+        );
+    }
     unsafe { libc::kill(demo.id() as i32, libc::SIGINT) };
     let out = demo.wait_with_output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for chatter in ["Uninited", "Job creator created", "tokio_cron_scheduler"] {
+        assert!(
+            !stderr.contains(chatter),
+            "{chatter} in the logs:\n{stderr}"
+        );
+    }
     assert!(
         repaired,
         "the demo's sweep created the 2000 missing profiles:\n{stdout}"
     );
     assert!(out.status.success(), "{}", out.status);
     for line in [
-        "/readyz",
+        &format!("http://localhost:{port}/readyz"),
         "curl -s -H 'Authorization: Bearer",
         "2000 of them without a profile",
+        "private unix socket",
     ] {
         assert!(stdout.contains(line), "{line} not in:\n{stdout}");
     }

@@ -7,6 +7,7 @@ mod attacks;
 mod cli;
 mod daemon;
 mod deploy;
+mod hostile;
 mod integrity;
 mod migrate;
 mod signup;

@@ -1,0 +1,488 @@
+//! Hostile and careless clients against the real `usersync run` binary: half-sent heads,
+//! idle connections at the file limit the systemd unit ships, readers that never read big
+//! pages; and secrets that must never be printed, a closed pipe, terminal escapes in names.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use proptest::prelude::*;
+
+use crate::daemon::NEVER;
+use crate::property;
+use crate::support::{RUNTIME_ROLE, TestDb, usersync};
+
+const TOKEN: &str = "hostile-token-0123456789abcdef";
+const ROOT: &str = env!("CARGO_MANIFEST_DIR");
+
+/// A number the shipped systemd unit sets, e.g. `LimitNOFILE`.
+fn unit_setting(key: &str) -> String {
+    let unit = std::fs::read_to_string(format!("{ROOT}/deploy/systemd/usersync.service")).unwrap();
+    unit.lines()
+        .find_map(|l| l.strip_prefix(&format!("{key}=")))
+        .unwrap_or_else(|| panic!("the unit sets {key}"))
+        .to_string()
+}
+
+/// The daemon binary, as a process of its own; killed when dropped.
+struct Binary {
+    child: Child,
+    port: u16,
+}
+
+impl Binary {
+    fn start(test_db: &TestDb, env: &[(&str, &str)], nofile: Option<u64>) -> Binary {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut command = Command::new(env!("CARGO_BIN_EXE_usersync"));
+        command
+            .arg("run")
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("DATABASE_URL", test_db.runtime_url())
+            .env("USERSYNC__HTTP__LISTEN", format!("127.0.0.1:{port}"))
+            .env("USERSYNC__SYNC__SCHEDULE", NEVER)
+            .env("USERSYNC__SYNC__REPAIR_SCHEDULE", NEVER)
+            .env("USERSYNC__INTEGRITY__SCHEDULE", NEVER)
+            .envs(env.iter().copied())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        if let Some(limit) = nofile {
+            use std::os::unix::process::CommandExt;
+            unsafe {
+                command.pre_exec(move || {
+                    let rlimit = libc::rlimit {
+                        rlim_cur: limit,
+                        rlim_max: limit,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &rlimit) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let binary = Binary {
+            child: command.spawn().unwrap(),
+            port,
+        };
+        let started = Instant::now();
+        while binary.get("/healthz").0 != 200 {
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "the daemon did not start"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        binary
+    }
+
+    /// GET on a connection of its own, with a 5 s limit: (status, body).
+    fn get(&self, path: &str) -> (u16, String) {
+        let Ok(mut stream) = TcpStream::connect(("127.0.0.1", self.port)) else {
+            return (0, String::new());
+        };
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let request = format!(
+            "GET {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\nConnection: close\r\n\r\n"
+        );
+        if stream.write_all(request.as_bytes()).is_err() {
+            return (0, String::new());
+        }
+        let mut response = Vec::new();
+        let _ = stream.read_to_end(&mut response);
+        let response = String::from_utf8_lossy(&response).into_owned();
+        let status = response
+            .get(9..12)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        let body = response.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+        (status, body.to_string())
+    }
+
+    /// Peak resident memory so far (VmHWM), in bytes.
+    fn peak_rss(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .expect("VmHWM")
+            * 1024
+    }
+
+    /// /healthz answers 200 within a second.
+    fn healthy_within_a_second(&self) {
+        let started = Instant::now();
+        let (status, body) = self.get("/healthz");
+        let took = started.elapsed();
+        assert_eq!(status, 200, "/healthz: {body}");
+        assert!(took < Duration::from_secs(1), "/healthz took {took:?}");
+    }
+}
+
+impl Drop for Binary {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Lets this test process hold many sockets.
+fn raise_own_nofile() {
+    unsafe {
+        let mut rlimit = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut rlimit);
+        rlimit.rlim_cur = rlimit.rlim_max;
+        libc::setrlimit(libc::RLIMIT_NOFILE, &rlimit);
+    }
+}
+
+const MB: u64 = 1024 * 1024;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn six_hundred_half_sent_heads_keep_memory_bounded_and_healthz_answering() {
+    raise_own_nofile();
+    let test_db = TestDb::migrated().await;
+    let binary = Binary::start(&test_db, &[], None);
+    let port = binary.port;
+    let writers = std::thread::spawn(move || {
+        let mut streams = Vec::new();
+        for _ in 0..600 {
+            let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) else {
+                continue;
+            };
+            stream
+                .set_write_timeout(Some(Duration::from_millis(200)))
+                .unwrap();
+            let _ = stream.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Pad: ");
+            let pad = vec![b'a'; 380 * 1024];
+            // The daemon stops reading (and answers 431) long before: a failed write is fine.
+            let _ = stream.write_all(&pad);
+            streams.push(stream);
+        }
+        streams
+    });
+    while !writers.is_finished() {
+        binary.healthy_within_a_second();
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let streams = writers.join().unwrap();
+    binary.healthy_within_a_second();
+    let peak = binary.peak_rss();
+    assert!(peak <= 64 * MB, "peak RSS {} MB", peak / MB);
+    eprintln!(
+        "600 half-sent heads of 380 KB: peak RSS {:.1} MB",
+        peak as f64 / MB as f64
+    );
+    drop(streams);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eleven_hundred_idle_connections_under_the_shipped_file_limit_leave_healthz_answering() {
+    raise_own_nofile();
+    let nofile: u64 = unit_setting("LimitNOFILE").parse().unwrap();
+    let test_db = TestDb::migrated().await;
+    let binary = Binary::start(&test_db, &[], Some(nofile));
+    let mut idle = Vec::new();
+    for _ in 0..1100 {
+        if let Ok(stream) = TcpStream::connect(("127.0.0.1", binary.port)) {
+            idle.push(stream);
+        }
+    }
+    assert!(idle.len() >= 1000, "only {} connections opened", idle.len());
+    for _ in 0..5 {
+        binary.healthy_within_a_second();
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let (_, metrics) = binary.get("/metrics");
+    let evicted: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("usersync_http_connections_closed_total{reason=\"evicted\"}"))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("the eviction counter");
+    assert!(evicted >= 500.0, "evicted {evicted}");
+    drop(idle);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_readers_of_big_pages_are_dropped_after_the_write_deadline() {
+    let test_db = TestDb::migrated().await;
+    let admin = test_db.admin().await;
+    admin
+        .batch_execute(
+            "INSERT INTO auth.users (id, email, raw_user_meta_data, created_at)
+             SELECT gen_random_uuid(), 'big' || g || '@example.test',
+                    jsonb_build_object('full_name', repeat('n', 200)), now()
+             FROM generate_series(1, 1200) g;
+             UPDATE public.user_profiles SET full_name = repeat('x', 40 * 1024 * 1024)
+             WHERE id = (SELECT id FROM public.user_profiles ORDER BY id LIMIT 1);",
+        )
+        .await
+        .unwrap();
+    let memory_max: u64 = unit_setting("MemoryMax")
+        .trim_end_matches('M')
+        .parse::<u64>()
+        .unwrap()
+        * MB;
+    let binary = Binary::start(
+        &test_db,
+        &[
+            ("USERSYNC__API__TOKEN", TOKEN),
+            ("USERSYNC__HTTP__WRITE_TIMEOUT_SECS", "2"),
+        ],
+        None,
+    );
+    let mut stalled = Vec::new();
+    for _ in 0..8 {
+        let socket =
+            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        // A small window: the response cannot all sit in kernel buffers.
+        socket.set_recv_buffer_size(4096).unwrap();
+        socket
+            .connect(&std::net::SocketAddr::from(([127, 0, 0, 1], binary.port)).into())
+            .unwrap();
+        let mut stream: TcpStream = socket.into();
+        let request = format!(
+            "GET /v1/users?limit=1000 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n\r\n"
+        );
+        stream.write_all(request.as_bytes()).unwrap();
+        stalled.push((stream, Instant::now()));
+    }
+    // Never read, past the deadline; the daemon stays healthy and small.
+    std::thread::sleep(Duration::from_secs(5));
+    binary.healthy_within_a_second();
+    let (status, _) = binary.get("/v1/users?limit=1");
+    assert_eq!(status, 200);
+    for (mut stream, asked) in stalled {
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let mut got = Vec::new();
+        let ended = stream.read_to_end(&mut got);
+        // The connection was closed (EOF or reset) before the page was all sent.
+        assert!(
+            ended.is_ok()
+                || ended
+                    .as_ref()
+                    .is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionReset),
+            "{ended:?}"
+        );
+        let text = String::from_utf8_lossy(&got);
+        assert!(
+            text.starts_with("HTTP/1.1 200"),
+            "{}",
+            &text[..text.len().min(200)]
+        );
+        let declared: usize = text
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length: "))
+            .and_then(|v| v.trim().parse().ok())
+            .expect("a content length");
+        let body = got.len() - text.find("\r\n\r\n").unwrap() - 4;
+        assert!(body < declared, "all {declared} bytes arrived: not stalled");
+        assert!(asked.elapsed() >= Duration::from_secs(2));
+    }
+    let peak = binary.peak_rss();
+    assert!(
+        peak < memory_max,
+        "peak RSS {} MB over MemoryMax",
+        peak / MB
+    );
+    eprintln!(
+        "8 stalled readers of 1000-user pages with a 40 MB name: peak RSS {:.1} MB",
+        peak as f64 / MB as f64
+    );
+}
+
+/// Percent-encoding of everything but unreserved characters.
+fn percent(text: &str) -> String {
+    text.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+/// A libpq key=value value, quoted.
+fn quoted(text: &str) -> String {
+    format!("'{}'", text.replace('\\', "\\\\").replace('\'', "\\'"))
+}
+
+fn password() -> impl Strategy<Value = String> {
+    let specials = prop::sample::select(vec![
+        '/', '?', '@', '\'', ' ', '%', '&', '=', '#', ':', '\\', '"', 'é', 'ß', '中', '🔑',
+    ]);
+    let letter = prop::sample::select(
+        ('a'..='z')
+            .chain('A'..='Z')
+            .chain('0'..='9')
+            .collect::<Vec<_>>(),
+    );
+    (
+        prop::collection::vec(prop_oneof![letter.clone(), specials], 6..16),
+        prop::collection::vec(letter, 6..10),
+    )
+        .prop_map(|(mixed, core)| {
+            // A distinctive core, so that finding the password is never a coincidence.
+            let core: String = core.into_iter().collect();
+            let mixed: String = mixed.into_iter().collect();
+            format!("{mixed}{core}Zq")
+        })
+}
+
+/// Random passwords, in every form the URL accepts, appear nowhere usersync writes: `config`,
+/// an error message, a log line at any level, `/readyz`, `/metrics`.
+#[test]
+fn property_secrets_never_appear_in_output_logs_or_http() {
+    let rt = property::runtime();
+    let test_db = rt.block_on(TestDb::migrated());
+    let (host, port, dbname) = {
+        let url = test_db.runtime_url();
+        let rest = url.split('@').nth(1).unwrap().to_string();
+        let (hostport, db) = rest.split_once('/').unwrap();
+        let (h, p) = hostport.split_once(':').unwrap();
+        (h.to_string(), p.to_string(), db.to_string())
+    };
+    let closed_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+        .to_string();
+    property::check("secrets", (password(), 0..4usize), |(pw, form)| {
+        let url = |port: &str| match form {
+            0 => format!(
+                "postgres://{RUNTIME_ROLE}:{}@{host}:{port}/{dbname}",
+                percent(&pw)
+            ),
+            1 => format!(
+                "postgres://{RUNTIME_ROLE}@{host}:{port}/{dbname}?password={}",
+                percent(&pw)
+            ),
+            2 => format!(
+                "host={host} port={port} user={RUNTIME_ROLE} dbname={dbname} password={}",
+                quoted(&pw)
+            ),
+            _ => format!(
+                "host={host} port={port} password = {} user={RUNTIME_ROLE} dbname={dbname}",
+                quoted(&pw)
+            ),
+        };
+        let leaks = |text: &str| text.contains(&pw) || text.contains(&percent(&pw));
+        let good = url(&port);
+        let trace = [
+            ("DATABASE_URL", good.as_str()),
+            ("USERSYNC__LOG__LEVEL", "trace"),
+        ];
+        let mut seen = Vec::new();
+        let (code, stdout, stderr) = usersync(&["config"], &trace);
+        prop_assert_eq!(code, 0, "{}", stderr);
+        seen.push(("config", stdout + &stderr));
+        let (_, stdout, stderr) = usersync(&["check", "--json"], &trace);
+        seen.push(("check at trace", stdout + &stderr));
+        let (_, stdout, stderr) = usersync(&["users", "list"], &trace);
+        seen.push(("users list at trace", stdout + &stderr));
+        let refused = url(&closed_port);
+        let (code, stdout, stderr) = usersync(
+            &["migrate", "status"],
+            &[
+                ("DATABASE_URL", refused.as_str()),
+                ("USERSYNC__LOG__LEVEL", "trace"),
+            ],
+        );
+        prop_assert_eq!(code, 69, "{}", stderr);
+        seen.push(("an unreachable database", stdout + &stderr));
+        let broken = good.replacen(&port, "not-a-port", 1);
+        let (_, stdout, stderr) = usersync(&["config"], &[("DATABASE_URL", broken.as_str())]);
+        seen.push(("a URL that does not parse", stdout + &stderr));
+        // The daemon's HTTP answers, in process, with these settings.
+        rt.block_on(async {
+            let settings = usersync::config::Settings::load(&usersync::config::Sources {
+                file: None,
+                env: vec![
+                    ("DATABASE_URL".into(), good.clone()),
+                    ("USERSYNC__INTEGRITY__SCHEDULE".into(), NEVER.into()),
+                    ("USERSYNC__SYNC__SCHEDULE".into(), NEVER.into()),
+                ],
+            })
+            .unwrap();
+            seen.push(("settings' Debug", format!("{settings:?}")));
+            let daemon = crate::daemon::Daemon::start(settings).await;
+            seen.push(("/readyz", daemon.get("/readyz").await.1));
+            seen.push(("/metrics", daemon.get("/metrics").await.1));
+            daemon.stop().await.unwrap();
+        });
+        for (place, text) in &seen {
+            prop_assert!(!leaks(text), "the password is in {}:\n{}", place, text);
+        }
+        Ok(())
+    });
+}
+
+#[tokio::test]
+async fn a_closed_pipe_ends_the_listing_quietly_and_escapes_are_shown_escaped() {
+    let test_db = TestDb::migrated().await;
+    let admin = test_db.admin().await;
+    admin
+        .batch_execute(
+            "INSERT INTO auth.users (id, email, raw_user_meta_data, created_at)
+             SELECT gen_random_uuid(), 'pipe' || g || '@example.test', '{}', now()
+             FROM generate_series(1, 300) g;
+             UPDATE public.user_profiles
+             SET full_name = E'\\u001b]0;pwned\\u0007Eve\\u001b[2J'
+             WHERE id = (SELECT id FROM public.user_profiles ORDER BY id LIMIT 1);",
+        )
+        .await
+        .unwrap();
+    let url = test_db.runtime_url();
+    // `usersync users list | head -0`: the reader is gone before the first write.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_usersync"))
+        .args(["users", "list", "--limit", "1000"])
+        .env_clear()
+        .env("DATABASE_URL", &url)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let (code, stdout, _) = usersync(
+        &["users", "list", "--limit", "1"],
+        &[("DATABASE_URL", url.as_str())],
+    );
+    assert_eq!(code, 0);
+    assert!(
+        !stdout.contains('\u{1b}') && !stdout.contains('\u{7}'),
+        "{stdout:?}"
+    );
+    assert!(
+        stdout.contains("\\u{1b}]0;pwned\\u{7}Eve\\u{1b}[2J"),
+        "{stdout}"
+    );
+}
