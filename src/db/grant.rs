@@ -4,6 +4,7 @@
 //! The role's name reaches the statements only as PostgreSQL's own `quote_ident` of it; every
 //! other word is a constant. All of it is one transaction: a failure grants nothing.
 
+use crate::db::RowExt;
 use serde::Serialize;
 use tokio_postgres::Client;
 
@@ -36,7 +37,8 @@ pub async fn grant(client: &mut Client, role: &str, columns: &[UserIdColumn]) ->
              LOGIN BYPASSRLS PASSWORD '…' (as a superuser)"
         )));
     };
-    let (quoted, superuser, bypass): (String, bool, bool) = (row.get(0), row.get(1), row.get(2));
+    let (quoted, superuser, bypass): (String, bool, bool) =
+        (row.value(0)?, row.value(1)?, row.value(2)?);
     if superuser {
         return Err(Error::Migration(format!(
             "role {quoted} is a superuser: the runtime role should be an ordinary one"
@@ -65,7 +67,8 @@ pub async fn grant(client: &mut Client, role: &str, columns: &[UserIdColumn]) ->
             )
             .await
             .context(format!("looking up {column}"))?
-            .map(|r| format!("{}; {}", r.get::<_, String>(0), r.get::<_, String>(1)));
+            .map(|r| Ok::<_, crate::Error>(format!("{}; {}", r.value::<String>(0)?, r.value::<String>(1)?)))
+        .transpose()?;
         if let Some(sql) = sql {
             statements.extend(sql.split("; ").map(str::to_string));
         }

@@ -4,6 +4,7 @@
 //! two deploys never migrate at once. History lives in `usersync.schema_migrations`, which
 //! migration 0001 itself creates, so `down` to zero leaves no trace.
 
+use crate::db::RowExt;
 use std::time::Instant;
 
 use serde::Serialize;
@@ -127,7 +128,7 @@ async fn history(client: &Client) -> Result<Vec<HistoryRow>> {
         )
         .await
         .context("reading migration history")?
-        .get(0);
+        .value(0)?;
     if !exists {
         return Ok(Vec::new());
     }
@@ -141,16 +142,17 @@ async fn history(client: &Client) -> Result<Vec<HistoryRow>> {
         )
         .await
         .context("reading migration history")?;
-    Ok(rows
-        .iter()
-        .map(|r| HistoryRow {
-            version: r.get(0),
-            name: r.get(1),
-            checksum: r.get(2),
-            applied_at: r.get(3),
-            duration_ms: r.get(4),
+    rows.iter()
+        .map(|r| {
+            Ok(HistoryRow {
+                version: r.value(0)?,
+                name: r.value(1)?,
+                checksum: r.value(2)?,
+                applied_at: r.value(3)?,
+                duration_ms: r.value(4)?,
+            })
         })
-        .collect())
+        .collect()
 }
 
 /// Every known and every recorded migration, in version order.
@@ -202,7 +204,7 @@ pub async fn require_auth_users(client: &Client) -> Result<()> {
         )
         .await
         .context("looking for auth.users")?
-        .get(0);
+        .value(0)?;
     if present {
         Ok(())
     } else {
@@ -237,13 +239,14 @@ pub async fn foreign_profile_triggers(client: &Client) -> Result<Vec<ForeignTrig
         )
         .await
         .context("looking for existing profile triggers")?;
-    Ok(rows
-        .iter()
-        .map(|r| ForeignTrigger {
-            trigger: r.get(0),
-            function: r.get(1),
+    rows.iter()
+        .map(|r| {
+            Ok(ForeignTrigger {
+                trigger: r.value(0)?,
+                function: r.value(1)?,
+            })
         })
-        .collect())
+        .collect()
 }
 
 /// Options of `migrate up`.
@@ -346,7 +349,7 @@ async fn preflight_first_install(client: &Client, allow_existing_trigger: bool) 
         )
         .await
         .context("looking for public.user_profiles")?
-        .get(0);
+        .value(0)?;
     if exists {
         return Err(Error::Migration(
             "public.user_profiles already exists and was not created by usersync; \

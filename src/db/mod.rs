@@ -208,14 +208,14 @@ pub async fn try_advisory_lock(
     key: i32,
 ) -> Result<bool> {
     use crate::error::DbContext;
-    Ok(client
+    client
         .query_one(
             "SELECT pg_catalog.pg_try_advisory_lock($1, $2)",
             &[&namespace, &key],
         )
         .await
         .context("claiming an advisory lock")?
-        .get(0))
+        .value(0)
 }
 
 /// Releases it. False when the release failed: then only closing the connection releases
@@ -228,4 +228,22 @@ pub async fn advisory_unlock(client: &tokio_postgres::Client, namespace: i32, ke
         )
         .await
         .is_ok()
+}
+
+/// Reading a column without a panic: a value of an unexpected type or an unexpected NULL is an
+/// error naming the column, never a crash of the daemon or the CLI.
+pub trait RowExt {
+    fn value<'a, T: tokio_postgres::types::FromSql<'a>>(&'a self, idx: usize) -> Result<T>;
+}
+
+impl RowExt for tokio_postgres::Row {
+    fn value<'a, T: tokio_postgres::types::FromSql<'a>>(&'a self, idx: usize) -> Result<T> {
+        self.try_get(idx).map_err(|source| Error::Db {
+            context: format!(
+                "reading column {:?} of a result",
+                self.columns().get(idx).map_or("?", |c| c.name())
+            ),
+            source,
+        })
+    }
 }

@@ -10,6 +10,7 @@
 //! milliseconds the probe lasts; `lock_timeout` keeps the probe from queueing real sign-ups
 //! behind it when the table is busy.
 
+use crate::db::RowExt;
 use tokio_postgres::{Client, Transaction};
 use uuid::Uuid;
 
@@ -87,7 +88,7 @@ async fn steps(tx: &Transaction<'_>) -> Result<Vec<Finding>> {
         None => Some("no profile".to_string()),
         Some(r) => {
             let (role, active, name): (String, bool, Option<String>) =
-                (r.get(0), r.get(1), r.get(2));
+                (r.value(0)?, r.value(1)?, r.value(2)?);
             (role != "user" || !active || name.as_deref() != Some(PROBE_NAME)).then(|| {
                 format!("profile with role {role:?}, is_active {active}, full_name {name:?}")
             })
@@ -113,7 +114,7 @@ async fn steps(tx: &Transaction<'_>) -> Result<Vec<Finding>> {
         )
         .await
         .context("e2e probe: reading the profile")?
-        .get(0);
+        .value(0)?;
     if left != 0 {
         findings.push(step(
             "e2e.delete_cascade",
@@ -148,7 +149,7 @@ async fn steps(tx: &Transaction<'_>) -> Result<Vec<Finding>> {
         )
         .await
         .context("e2e probe: reading the repair queue")?
-        .get(0);
+        .value(0)?;
     if queued != 1 {
         findings.push(step(
             "e2e.failure_queued",

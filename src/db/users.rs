@@ -7,6 +7,7 @@
 //! page costs what the first does (`auth.users` has no index on `created_at`, and usersync
 //! adds none to GoTrue's table).
 
+use crate::db::RowExt;
 use base64::Engine;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -126,8 +127,11 @@ pub async fn list(client: &impl GenericClient, query: &Query) -> Result<Page> {
         )
         .await
         .context("listing users")?;
-    let fetched: i64 = rows.first().map_or(0, |r| r.get("fetched"));
-    let mut users: Vec<User> = rows.iter().map(user).collect();
+    let fetched: i64 = match rows.first() {
+        Some(r) => r.try_get("fetched").context("counting a page")?,
+        None => 0,
+    };
+    let mut users: Vec<User> = rows.iter().map(user).collect::<Result<_>>()?;
     let more = fetched > users.len() as i64 || users.len() as i64 > query.limit;
     users.truncate(query.limit as usize);
     let next_cursor = if more {
@@ -144,30 +148,30 @@ pub async fn get(client: &impl GenericClient, id: Uuid) -> Result<Option<User>> 
         .query_opt(&format!("{SELECT} WHERE u.id = $2"), &[&None::<Uuid>, &id])
         .await
         .context("reading a user")?;
-    Ok(row.as_ref().map(user))
+    row.as_ref().map(user).transpose()
 }
 
-fn user(r: &Row) -> User {
-    User {
-        id: r.get(0),
-        email: r.get(1),
-        phone: r.get(2),
-        created_at: r.get(3),
-        last_sign_in_at: r.get(4),
-        confirmed_at: r.get(5),
-        is_anonymous: r.get(6),
-        banned_until: r.get(7),
-        deleted_at: r.get(8),
-        profile_missing: r.get(9),
+fn user(r: &Row) -> Result<User> {
+    Ok(User {
+        id: r.value(0)?,
+        email: r.value(1)?,
+        phone: r.value(2)?,
+        created_at: r.value(3)?,
+        last_sign_in_at: r.value(4)?,
+        confirmed_at: r.value(5)?,
+        is_anonymous: r.value(6)?,
+        banned_until: r.value(7)?,
+        deleted_at: r.value(8)?,
+        profile_missing: r.value(9)?,
         profile: Profile {
-            full_name: r.get(10),
-            avatar_url: r.get(11),
-            role: r.get(12),
-            is_active: r.get(13),
-            created_at: r.get(14),
-            updated_at: r.get(15),
+            full_name: r.value(10)?,
+            avatar_url: r.value(11)?,
+            role: r.value(12)?,
+            is_active: r.value(13)?,
+            created_at: r.value(14)?,
+            updated_at: r.value(15)?,
         },
-    }
+    })
 }
 
 const CURSOR_VERSION: u8 = 1;

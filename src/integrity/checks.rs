@@ -1,5 +1,6 @@
 //! The SQL of the integrity checks, one function per concern.
 
+use crate::db::RowExt;
 use tokio_postgres::Client;
 
 use super::{Finding, Level};
@@ -48,7 +49,7 @@ pub async fn one_to_one(
         )
         .await
         .context("counting profiles without a user")?;
-    let (count, samples): (i64, Vec<String>) = (row.get(0), row.get(1));
+    let (count, samples): (i64, Vec<String>) = (row.value(0)?, row.value(1)?);
     if count > 0 {
         findings.push(Finding {
             check: "orphan_profile".into(),
@@ -90,9 +91,9 @@ pub async fn repair_queue(
         )
         .await
         .context("reading the repair queue")?;
-    let (stale_count, stale_samples): (i64, Vec<String>) = (row.get(0), row.get(1));
-    let (failing, failing_samples): (i64, Vec<String>) = (row.get(2), row.get(3));
-    let last_error: Option<String> = row.get(4);
+    let (stale_count, stale_samples): (i64, Vec<String>) = (row.value(0)?, row.value(1)?);
+    let (failing, failing_samples): (i64, Vec<String>) = (row.value(2)?, row.value(3)?);
+    let last_error: Option<String> = row.value(4)?;
     if stale_count > 0 {
         findings.push(Finding {
             check: "repair_queue_stale".into(),
@@ -187,16 +188,16 @@ pub async fn foreign_keys(client: &Client, findings: &mut Vec<Finding>) -> Resul
         .await
         .context("reading the foreign keys into auth.users and public.user_profiles")?;
     for row in rows {
-        let table: String = row.get(0);
-        let name: String = row.get(1);
-        let target: String = row.get(2);
-        let validated: bool = row.get(3);
-        let on_delete: String = row.get(4);
-        let definition: String = row.get(5);
-        let orphans_sql: String = row.get(6);
-        let cascade_sql: String = row.get(7);
-        let validate_sql: String = row.get(8);
-        let grant_sql: String = row.get(9);
+        let table: String = row.value(0)?;
+        let name: String = row.value(1)?;
+        let target: String = row.value(2)?;
+        let validated: bool = row.value(3)?;
+        let on_delete: String = row.value(4)?;
+        let definition: String = row.value(5)?;
+        let orphans_sql: String = row.value(6)?;
+        let cascade_sql: String = row.value(7)?;
+        let validate_sql: String = row.value(8)?;
+        let grant_sql: String = row.value(9)?;
         let object = format!("{table}.{name}");
         if !validated {
             // The statement is PostgreSQL's own format() of catalog names, quoted with %I.
@@ -207,7 +208,8 @@ pub async fn foreign_keys(client: &Client, findings: &mut Vec<Finding>) -> Resul
             findings.push(match counted {
                 None => unreadable(&object, &table, grant_sql),
                 Some(counted) => {
-                    let (count, samples): (i64, Vec<String>) = (counted.get(0), counted.get(1));
+                    let (count, samples): (i64, Vec<String>) =
+                        (counted.value(0)?, counted.value(1)?);
                     Finding {
                         check: "foreign_key_not_valid".into(),
                         level: if count > 0 {
@@ -288,7 +290,8 @@ pub async fn user_id_columns(
             )
             .await
             .context(format!("looking up {column}"))?
-            .map(|row| (row.get(0), row.get(1), row.get(2)));
+            .map(|row| Ok::<_, crate::Error>((row.value(0)?, row.value(1)?, row.value(2)?)))
+        .transpose()?;
         let Some((sql, delete_sql, grant_sql)) = sql else {
             findings.push(Finding {
                 check: "user_id_column_orphans".into(),
@@ -316,7 +319,7 @@ pub async fn user_id_columns(
             ));
             continue;
         };
-        let (count, samples): (i64, Vec<String>) = (row.get(0), row.get(1));
+        let (count, samples): (i64, Vec<String>) = (row.value(0)?, row.value(1)?);
         if count > 0 {
             findings.push(Finding {
                 check: "user_id_column_orphans".into(),

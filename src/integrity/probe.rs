@@ -48,7 +48,7 @@ pub async fn cascade_delete(client: &mut Client, findings: &mut Vec<Finding>) ->
                 &[&id],
             )
             .await?;
-        Ok((row.get(0), row.get(1)))
+        Ok((row.try_get(0)?, row.try_get(1)?))
     }
     .await;
     tx.rollback()

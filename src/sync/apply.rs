@@ -6,6 +6,7 @@
 //! never updated. When the batch fails as a whole, its users are retried one by one so that one
 //! bad row fails alone; each failure goes to the repair queue with a backoff.
 
+use crate::db::RowExt;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -141,8 +142,8 @@ async fn create_batch(
         tx.query(DEFERRED, &[&ids])
             .await?
             .iter()
-            .map(|r| r.get(0))
-            .collect()
+            .map(|r| r.try_get(0))
+            .collect::<std::result::Result<_, _>>()?
     };
     tx.commit().await?;
     Ok((created, deferred))
@@ -174,7 +175,7 @@ async fn one_by_one(
                         .query(DEFERRED, &[&one])
                         .await
                         .context("reading the repair queue")?;
-                    rows.iter().map(|r| r.get(0)).collect()
+                    rows.iter().map(|r| r.value(0)).collect::<Result<_>>()?
                 };
                 outcome.created += created;
                 outcome.deferred += deferred.len() as u64;
@@ -230,5 +231,5 @@ pub async fn preview(client: &Client, ids: &[Uuid]) -> Result<Vec<serde_json::Va
         )
         .await
         .context("previewing profiles")?;
-    Ok(rows.iter().map(|r| r.get(0)).collect())
+    rows.iter().map(|r| r.value(0)).collect()
 }

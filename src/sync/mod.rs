@@ -14,6 +14,7 @@ pub mod apply;
 pub mod plan;
 pub mod repair;
 
+use crate::db::RowExt;
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -463,7 +464,7 @@ async fn analyze_if_stale(client: &tokio_postgres::Client) -> Result<()> {
         )
         .await
         .context("reading the statistics of public.user_profiles")?
-        .get(0);
+        .value(0)?;
     if stale {
         tracing::debug!("analyzing public.user_profiles before the sweep");
         client

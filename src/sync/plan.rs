@@ -11,6 +11,7 @@
 //! A user whose row moves between pages while two replicas sweep is at worst in two ranges at
 //! once, and `ON CONFLICT DO NOTHING` makes one of them a race, never a duplicate.
 
+use crate::db::RowExt;
 use bytes::BytesMut;
 use tokio_postgres::Client;
 use tokio_postgres::types::{FromSql, IsNull, ToSql, Type, to_sql_checked};
@@ -133,10 +134,10 @@ pub async fn count(client: &mut Client, include_anonymous: bool) -> Result<Plan>
         .await
         .context("counting users without a profile")?;
     Ok(Plan {
-        scanned: row.get::<_, i64>(0) as u64,
-        skipped_deleted: row.get::<_, i64>(1) as u64,
-        skipped_anonymous: row.get::<_, i64>(2) as u64,
-        missing_total: row.get::<_, i64>(3) as u64,
+        scanned: row.value::<i64>(0)? as u64,
+        skipped_deleted: row.value::<i64>(1)? as u64,
+        skipped_anonymous: row.value::<i64>(2)? as u64,
+        missing_total: row.value::<i64>(3)? as u64,
         missing: Vec::new(),
     })
 }
@@ -153,7 +154,7 @@ pub async fn looks_like_backfill(client: &Client) -> Result<bool> {
         )
         .await
         .context("reading table statistics")?;
-    let (users, profiles): (f64, f64) = (row.get(0), row.get(1));
+    let (users, profiles): (f64, f64) = (row.value(0)?, row.value(1)?);
     Ok(users >= 1000.0 && users - profiles > users / 10.0)
 }
 
@@ -179,9 +180,11 @@ pub async fn stream_missing<'a>(
         .await
         .context("listing users without a profile")?;
     Ok(rows
-        .map_ok(|row| Missing {
-            tid: row.get(0),
-            id: row.get(1),
+        .and_then(|row| async move {
+            Ok(Missing {
+                tid: row.try_get(0)?,
+                id: row.try_get(1)?,
+            })
         })
         .map_err(|source| crate::error::Error::Db {
             context: "listing users without a profile".into(),
@@ -212,8 +215,8 @@ async fn missing(
         .context("listing users without a profile")?
     {
         users.push(Missing {
-            tid: row.get(0),
-            id: row.get(1),
+            tid: row.value(0)?,
+            id: row.value(1)?,
         });
     }
     users.sort_unstable();
@@ -277,7 +280,7 @@ pub async fn missing_past_grace(
         )
         .await
         .context("counting users without a profile")?;
-    Ok((row.get(0), row.get(1)))
+    Ok((row.value(0)?, row.value(1)?))
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@
 //! creation as the sweep; an item that fails again gets one more attempt recorded, its error,
 //! and a longer backoff, and never blocks the others.
 
+use crate::db::RowExt;
 use tokio_postgres::Client;
 use uuid::Uuid;
 
@@ -53,8 +54,8 @@ pub async fn drain(
             .await
             .context("claiming repair queue items")?
             .iter()
-            .map(|r| r.get(0))
-            .collect();
+            .map(|r| r.value(0))
+            .collect::<Result<_>>()?;
         if ids.is_empty() {
             tx.commit().await.context("ending a repair round")?;
             break;
@@ -73,8 +74,8 @@ pub async fn drain(
             .await
             .context("removing resolved repair queue items")?
             .iter()
-            .map(|r| r.get(0))
-            .collect();
+            .map(|r| r.value(0))
+            .collect::<Result<_>>()?;
         tx.commit().await.context("ending a repair round")?;
 
         report.due += ids.len() as u64;
@@ -105,6 +106,6 @@ pub async fn drain(
         .query_one("SELECT count(*) FROM usersync.repair_queue", &[])
         .await
         .context("counting the repair queue")?
-        .get::<_, i64>(0) as u64;
+        .value::<i64>(0)? as u64;
     Ok(report)
 }

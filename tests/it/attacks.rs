@@ -696,3 +696,18 @@ async fn fixes_for_awkward_names_run_as_printed() {
     assert_eq!(code, 0, "{json}");
     assert!(findings(&json).is_empty(), "{json}");
 }
+
+#[tokio::test]
+async fn an_unexpected_null_is_an_error_naming_the_column_not_a_panic() {
+    use usersync::db::RowExt;
+    let db = TestDb::new().await;
+    let row = db
+        .app()
+        .await
+        .query_one("SELECT NULL::text AS format", &[])
+        .await
+        .unwrap();
+    let err = row.value::<String>(0).unwrap_err().to_string();
+    assert!(err.contains("\"format\""), "{err}");
+    assert_eq!(row.value::<Option<String>>(0).unwrap(), None);
+}

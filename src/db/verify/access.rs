@@ -4,6 +4,7 @@
 //! need; `usersync migrate grant ROLE` grants exactly it and `migrate verify` checks that the
 //! role it runs as holds it.
 
+use crate::db::RowExt;
 use tokio_postgres::Client;
 
 use super::{Fix, Level, Report};
@@ -140,8 +141,8 @@ pub async fn missing_privileges(client: &Client) -> Result<Vec<Privilege>> {
         .await
         .context("verifying the privileges of usersync's role")?
         .iter()
-        .map(|r| r.get(0))
-        .collect();
+        .map(|r| r.value(0))
+        .collect::<Result<_>>()?;
     Ok(RUNTIME_PRIVILEGES
         .iter()
         .zip(held)
@@ -161,7 +162,7 @@ pub(super) async fn runtime_grants(client: &Client, report: &mut Report) -> Resu
         )
         .await
         .context("reading usersync's role")?;
-    let (role, bypass): (String, bool) = (row.get(0), row.get(1));
+    let (role, bypass): (String, bool) = (row.value(0)?, row.value(1)?);
     let missing = missing_privileges(client).await?;
     if !missing.is_empty() {
         report.push(
@@ -219,10 +220,11 @@ pub(super) async fn api_roles(client: &Client, report: &mut Report) -> Result<()
         .await
         .context("verifying what the API roles may do on public.user_profiles")?;
     for row in &rows {
-        let role: String = row.get(0);
-        let (truncate, insert, delete): (bool, bool, bool) = (row.get(1), row.get(2), row.get(3));
-        let update: Vec<String> = row.get(4);
-        let (select, rls): (bool, bool) = (row.get(5), row.get(6));
+        let role: String = row.value(0)?;
+        let (truncate, insert, delete): (bool, bool, bool) =
+            (row.value(1)?, row.value(2)?, row.value(3)?);
+        let update: Vec<String> = row.value(4)?;
+        let (select, rls): (bool, bool) = (row.value(5)?, row.value(6)?);
         let mut verbs: Vec<&str> = Vec::new();
         for (held, verb) in [
             (truncate, "TRUNCATE"),
@@ -288,7 +290,7 @@ pub(super) async fn api_roles(client: &Client, report: &mut Report) -> Result<()
         .context("reading the policies of public.user_profiles")?;
     for row in &policies {
         let (name, qual, roles): (String, String, Vec<String>) =
-            (row.get(0), row.get(1), row.get(2));
+            (row.value(0)?, row.value(1)?, row.value(2)?);
         if roles.is_empty() || own_row(&qual) {
             continue;
         }

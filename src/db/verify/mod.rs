@@ -3,6 +3,7 @@
 //! Each broken promise is one [`Finding`] with a stable check name, what was expected, what was
 //! found, and the SQL that fixes it. The checks read only the catalog, so `/readyz` can run them.
 
+use crate::db::RowExt;
 use serde::Serialize;
 use tokio_postgres::Client;
 
@@ -257,7 +258,7 @@ async fn check_table(client: &Client, report: &mut Report) -> Result<bool> {
         )
         .await
         .context("verifying public.user_profiles")?
-        .get(0);
+        .value(0)?;
     if !present {
         report.push(
             "profile_table",
@@ -294,8 +295,16 @@ async fn check_columns(client: &Client, report: &mut Report) -> Result<()> {
         .context("verifying the columns of public.user_profiles")?;
     let found: Vec<(String, String, bool, Option<String>, String)> = rows
         .iter()
-        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4)))
-        .collect();
+        .map(|r| {
+            Ok((
+                r.value(0)?,
+                r.value(1)?,
+                r.value(2)?,
+                r.value(3)?,
+                r.value(4)?,
+            ))
+        })
+        .collect::<Result<_>>()?;
 
     for c in COLUMNS {
         let check = format!("column.{}", c.name);
@@ -387,7 +396,8 @@ async fn check_primary_key(client: &Client, report: &mut Report) -> Result<()> {
         )
         .await
         .context("verifying the primary key of public.user_profiles")?
-        .map(|r| r.get(0));
+        .map(|r| r.value(0))
+        .transpose()?;
     match pk.as_deref() {
         Some("PRIMARY KEY (id)") => {}
         Some(other) => report.push(
@@ -426,8 +436,8 @@ async fn check_foreign_key(client: &Client, report: &mut Report) -> Result<()> {
         .context("verifying the foreign key of public.user_profiles")?;
     let keys: Vec<(String, bool, String, String)> = rows
         .iter()
-        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
-        .collect();
+        .map(|r| Ok((r.value(0)?, r.value(1)?, r.value(2)?, r.value(3)?)))
+        .collect::<Result<_>>()?;
     if keys.iter().any(|(_, valid, del, _)| *valid && del == "c") {
         return Ok(());
     }
@@ -465,7 +475,7 @@ async fn check_functions(client: &Client, report: &mut Report) -> Result<()> {
         )
         .await
         .context("verifying usersync.build_profile")?
-        .get(0);
+        .value(0)?;
     if !builder {
         report.push(
             "profile_function",
@@ -499,8 +509,8 @@ async fn check_functions(client: &Client, report: &mut Report) -> Result<()> {
         );
         return Ok(());
     };
-    let security_definer: bool = row.get(0);
-    let config: Option<Vec<String>> = row.get(1);
+    let security_definer: bool = row.value(0)?;
+    let config: Option<Vec<String>> = row.value(1)?;
     let config = config.unwrap_or_default();
     if !security_definer {
         report.push(
@@ -552,7 +562,10 @@ async fn check_execute_grants(client: &Client, report: &mut Report) -> Result<()
     if rows.is_empty() {
         return Ok(());
     }
-    let grants: Vec<(String, String)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    let grants: Vec<(String, String)> = rows
+        .iter()
+        .map(|r| Ok((r.value(0)?, r.value(1)?)))
+        .collect::<Result<_>>()?;
     let found = grants
         .iter()
         .map(|(f, g)| format!("{g} may execute {f}"))
@@ -592,8 +605,8 @@ async fn check_trigger(client: &Client, report: &mut Report) -> Result<()> {
         );
         return Ok(());
     };
-    let def: String = row.get(0);
-    let enabled: String = row.get(1);
+    let def: String = row.value(0)?;
+    let enabled: String = row.value(1)?;
     if def != TRIGGER_DEF {
         report.push(
             "trigger",
@@ -629,8 +642,8 @@ async fn check_repair_queue(client: &Client, report: &mut Report) -> Result<()> 
         .await
         .context("verifying usersync.repair_queue")?
         .iter()
-        .map(|r| r.get(0))
-        .collect();
+        .map(|r| r.value(0))
+        .collect::<Result<_>>()?;
     let missing: Vec<&str> = REPAIR_QUEUE_COLUMNS
         .iter()
         .copied()
@@ -671,7 +684,8 @@ async fn check_cascade(client: &Client, report: &mut Report) -> Result<()> {
         )
         .await
         .context("verifying the foreign key of usersync.repair_queue")?
-        .map(|r| (r.get(0), r.get(1), r.get(2)));
+        .map(|r| Ok::<_, crate::Error>((r.value(0)?, r.value(1)?, r.value(2)?)))
+        .transpose()?;
     let add = "ALTER TABLE usersync.repair_queue ADD CONSTRAINT repair_queue_user_id_fkey \
                FOREIGN KEY (user_id) REFERENCES auth.users(id) ON DELETE CASCADE;";
     const EXPECTED: &str =
@@ -708,8 +722,8 @@ async fn check_cascade(client: &Client, report: &mut Report) -> Result<()> {
         .await
         .context("verifying the triggers of the foreign keys into auth.users")?
         .iter()
-        .map(|r| r.get(0))
-        .collect();
+        .map(|r| r.value(0))
+        .collect::<Result<_>>()?;
     if !disabled.is_empty() {
         report.push(
             "cascade.triggers",
@@ -726,14 +740,14 @@ async fn check_cascade(client: &Client, report: &mut Report) -> Result<()> {
 }
 
 async fn pg_exists(client: &Client, relation: &str) -> Result<bool> {
-    Ok(client
+    client
         .query_one(
             "SELECT pg_catalog.to_regclass($1) IS NOT NULL",
             &[&relation],
         )
         .await
         .context("looking up a relation")?
-        .get(0))
+        .value(0)
 }
 
 #[cfg(test)]
