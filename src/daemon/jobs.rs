@@ -67,6 +67,7 @@ impl Jobs {
 pub async fn run(shared: Arc<Shared>, kind: JobKind) {
     let Ok(_running) = shared.jobs.lock(kind).try_lock() else {
         tracing::info!(job = kind.name(), "previous run still going; tick skipped");
+        // The board keeps the run that is going; the metric counts the skip.
         shared
             .metrics
             .runs
@@ -104,14 +105,14 @@ async fn execute(shared: &Shared, kind: JobKind) {
             JobKind::IntegrityProbe => check(shared, true).await,
         };
         timer.observe_duration();
-        let label = match &outcome {
-            Ok(outcome) => *outcome,
+        let (label, summary) = match outcome {
+            Ok(outcome) => outcome,
             Err(e) => {
                 if e.is_unreachable() {
                     shared.database_down();
                 }
                 tracing::warn!(error = %e, "job run failed; retried on its next tick");
-                "error"
+                ("error", e.to_string())
             }
         };
         if matches!(label, "success" | "failed") {
@@ -121,6 +122,15 @@ async fn execute(shared: &Shared, kind: JobKind) {
                 .set(metrics::now());
         }
         m.runs.with_label_values(&[kind.name(), label]).inc();
+        shared.board.record(
+            kind.name(),
+            super::board::LastRun {
+                outcome: label,
+                finished_at: metrics::now(),
+                duration_ms: started.elapsed().as_secs_f64() * 1e3,
+                summary,
+            },
+        );
         tracing::debug!(
             outcome = label,
             duration_ms = started.elapsed().as_millis() as u64,
@@ -131,7 +141,10 @@ async fn execute(shared: &Shared, kind: JobKind) {
     .await
 }
 
-async fn sweep(shared: &Shared) -> Result<&'static str> {
+/// A job's outcome label and a one-line summary for the status page.
+type Outcome = (&'static str, String);
+
+async fn sweep(shared: &Shared) -> Result<Outcome> {
     let m = &shared.metrics;
     let options = sync::Options {
         stop: Some(shared.stop.clone()),
@@ -153,14 +166,21 @@ async fn sweep(shared: &Shared) -> Result<&'static str> {
     let left = report.missing.saturating_sub(report.created + report.raced);
     m.users_missing_profile.set(left as i64);
     // sync::run logged the report's counts inside this job's span.
-    Ok(if report.failed > 0 {
-        "failed"
-    } else {
-        "success"
-    })
+    let summary = format!(
+        "{} users scanned, {} missing, {} created, {} failed",
+        report.scanned, report.missing, report.created, report.failed
+    );
+    Ok((
+        if report.failed > 0 {
+            "failed"
+        } else {
+            "success"
+        },
+        summary,
+    ))
 }
 
-async fn repair(shared: &Shared) -> Result<&'static str> {
+async fn repair(shared: &Shared) -> Result<Outcome> {
     let m = &shared.metrics;
     let mut client = shared.db.get().await?;
     let mut failures = Vec::new();
@@ -187,19 +207,26 @@ async fn repair(shared: &Shared) -> Result<&'static str> {
             "repair pass finished"
         );
     }
-    Ok(if report.failed > 0 {
-        "failed"
-    } else {
-        "success"
-    })
+    let summary = format!(
+        "{} due, {} created, {} failed, {} left in the queue",
+        report.due, report.created, report.failed, report.remaining
+    );
+    Ok((
+        if report.failed > 0 {
+            "failed"
+        } else {
+            "success"
+        },
+        summary,
+    ))
 }
 
-async fn check(shared: &Shared, probe: bool) -> Result<&'static str> {
+async fn check(shared: &Shared, probe: bool) -> Result<Outcome> {
     let m = &shared.metrics;
     let mut client = shared.db.get().await?;
     if !db::try_advisory_lock(&client, JOB_LOCK_NAMESPACE, INTEGRITY_LOCK).await? {
         tracing::debug!("another replica is running the integrity check");
-        return Ok("busy");
+        return Ok(("busy", "another replica is running it".into()));
     }
     m.leader.with_label_values(&["integrity"]).set(1);
     let report = integrity::run(
@@ -230,5 +257,10 @@ async fn check(shared: &Shared, probe: bool) -> Result<&'static str> {
         errors,
         "integrity check finished"
     );
-    Ok("success")
+    let summary = format!(
+        "{} findings, {errors} at error level",
+        report.findings.len()
+    );
+    shared.board.findings(report.findings, metrics::now());
+    Ok(("success", summary))
 }

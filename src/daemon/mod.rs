@@ -6,6 +6,7 @@
 //! and closes the pool. The database going away never ends it: jobs fail and are retried on
 //! their next tick, the health monitor and the listener back off and reconnect.
 
+pub mod board;
 mod jobs;
 mod listener;
 mod systemd;
@@ -32,6 +33,8 @@ pub struct Shared {
     pub settings: Settings,
     pub db: Db,
     pub metrics: Metrics,
+    /// The last run of each job and the last findings, for the status page.
+    pub board: board::Board,
     /// The users API's share of the pool: one permit per connection it may hold.
     pub api_permits: tokio::sync::Semaphore,
     /// Turns true on shutdown: passes stop between batches.
@@ -71,6 +74,7 @@ pub async fn run(
         db,
         metrics: Metrics::new(),
         api_permits: tokio::sync::Semaphore::new(settings.api.max_db_connections),
+        board: board::Board::default(),
         stop,
         heartbeat: AtomicU64::new(metrics::now() as u64),
         jobs: jobs::Jobs::default(),

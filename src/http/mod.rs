@@ -25,6 +25,7 @@ use crate::daemon::Shared;
 use crate::db::verify;
 
 pub mod conn;
+pub mod status;
 pub mod users;
 
 type Body = Full<Bytes>;
@@ -177,7 +178,10 @@ async fn route(
     {
         return response;
     }
-    let known = matches!(request.uri().path(), "/healthz" | "/readyz" | "/metrics");
+    let known = matches!(
+        request.uri().path(),
+        "/healthz" | "/readyz" | "/metrics" | "/" | "/status"
+    );
     if known && request.method() != Method::GET && request.method() != Method::HEAD {
         return json(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -211,6 +215,32 @@ async fn route(
             )
             .body(Full::new(Bytes::from(shared.metrics.render())))
             .expect("a valid response"),
+        path @ ("/" | "/status") => {
+            let detailed = shared
+                .settings
+                .api
+                .token
+                .as_ref()
+                .is_some_and(|t| users::authorized(request.headers(), t.expose()));
+            let status = status::collect(shared, detailed).await;
+            if path == "/status" {
+                json(
+                    StatusCode::OK,
+                    serde_json::to_string(&status).expect("the status serializes"),
+                )
+            } else {
+                Response::builder()
+                    .status(StatusCode::OK)
+                    .header(header::CONTENT_TYPE, "text/html; charset=utf-8")
+                    .header(header::CACHE_CONTROL, "no-store")
+                    .header(
+                        header::CONTENT_SECURITY_POLICY,
+                        "default-src 'none'; style-src 'unsafe-inline'",
+                    )
+                    .body(Full::new(Bytes::from(status::html(&status))))
+                    .expect("a valid response")
+            }
+        }
         _ => json(StatusCode::NOT_FOUND, r#"{"error":"not_found"}"#.into()),
     }
 }

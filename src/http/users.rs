@@ -60,7 +60,7 @@ pub async fn route(
 
 /// `Authorization: Bearer <token>` (the scheme in any case, as RFC 7235 says), the token
 /// compared in constant time.
-fn authorized(headers: &HeaderMap, token: &str) -> bool {
+pub(crate) fn authorized(headers: &HeaderMap, token: &str) -> bool {
     let Some(value) = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())

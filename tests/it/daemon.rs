@@ -182,6 +182,15 @@ async fn the_daemon_serves_health_and_metrics_and_a_sweep_raises_the_created_cou
 
     // promtool judges a real scrape.
     let (_, scrape) = daemon.get("/metrics").await;
+    if !crate::support::tool(
+        "the daemon's metrics pass promtool check metrics",
+        "promtool",
+        &["--version"],
+        "Debian package prometheus",
+    ) {
+        daemon.stop().await.unwrap();
+        return;
+    }
     let mut promtool = std::process::Command::new("promtool")
         .args(["check", "metrics"])
         .stdin(std::process::Stdio::piped())

@@ -6,7 +6,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::daemon::{Daemon, NEVER};
-use crate::support::{TestDb, count};
+use crate::support::{TestDb, count, tool};
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 
@@ -28,6 +28,14 @@ fn run(program: &str, args: &[&str]) -> String {
 
 #[test]
 fn the_systemd_units_verify_and_their_exposure_is_at_most_2_5() {
+    if !tool(
+        "the systemd units verify",
+        "systemd-analyze",
+        &["--version"],
+        "Debian package systemd",
+    ) {
+        return;
+    }
     let read = |name: &str| {
         std::fs::read_to_string(Path::new(ROOT).join("deploy/systemd").join(name)).unwrap()
     };
@@ -85,6 +93,14 @@ fn the_systemd_units_verify_and_their_exposure_is_at_most_2_5() {
 
 #[test]
 fn the_alert_rules_check_and_their_unit_tests_pass() {
+    if !tool(
+        "the alert rules and their tests",
+        "promtool",
+        &["--version"],
+        "Debian package prometheus",
+    ) {
+        return;
+    }
     run(
         "promtool",
         &["check", "rules", "deploy/prometheus/usersync.rules.yml"],
@@ -115,17 +131,66 @@ fn the_alert_rules_check_and_their_unit_tests_pass() {
     }
 }
 
-#[test]
-fn the_kubernetes_base_builds_and_validates_against_the_schemas() {
-    let built = run(
+/// `kubectl kustomize DIR` with no flags (what `apply -k`, a remote base, Argo CD and Flux
+/// do), then kubernetes-validate against the Kubernetes schemas.
+fn build_and_validate(test: &str, dir: &str) -> Option<String> {
+    if !tool(
+        test,
         "kubectl",
+        &["version", "--client"],
+        "Debian package kubectl",
+    ) || !tool(
+        test,
+        "python3",
+        &["-c", "import kubernetes_validate"],
+        "PyPI package kubernetes-validate",
+    ) {
+        return None;
+    }
+    let built = run("kubectl", &["kustomize", dir]);
+    let file = std::env::temp_dir().join(format!(
+        "usersync-it-{}-{}.yaml",
+        std::process::id(),
+        dir.replace('/', "-")
+    ));
+    std::fs::write(&file, &built).unwrap();
+    let validated = run(
+        "python3",
         &[
-            "kustomize",
-            "--load-restrictor",
-            "LoadRestrictionsNone",
-            "deploy/kubernetes",
+            "-m",
+            "kubernetes_validate",
+            "--strict",
+            file.to_str().unwrap(),
         ],
     );
+    for resource in [
+        "configmap/",
+        "service/usersync",
+        "deployment/usersync",
+        "poddisruptionbudget/usersync",
+    ] {
+        assert!(
+            validated.contains(&format!("passed for resource {resource}")),
+            "{dir}: {resource}:\n{validated}"
+        );
+    }
+    let _ = std::fs::remove_file(file);
+    Some(built)
+}
+
+#[test]
+fn the_kubernetes_base_and_its_production_overlay_build_with_plain_kustomize() {
+    // The configuration is single-sourced: the base's copy is config/usersync.toml.
+    let config = std::fs::read_to_string(Path::new(ROOT).join("config/usersync.toml")).unwrap();
+    let copy =
+        std::fs::read_to_string(Path::new(ROOT).join("deploy/kubernetes/usersync.toml")).unwrap();
+    assert!(
+        config == copy,
+        "deploy/kubernetes/usersync.toml differs from config/usersync.toml: copy it again"
+    );
+    let Some(built) = build_and_validate("the Kubernetes base builds", "deploy/kubernetes") else {
+        return;
+    };
     for kind in [
         "ConfigMap",
         "Service",
@@ -150,31 +215,24 @@ fn the_kubernetes_base_builds_and_validates_against_the_schemas() {
         assert!(built.contains(needle), "no {needle}");
     }
     // The ConfigMap carries config/usersync.toml as it is.
-    let config = std::fs::read_to_string(Path::new(ROOT).join("config/usersync.toml")).unwrap();
     assert!(built.contains(config.lines().find(|l| l.starts_with("pool_size")).unwrap()));
-    let file = std::env::temp_dir().join(format!("usersync-it-{}-k8s.yaml", std::process::id()));
-    std::fs::write(&file, &built).unwrap();
-    let validated = run(
-        "python3",
-        &[
-            "-m",
-            "kubernetes_validate",
-            "--strict",
-            file.to_str().unwrap(),
-        ],
-    );
-    for resource in [
-        "configmap/",
-        "service/usersync",
-        "deployment/usersync",
-        "poddisruptionbudget/usersync",
+
+    let production = build_and_validate(
+        "the production overlay builds",
+        "deploy/overlays/production",
+    )
+    .expect("the tools were there a moment ago");
+    for needle in [
+        "replicas: 3",
+        "secretName: usersync-ca",
+        "value: verify-full",
+        "value: /etc/usersync-ca/ca.crt",
+        "name: usersync-migrate",
     ] {
-        assert!(
-            validated.contains(&format!("passed for resource {resource}")),
-            "{resource}:\n{validated}"
-        );
+        assert!(production.contains(needle), "production: no {needle}");
     }
-    let _ = std::fs::remove_file(file);
+    // Every init container and the daemon get the CA.
+    assert_eq!(production.matches("mountPath: /etc/usersync-ca").count(), 4);
 }
 
 #[test]
@@ -233,6 +291,14 @@ fn usersync_run_tells_systemd_it_is_ready_pings_the_watchdog_and_stops_on_sigter
 /// A real Prometheus scrapes the daemon; its own query API shows the series arriving.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_real_prometheus_scrapes_the_daemon_and_loads_the_rules() {
+    if !tool(
+        "a real Prometheus scrapes the daemon",
+        "prometheus",
+        &["--version"],
+        "Debian package prometheus",
+    ) {
+        return;
+    }
     let test_db = TestDb::migrated().await;
     let admin = test_db.admin().await;
     admin
@@ -434,4 +500,103 @@ fn usersync_demo_starts_everything_repairs_the_missing_fifth_and_cleans_up_on_ct
         .and_then(|rest| rest.split(')').next())
         .expect("the data directory is printed");
     assert!(!Path::new(dir).exists(), "{dir} removed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_grafana_dashboard_covers_every_metric_family_with_queries_that_parse() {
+    let dashboard: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(Path::new(ROOT).join("deploy/grafana/usersync.json")).unwrap(),
+    )
+    .expect("the dashboard is JSON");
+    let variables = dashboard["templating"]["list"].as_array().unwrap();
+    assert!(
+        variables
+            .iter()
+            .any(|v| v["type"] == "datasource" && v["query"] == "prometheus"),
+        "a datasource variable"
+    );
+    let exprs: Vec<String> = dashboard["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|p| {
+            assert_eq!(p["datasource"]["uid"], "${datasource}", "{}", p["title"]);
+            p["targets"].as_array().unwrap().clone()
+        })
+        .map(|t| t["expr"].as_str().unwrap().to_string())
+        .collect();
+
+    // The families a daemon exports, from a real scrape.
+    let test_db = TestDb::migrated().await;
+    let daemon = Daemon::start(test_db.runtime_settings_with(&[
+        ("USERSYNC__SYNC__SCHEDULE", "* * * * * *"),
+        ("USERSYNC__INTEGRITY__SCHEDULE", "* * * * * *"),
+    ]))
+    .await;
+    // Families with labels have series once something happened: a request, each job's run.
+    assert_eq!(daemon.get("/healthz").await.0, 200);
+    let started = Instant::now();
+    let scrape = loop {
+        let (_, scrape) = daemon.get("/metrics").await;
+        let successes = scrape
+            .lines()
+            .filter(|l| l.starts_with("usersync_last_success_timestamp_seconds{"))
+            .count();
+        if successes == 3 || started.elapsed() > Duration::from_secs(20) {
+            break scrape;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    daemon.stop().await.unwrap();
+    let families: std::collections::BTreeSet<&str> = scrape
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    let named: std::collections::BTreeSet<String> = exprs
+        .iter()
+        .flat_map(|e| {
+            e.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .filter(|w| w.starts_with("usersync_"))
+                .map(|w| {
+                    ["_bucket", "_sum", "_count"]
+                        .iter()
+                        .find_map(|s| w.strip_suffix(s).filter(|f| families.contains(f)))
+                        .unwrap_or(w)
+                        .to_string()
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    for family in &families {
+        assert!(named.contains(*family), "no panel shows {family}");
+    }
+    for name in &named {
+        assert!(families.contains(name.as_str()), "{name} is not exported");
+    }
+
+    // Every query parses: promtool checks them as recording rules.
+    if !tool(
+        "the dashboard's queries parse",
+        "promtool",
+        &["--version"],
+        "Debian package prometheus",
+    ) {
+        return;
+    }
+    let mut rules = String::from("groups:\n  - name: dashboard\n    rules:\n");
+    for (i, expr) in exprs.iter().enumerate() {
+        let expr = expr
+            .replace("$__rate_interval", "5m")
+            .replace("$instance", ".*");
+        rules.push_str(&format!(
+            "      - record: usersync:dashboard_panel_{i}\n        expr: {}\n",
+            serde_json::to_string(&expr).unwrap()
+        ));
+    }
+    let file =
+        std::env::temp_dir().join(format!("usersync-it-{}-dashboard.yml", std::process::id()));
+    std::fs::write(&file, rules).unwrap();
+    run("promtool", &["check", "rules", file.to_str().unwrap()]);
+    let _ = std::fs::remove_file(file);
 }

@@ -11,6 +11,7 @@ mod hostile;
 mod integrity;
 mod migrate;
 mod signup;
+mod status;
 mod sync;
 mod tls;
 mod users;

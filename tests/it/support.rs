@@ -427,6 +427,31 @@ pub async fn insert_users(
     result
 }
 
+/// Whether a tool a test needs can run. When it cannot, the test is skipped with one line
+/// naming the tool on stderr (written past libtest's capture, so `cargo test` shows it), but
+/// under `CI=true`, where `.ci/run` installs every tool, a missing one fails the test.
+pub fn tool(test: &str, program: &str, args: &[&str], package: &str) -> bool {
+    let runs = Command::new(program)
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if runs {
+        return true;
+    }
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "{test}: {program} ({package}) is missing, and CI=true needs every tool"
+    );
+    use std::io::Write;
+    let _ = writeln!(
+        std::io::stderr(),
+        "skipped: {test} needs {program} ({package})"
+    );
+    false
+}
+
 /// Runs the usersync binary with `args`, only the given environment, and returns
 /// (exit code, stdout, stderr).
 pub fn usersync(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
