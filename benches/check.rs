@@ -66,7 +66,7 @@ async fn main() {
         let (elapsed, report) = timed(usersync::integrity::run(
             &mut client,
             &settings.integrity,
-            true,
+            &Default::default(),
             false,
         ))
         .await;

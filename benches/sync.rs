@@ -88,9 +88,14 @@ async fn main() {
     let mut repairs = Vec::new();
     for _ in 0..21 {
         let started = Instant::now();
-        usersync::sync::repair::drain(&mut repair_client, true, &mut Vec::new())
-            .await
-            .unwrap();
+        usersync::sync::repair::drain(
+            &mut repair_client,
+            &Default::default(),
+            false,
+            &mut Vec::new(),
+        )
+        .await
+        .unwrap();
         repairs.push(started.elapsed());
     }
     repairs.sort();

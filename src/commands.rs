@@ -47,11 +47,26 @@ pub async fn run(cli: Cli, settings: Settings) -> Result<u8> {
 
 async fn sync_command(settings: &Settings, dry_run: bool, verbose: bool, json: bool) -> Result<u8> {
     let db = db::connect(&settings.database).await?;
+    let configured = settings.sync.policy();
+    let policy = sync::policy::Policy::load(&*db.get().await?)
+        .await?
+        .unwrap_or(configured);
+    if policy != configured {
+        tracing::warn!(
+            database = %policy,
+            configuration = %configured,
+            "the database's policies differ from this configuration; applying the database's \
+             (usersync migrate up writes them)"
+        );
+    }
+    // A manual pass retries every queued user now: it runs after the cause was fixed.
     let options = sync::Options {
         dry_run,
         preview: verbose,
+        retry_queue_now: true,
         ..sync::Options::from_settings(&settings.sync)
-    };
+    }
+    .with_policy(policy);
     let progress = std::sync::Arc::new(sync::Progress::default());
     let bar = progress_bar::start(progress.clone());
     let report = sync::run(&db, &options, Some(progress)).await;
@@ -151,7 +166,7 @@ async fn check_command(settings: &Settings, json: bool, e2e: bool) -> Result<u8>
     let report = integrity::run(
         &mut client,
         &settings.integrity,
-        settings.sync.include_anonymous,
+        &settings.sync.policy(),
         e2e,
     )
     .await?;
@@ -346,6 +361,7 @@ async fn run_migrate(command: Migrate, settings: &Settings) -> Result<u8> {
             let options = migrate::UpOptions {
                 to,
                 allow_existing_trigger,
+                policy: Some(settings.sync.policy()),
             };
             let steps = migrate::up(client, options).await?;
             print_steps(&steps, output.json, "up")?;

@@ -140,6 +140,21 @@ pub struct SyncSettings {
     pub batch_size: u32,
     pub workers: u32,
     pub include_anonymous: bool,
+    /// Profiles follow e-mail changes in auth.users.
+    pub follow_email: bool,
+    /// What a soft-deleted user's profile becomes.
+    pub soft_deleted: crate::sync::policy::SoftDeleted,
+}
+
+impl SyncSettings {
+    /// The lifecycle policies this configuration asks for (`migrate up` writes them).
+    pub fn policy(&self) -> crate::sync::policy::Policy {
+        crate::sync::policy::Policy {
+            include_anonymous: self.include_anonymous,
+            follow_email: self.follow_email,
+            soft_deleted: self.soft_deleted,
+        }
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -225,6 +240,8 @@ struct RawSync {
     batch_size: i64,
     workers: i64,
     include_anonymous: bool,
+    follow_email: bool,
+    soft_deleted: String,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -401,6 +418,14 @@ impl Settings {
             batch_size: in_range("sync.batch_size", raw.sync.batch_size, 1, 100_000)? as u32,
             workers: in_range("sync.workers", raw.sync.workers, 1, 64)? as u32,
             include_anonymous: raw.sync.include_anonymous,
+            follow_email: raw.sync.follow_email,
+            soft_deleted: crate::sync::policy::SoftDeleted::parse(raw.sync.soft_deleted.trim())
+                .ok_or_else(|| {
+                    Error::config(
+                        "sync.soft_deleted",
+                        format!("{:?} is not scrub, delete or keep", raw.sync.soft_deleted),
+                    )
+                })?,
         };
         if sync.workers as usize > database.pool_size {
             return Err(Error::config(

@@ -141,15 +141,29 @@ async fn execute(shared: &Shared, kind: JobKind) {
     .await
 }
 
+/// The policies the triggers apply: the database's (`migrate up` writes them), else this
+/// configuration's (before migration 0003).
+async fn policy_of(
+    shared: &Shared,
+    client: &tokio_postgres::Client,
+) -> Result<sync::policy::Policy> {
+    let configured = shared.settings.sync.policy();
+    Ok(sync::policy::Policy::load(client)
+        .await?
+        .unwrap_or(configured))
+}
+
 /// A job's outcome label and a one-line summary for the status page.
 type Outcome = (&'static str, String);
 
 async fn sweep(shared: &Shared) -> Result<Outcome> {
     let m = &shared.metrics;
+    let policy = policy_of(shared, &*shared.db.get().await?).await?;
     let options = sync::Options {
         stop: Some(shared.stop.clone()),
         ..sync::Options::from_settings(&shared.settings.sync)
-    };
+    }
+    .with_policy(policy);
     m.leader.with_label_values(&["sweep"]).set(1);
     let report = sync::run(&shared.db, &options, None).await;
     m.leader.with_label_values(&["sweep"]).set(0);
@@ -185,12 +199,8 @@ async fn repair(shared: &Shared) -> Result<Outcome> {
     let mut client = shared.db.get().await?;
     let mut failures = Vec::new();
     m.leader.with_label_values(&["repair"]).set(1);
-    let report = sync::repair::drain(
-        &mut client,
-        shared.settings.sync.include_anonymous,
-        &mut failures,
-    )
-    .await;
+    let policy = policy_of(shared, &client).await?;
+    let report = sync::repair::drain(&mut client, &policy, false, &mut failures).await;
     m.leader.with_label_values(&["repair"]).set(0);
     let report = report?;
     m.profiles_created
@@ -232,7 +242,7 @@ async fn check(shared: &Shared, probe: bool) -> Result<Outcome> {
     let report = integrity::run(
         &mut client,
         &shared.settings.integrity,
-        shared.settings.sync.include_anonymous,
+        &shared.settings.sync.policy(),
         probe,
     )
     .await;

@@ -131,7 +131,7 @@ mod tests {
                 && s.ends_with("ON TABLE auth.users TO \"Run Time\"")
         }));
         assert!(statements.contains(
-            &"GRANT SELECT, INSERT ON TABLE public.user_profiles TO \"Run Time\"".to_string()
+            &"GRANT SELECT, INSERT, UPDATE, DELETE ON TABLE public.user_profiles TO \"Run Time\"".to_string()
         ));
         assert_eq!(
             statements

@@ -2,7 +2,9 @@
 //!
 //! One statement joins `auth.users` to `public.user_profiles`; a user without a profile comes
 //! back in the same shape, with the profile a new one would get (from the same builder the
-//! trigger uses), timestamps null, and `profile_missing` true. Pages are keyset-paginated on
+//! trigger uses), timestamps null, and `profile_missing` true. A soft-deleted user's name and
+//! picture are never shown, whatever the profile still holds; `missing_profile` lists the users
+//! who should have a profile (live, and anonymous only when `usersync.policy` includes them). Pages are keyset-paginated on
 //! the user id: a total order that is never NULL and that the primary key serves, so a deep
 //! page costs what the first does (`auth.users` has no index on `created_at`, and usersync
 //! adds none to GoTrue's table).
@@ -77,8 +79,10 @@ const SELECT: &str = "
     SELECT u.id, pg_catalog.left(u.email::pg_catalog.text, 16384) AS email,
            pg_catalog.left(u.phone, 16384) AS phone, u.created_at, u.last_sign_in_at, u.confirmed_at,
            u.is_anonymous, u.banned_until, u.deleted_at, p.id IS NULL AS missing,
-           pg_catalog.left(CASE WHEN p.id IS NULL THEN b.full_name ELSE p.full_name END, 16384) AS full_name,
-           pg_catalog.left(CASE WHEN p.id IS NULL THEN b.avatar_url ELSE p.avatar_url END, 16384) AS avatar_url,
+           pg_catalog.left(CASE WHEN u.deleted_at IS NOT NULL THEN NULL
+                                WHEN p.id IS NULL THEN b.full_name ELSE p.full_name END, 16384) AS full_name,
+           pg_catalog.left(CASE WHEN u.deleted_at IS NOT NULL THEN NULL
+                                WHEN p.id IS NULL THEN b.avatar_url ELSE p.avatar_url END, 16384) AS avatar_url,
            pg_catalog.left(CASE WHEN p.id IS NULL THEN b.role ELSE p.role END, 16384) AS role,
            CASE WHEN p.id IS NULL THEN b.is_active ELSE p.is_active END AS is_active,
            p.created_at AS profile_created_at, p.updated_at AS profile_updated_at
@@ -106,7 +110,9 @@ pub async fn list(client: &impl GenericClient, query: &Query) -> Result<Page> {
                    FROM ({SELECT}
                          WHERE ($1::uuid IS NULL OR u.id > $1)
                            AND ($2 OR u.deleted_at IS NULL)
-                           AND (NOT $3 OR p.id IS NULL)
+                           AND (NOT $3 OR (p.id IS NULL AND u.deleted_at IS NULL
+                                AND (NOT u.is_anonymous OR COALESCE(
+                                    (SELECT o.include_anonymous FROM usersync.policy o), true))))
                          ORDER BY u.id
                          LIMIT $4) AS l) AS s
          )

@@ -8,6 +8,7 @@ use crate::config::IntegritySettings;
 use crate::db::verify::FixKind;
 use crate::error::{DbContext, Result};
 use crate::sync::plan;
+use crate::sync::policy::{Policy, SoftDeleted};
 
 const SAMPLES: i32 = 10;
 
@@ -366,4 +367,107 @@ fn unreadable(object: &str, table: &str, grant_sql: String) -> Finding {
         fix: grant_sql,
         fix_kind: FixKind::Sql,
     }
+}
+
+/// This process's configured policies against the database's, which the triggers apply.
+pub fn policy(configured: &Policy, database: &Policy, findings: &mut Vec<Finding>) {
+    if configured == database {
+        return;
+    }
+    findings.push(Finding {
+        check: "policy".into(),
+        level: Level::Warning,
+        object: Some("usersync.policy".into()),
+        title: "the configuration's lifecycle policies differ from the database's".into(),
+        detail: format!(
+            "the database (what the triggers and the sweep apply): {database}; this \
+             configuration: {configured}"
+        ),
+        count: 1,
+        samples: Vec::new(),
+        fix: "usersync migrate up, with this configuration (it writes the policies)".into(),
+        fix_kind: FixKind::Command,
+    });
+}
+
+/// The profile's lifecycle: e-mails that no longer match auth.users, and personal data left
+/// in the profiles of soft-deleted users (and of users inserted already deleted).
+pub async fn lifecycle(
+    client: &Client,
+    policy: &Policy,
+    findings: &mut Vec<Finding>,
+) -> Result<()> {
+    let row = client
+        .query_one(
+            "SELECT pg_catalog.count(*) FILTER (WHERE u.deleted_at IS NULL AND u.email IS NOT NULL
+                                                 AND p.email IS DISTINCT FROM u.email::pg_catalog.text),
+                    COALESCE((pg_catalog.array_agg(p.id::pg_catalog.text) FILTER (
+                        WHERE u.deleted_at IS NULL AND u.email IS NOT NULL
+                          AND p.email IS DISTINCT FROM u.email::pg_catalog.text))[1:$1], '{}'),
+                    pg_catalog.count(*) FILTER (WHERE u.deleted_at IS NOT NULL AND
+                        ($2 OR p.email IS NOT NULL OR p.full_name IS NOT NULL
+                         OR p.avatar_url IS NOT NULL OR p.is_active)),
+                    COALESCE((pg_catalog.array_agg(p.id::pg_catalog.text) FILTER (
+                        WHERE u.deleted_at IS NOT NULL AND
+                        ($2 OR p.email IS NOT NULL OR p.full_name IS NOT NULL
+                         OR p.avatar_url IS NOT NULL OR p.is_active)))[1:$1], '{}')
+             FROM public.user_profiles p JOIN auth.users u ON u.id = p.id",
+            &[&SAMPLES, &(policy.soft_deleted == SoftDeleted::Delete)],
+        )
+        .await
+        .context("comparing profiles with their users")?;
+    let (stale, stale_samples): (i64, Vec<String>) = (row.value(0)?, row.value(1)?);
+    let (left, left_samples): (i64, Vec<String>) = (row.value(2)?, row.value(3)?);
+    if stale > 0 {
+        let (level, detail, fix, fix_kind) = if policy.follow_email {
+            (
+                Level::Error,
+                "sync.follow_email is on, and these were not followed: the update trigger is off \
+                 or failing",
+                "usersync sync".to_string(),
+                FixKind::Command,
+            )
+        } else {
+            (
+                Level::Warning,
+                "sync.follow_email is off: profiles keep the e-mail they were created with",
+                "set sync.follow_email = true and run usersync migrate up (profiles then follow \
+                 auth.users), or leave them"
+                    .to_string(),
+                FixKind::Command,
+            )
+        };
+        findings.push(Finding {
+            check: "stale_email".into(),
+            level,
+            object: Some("public.user_profiles".into()),
+            title: format!("{stale} profiles have an e-mail other than their user's"),
+            detail: detail.into(),
+            count: stale,
+            samples: stale_samples,
+            fix,
+            fix_kind,
+        });
+    }
+    if left > 0 && policy.soft_deleted != SoftDeleted::Keep {
+        let what = if policy.soft_deleted == SoftDeleted::Delete {
+            "still have a profile (sync.soft_deleted = delete)"
+        } else {
+            "still have personal data in their profile (sync.soft_deleted = scrub)"
+        };
+        findings.push(Finding {
+            check: "soft_deleted_personal_data".into(),
+            level: Level::Error,
+            object: Some("public.user_profiles".into()),
+            title: format!("{left} soft-deleted users {what}"),
+            detail: "GoTrue blanked these users, their profiles did not follow: the update \
+                     trigger is off or failing, or they were inserted already deleted"
+                .into(),
+            count: left,
+            samples: left_samples,
+            fix: "usersync sync".into(),
+            fix_kind: FixKind::Command,
+        });
+    }
+    Ok(())
 }

@@ -21,6 +21,7 @@ use tokio_postgres::Client;
 use crate::config::IntegritySettings;
 use crate::db::verify::{self, FixKind};
 use crate::error::Result;
+use crate::sync::policy::Policy;
 
 /// How bad a finding is: `check` exits 1 on any error.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -73,6 +74,9 @@ pub const CHECKS: &[&str] = &[
     "foreign_key_blocks_delete",
     "user_id_column_orphans",
     "unreadable_table",
+    "stale_email",
+    "soft_deleted_personal_data",
+    "policy",
 ];
 
 impl Report {
@@ -102,7 +106,7 @@ impl Report {
 pub async fn run(
     client: &mut Client,
     settings: &IntegritySettings,
-    include_anonymous: bool,
+    configured: &Policy,
     probe: bool,
 ) -> Result<Report> {
     let started = Instant::now();
@@ -131,7 +135,16 @@ pub async fn run(
         // The counts read whole tables: the scan timeout, not the batch one, bounds them.
         crate::db::begin_scan(client).await?;
         let counted = async {
-            checks::one_to_one(client, settings, include_anonymous, &mut findings).await?;
+            // The triggers apply the database's policies; this configuration may differ.
+            let policy = match Policy::load(client).await? {
+                Some(policy) => {
+                    checks::policy(configured, &policy, &mut findings);
+                    policy
+                }
+                None => *configured,
+            };
+            checks::one_to_one(client, settings, policy.include_anonymous, &mut findings).await?;
+            checks::lifecycle(client, &policy, &mut findings).await?;
             checks::repair_queue(client, settings, &mut findings).await?;
             checks::foreign_keys(client, &mut findings).await?;
             checks::user_id_columns(client, settings, &mut findings).await

@@ -12,6 +12,7 @@
 
 pub mod apply;
 pub mod plan;
+pub mod policy;
 pub mod repair;
 
 use crate::db::RowExt;
@@ -47,6 +48,12 @@ pub struct Options {
     pub workers: u32,
     pub batch_size: u32,
     pub include_anonymous: bool,
+    /// Profiles follow e-mail changes.
+    pub follow_email: bool,
+    pub soft_deleted: policy::SoftDeleted,
+    /// Retry every user in the repair queue now, whatever its backoff: a manual `usersync
+    /// sync` after fixing the cause. The daemon keeps the backoff.
+    pub retry_queue_now: bool,
     /// Most missing users one round lists ([`plan::ROUND_LIMIT`]); a larger backfill runs in
     /// rounds. Tests lower it to exercise the rounds.
     pub round_limit: i32,
@@ -59,6 +66,24 @@ impl Options {
     fn stopped(&self) -> bool {
         self.stop.as_ref().is_some_and(|s| *s.borrow())
     }
+
+    /// The lifecycle policies this pass applies.
+    pub fn policy(&self) -> policy::Policy {
+        policy::Policy {
+            include_anonymous: self.include_anonymous,
+            follow_email: self.follow_email,
+            soft_deleted: self.soft_deleted,
+        }
+    }
+
+    /// These options with the policies of the database (what the triggers apply), so that the
+    /// sweep and the triggers agree whatever this process's configuration says.
+    pub fn with_policy(mut self, policy: policy::Policy) -> Options {
+        self.include_anonymous = policy.include_anonymous;
+        self.follow_email = policy.follow_email;
+        self.soft_deleted = policy.soft_deleted;
+        self
+    }
 }
 
 impl Options {
@@ -69,6 +94,9 @@ impl Options {
             workers: s.workers,
             batch_size: s.batch_size,
             include_anonymous: s.include_anonymous,
+            follow_email: s.follow_email,
+            soft_deleted: s.soft_deleted,
+            retry_queue_now: false,
             round_limit: plan::ROUND_LIMIT,
             stop: None,
         }
@@ -100,6 +128,9 @@ pub struct Report {
     pub failures: Vec<Failure>,
     /// The repair queue drain that ran first (not in a dry run).
     pub repair: Option<RepairReport>,
+    /// What the lifecycle policies changed (not in a dry run).
+    #[serde(flatten)]
+    pub applied: policy::Applied,
     pub batches: u64,
     /// Ranges of `auth.users` pages that had work, as claimed (or found busy).
     pub ranges: u32,
@@ -189,7 +220,13 @@ pub async fn run(db: &Db, options: &Options, progress: Option<Arc<Progress>>) ->
     }
 
     let mut failures = Vec::new();
-    let repaired = repair::drain(&mut client, options.include_anonymous, &mut failures).await?;
+    let repaired = repair::drain(
+        &mut client,
+        &options.policy(),
+        options.retry_queue_now,
+        &mut failures,
+    )
+    .await?;
     report.failed += failures.len() as u64;
     report.failures.extend(failures);
     report.repair = Some(repaired);
@@ -227,6 +264,10 @@ pub async fn run(db: &Db, options: &Options, progress: Option<Arc<Progress>>) ->
     while more && !options.stopped() {
         let round = sweep_round(db, options, &mut listing, &handled, &progress).await?;
         more = report.absorb_round(round, &mut handled);
+    }
+    // What the triggers missed of the rest of the lifecycle.
+    if !options.stopped() {
+        report.applied = policy::apply(&client, &options.policy(), None).await?;
     }
     drop(client);
     report.failures.truncate(MAX_LISTED_FAILURES);

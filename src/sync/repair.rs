@@ -10,7 +10,7 @@ use tokio_postgres::Client;
 use uuid::Uuid;
 
 use crate::error::{DbContext, Result};
-use crate::sync::apply;
+use crate::sync::{apply, policy};
 
 /// What a repair pass did.
 #[derive(Clone, Debug, Default, serde::Serialize)]
@@ -23,18 +23,39 @@ pub struct RepairReport {
     pub failed: u64,
     /// Items still in the queue after the pass, due or not.
     pub remaining: u64,
+    /// Every item was retried now, whatever its backoff (a manual sync).
+    pub retried_now: bool,
+    /// What the lifecycle policies changed for the claimed users.
+    pub applied: policy::Applied,
+}
+
+fn add(a: &policy::Applied, b: &policy::Applied) -> policy::Applied {
+    policy::Applied {
+        emails_filled: a.emails_filled + b.emails_filled,
+        emails_followed: a.emails_followed + b.emails_followed,
+        scrubbed: a.scrubbed + b.scrubbed,
+        deleted: a.deleted + b.deleted,
+    }
 }
 
 /// Items taken per round; a pass keeps going until no due item is left.
 const ROUND: i64 = 1000;
 
-/// Drains every due item. `include_anonymous` follows `sync.include_anonymous`.
+/// Drains every due item, or with `now` every item whatever its backoff (a manual `usersync
+/// sync` after the cause was fixed). Each claimed user gets the lifecycle policies applied
+/// too (an update trigger's failure is queued like a sign-up's).
 pub async fn drain(
     client: &mut Client,
-    include_anonymous: bool,
+    policy: &policy::Policy,
+    now: bool,
     failures: &mut Vec<apply::Failure>,
 ) -> Result<RepairReport> {
-    let mut report = RepairReport::default();
+    let include_anonymous = policy.include_anonymous;
+    let mut report = RepairReport {
+        retried_now: now,
+        ..RepairReport::default()
+    };
+    let mut claim_all = now;
     loop {
         // Claim a round: a lease of a minute keeps other replicas off these items while this
         // one works on them; success removes an item, failure sets its real backoff.
@@ -46,10 +67,10 @@ pub async fn drain(
             .query(
                 "UPDATE usersync.repair_queue q SET next_attempt_at = now() + interval '1 minute'
                  WHERE q.user_id IN (SELECT user_id FROM usersync.repair_queue
-                                     WHERE next_attempt_at <= now()
+                                     WHERE next_attempt_at <= now() OR $2
                                      ORDER BY next_attempt_at LIMIT $1 FOR UPDATE SKIP LOCKED)
                  RETURNING q.user_id",
-                &[&ROUND],
+                &[&ROUND, &claim_all],
             )
             .await
             .context("claiming repair queue items")?
@@ -60,6 +81,8 @@ pub async fn drain(
             tx.commit().await.context("ending a repair round")?;
             break;
         }
+        // Everything was claimed once; what fails again waits for its new backoff.
+        claim_all = false;
         // Users that no longer need a profile leave the queue without an attempt.
         let resolved: Vec<Uuid> = tx
             .query(
@@ -77,6 +100,10 @@ pub async fn drain(
             .map(|r| r.value(0))
             .collect::<Result<_>>()?;
         tx.commit().await.context("ending a repair round")?;
+        report.applied = add(
+            &report.applied,
+            &policy::apply(client, policy, Some(&ids)).await?,
+        );
 
         report.due += ids.len() as u64;
         report.resolved += resolved.len() as u64;

@@ -167,6 +167,10 @@ fn options(case: &Case, dry_run: bool) -> Options {
         workers: case.workers,
         batch_size: case.batch_size,
         include_anonymous: case.include_anonymous,
+        // These properties are about creation; the lifecycle has its own (tests/it/lifecycle.rs).
+        follow_email: false,
+        soft_deleted: usersync::sync::policy::SoftDeleted::Keep,
+        retry_queue_now: false,
         round_limit: case.round_limit,
         stop: None,
     }
@@ -261,6 +265,9 @@ fn default_options() -> Options {
         workers: 2,
         batch_size: 100,
         include_anonymous: true,
+        follow_email: false,
+        soft_deleted: usersync::sync::policy::SoftDeleted::Keep,
+        retry_queue_now: false,
         round_limit: usersync::sync::plan::ROUND_LIMIT,
         stop: None,
     }

@@ -75,8 +75,11 @@ async fn expected(client: &Client, id: Uuid) -> Value {
                  'id', u.id, 'email', u.email, 'phone', u.phone,
                  'is_anonymous', u.is_anonymous, 'deleted', u.deleted_at IS NOT NULL,
                  'profile_missing', p.id IS NULL,
-                 'full_name', COALESCE(p.full_name, CASE WHEN p.id IS NULL THEN b.full_name END),
-                 'avatar_url', COALESCE(p.avatar_url, CASE WHEN p.id IS NULL THEN b.avatar_url END),
+                 -- A soft-deleted user's name and picture are never served.
+                 'full_name', CASE WHEN u.deleted_at IS NULL THEN
+                     COALESCE(p.full_name, CASE WHEN p.id IS NULL THEN b.full_name END) END,
+                 'avatar_url', CASE WHEN u.deleted_at IS NULL THEN
+                     COALESCE(p.avatar_url, CASE WHEN p.id IS NULL THEN b.avatar_url END) END,
                  'role', COALESCE(p.role, 'user'), 'is_active', COALESCE(p.is_active, true),
                  'profile_created', p.created_at IS NOT NULL)::text
              FROM auth.users u LEFT JOIN public.user_profiles p ON p.id = u.id
@@ -188,10 +191,14 @@ fn property_16_to_18_users_are_complete_flagged_and_match_the_schema() {
                 }
             }
 
-            // Property 17: missing_profile=true lists exactly those.
+            // Property 17: missing_profile=true lists exactly those that should have one: live
+            // (a soft-deleted user never gets a profile), anonymous ones included by default.
             let missing = all_pages(&daemon, limit, &format!("{extra}&missing_profile=true"), &schema).await;
-            prop_assert!(missing.iter().all(|u| u["profile_missing"] == true));
-            let flagged = listed.iter().filter(|u| u["profile_missing"] == true).count();
+            prop_assert!(missing.iter().all(|u| u["profile_missing"] == true && u["deleted_at"].is_null()));
+            let flagged = listed
+                .iter()
+                .filter(|u| u["profile_missing"] == true && u["deleted_at"].is_null())
+                .count();
             prop_assert_eq!(missing.len(), flagged);
 
             // Property 18 for single users too, with and without a profile.

@@ -48,8 +48,9 @@ const fn col(column: &'static str) -> Privilege {
 }
 
 /// What the runtime role needs, and nothing more: a few columns of auth.users (not the
-/// password hashes or tokens; `ctid` because batches fetch rows by address), profiles to read
-/// and create, usersync's queue and history, and the profile builder.
+/// password hashes or tokens; `ctid` because batches fetch rows by address), profiles to read,
+/// create and keep through the lifecycle, usersync's queue, history and policies, and the
+/// profile builder.
 pub const RUNTIME_PRIVILEGES: &[Privilege] = &[
     p(Kind::Schema, "auth", "USAGE"),
     p(Kind::Schema, "public", "USAGE"),
@@ -67,6 +68,10 @@ pub const RUNTIME_PRIVILEGES: &[Privilege] = &[
     col("ctid"),
     p(Kind::Table, "public.user_profiles", "SELECT"),
     p(Kind::Table, "public.user_profiles", "INSERT"),
+    // The lifecycle: e-mails filled and followed, soft-deleted users scrubbed or deleted.
+    p(Kind::Table, "public.user_profiles", "UPDATE"),
+    p(Kind::Table, "public.user_profiles", "DELETE"),
+    p(Kind::Table, "usersync.policy", "SELECT"),
     p(Kind::Table, "usersync.repair_queue", "SELECT"),
     p(Kind::Table, "usersync.repair_queue", "INSERT"),
     p(Kind::Table, "usersync.repair_queue", "UPDATE"),

@@ -189,6 +189,19 @@ pub async fn verify(client: &Client) -> Result<Report> {
     migrate::require_auth_users(client).await?;
 
     report.checks += 1;
+    let missing = migrate::missing_auth_columns(client).await?;
+    if !missing.is_empty() {
+        report.push(
+            "auth_schema",
+            &format!(
+                "auth.users with every column usersync reads (GoTrue's schema from migration {} or newer)",
+                migrate::OLDEST_GOTRUE_SCHEMA
+            ),
+            format!("no column {}", missing.join(", ")),
+            Fix::command("upgrade GoTrue (the auth server) to v2.145 or newer"),
+        );
+    }
+    report.checks += 1;
     check_migrations(client, &mut report).await?;
 
     report.checks += 1;

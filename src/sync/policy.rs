@@ -1,0 +1,250 @@
+//! The lifecycle policies, and the sweep's half of applying them.
+//!
+//! The policies live in `usersync.policy` (migration 0003), where the triggers read them;
+//! `usersync migrate up` writes them from its configuration (`sync.include_anonymous`,
+//! `sync.follow_email`, `sync.soft_deleted`), so the release step is the one writer. The daemon
+//! and the CLI read them from there too, so triggers and sweep always agree; a configuration
+//! that differs from the database is reported by `check` (finding `policy`) until the next
+//! `migrate up`. Two replicas configured differently therefore cannot flap the policy: only a
+//! release changes it.
+//!
+//! [`apply`] does for the users the triggers missed (triggers off during a restore, a failure
+//! in the queue) what the update trigger does: fills a NULL e-mail, follows e-mail changes
+//! when asked, scrubs or deletes the profiles of soft-deleted users. Idempotent, in batches of
+//! short transactions.
+
+use serde::Serialize;
+use tokio_postgres::Client;
+use uuid::Uuid;
+
+use crate::db::RowExt;
+use crate::error::{DbContext, Result};
+
+/// What happens to the profile of a soft-deleted user.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SoftDeleted {
+    /// E-mail, name and picture set NULL, `is_active` false: the person is gone, the row stays
+    /// for what references it.
+    Scrub,
+    Delete,
+    Keep,
+}
+
+impl SoftDeleted {
+    pub fn parse(text: &str) -> Option<SoftDeleted> {
+        match text {
+            "scrub" => Some(SoftDeleted::Scrub),
+            "delete" => Some(SoftDeleted::Delete),
+            "keep" => Some(SoftDeleted::Keep),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SoftDeleted::Scrub => "scrub",
+            SoftDeleted::Delete => "delete",
+            SoftDeleted::Keep => "keep",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct Policy {
+    pub include_anonymous: bool,
+    pub follow_email: bool,
+    pub soft_deleted: SoftDeleted,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy {
+            include_anonymous: true,
+            follow_email: false,
+            soft_deleted: SoftDeleted::Scrub,
+        }
+    }
+}
+
+impl std::fmt::Display for Policy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "include_anonymous={} follow_email={} soft_deleted={}",
+            self.include_anonymous,
+            self.follow_email,
+            self.soft_deleted.as_str()
+        )
+    }
+}
+
+impl Policy {
+    /// The policy in the database; None before migration 0003.
+    pub async fn load(client: &Client) -> Result<Option<Policy>> {
+        let exists: bool = client
+            .query_one(
+                "SELECT pg_catalog.to_regclass('usersync.policy') IS NOT NULL",
+                &[],
+            )
+            .await
+            .context("looking for usersync.policy")?
+            .value(0)?;
+        if !exists {
+            return Ok(None);
+        }
+        let Some(row) = client
+            .query_opt(
+                "SELECT include_anonymous, follow_email, soft_deleted FROM usersync.policy",
+                &[],
+            )
+            .await
+            .context("reading usersync.policy")?
+        else {
+            return Ok(Some(Policy::default()));
+        };
+        let soft: String = row.value(2)?;
+        Ok(Some(Policy {
+            include_anonymous: row.value(0)?,
+            follow_email: row.value(1)?,
+            soft_deleted: SoftDeleted::parse(&soft).unwrap_or(SoftDeleted::Scrub),
+        }))
+    }
+
+    /// Writes it (what `migrate up` does); true when it changed.
+    pub async fn store(&self, client: &Client) -> Result<bool> {
+        let changed = client
+            .execute(
+                "INSERT INTO usersync.policy AS p (id, include_anonymous, follow_email, soft_deleted)
+                 VALUES (true, $1, $2, $3)
+                 ON CONFLICT (id) DO UPDATE
+                     SET include_anonymous = EXCLUDED.include_anonymous,
+                         follow_email = EXCLUDED.follow_email,
+                         soft_deleted = EXCLUDED.soft_deleted,
+                         updated_at = pg_catalog.now()
+                     WHERE (p.include_anonymous, p.follow_email, p.soft_deleted)
+                           IS DISTINCT FROM (EXCLUDED.include_anonymous, EXCLUDED.follow_email,
+                                             EXCLUDED.soft_deleted)",
+                &[
+                    &self.include_anonymous,
+                    &self.follow_email,
+                    &self.soft_deleted.as_str(),
+                ],
+            )
+            .await
+            .context("writing usersync.policy")?;
+        Ok(changed > 0)
+    }
+}
+
+/// What [`apply`] changed, in users.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Applied {
+    /// A NULL e-mail (an anonymous user who converted) filled from auth.users.
+    pub emails_filled: u64,
+    /// An e-mail changed in auth.users, followed (`sync.follow_email`).
+    pub emails_followed: u64,
+    /// Soft-deleted users' profiles scrubbed (`sync.soft_deleted = scrub`).
+    pub scrubbed: u64,
+    /// Soft-deleted users' profiles deleted (`sync.soft_deleted = delete`).
+    pub deleted: u64,
+}
+
+/// Rows per statement: each is a short transaction of its own.
+const BATCH: i64 = 10_000;
+
+// Each statement finds up to $1 profiles needing its change (restricted to $2 when given),
+// and changes them. `$2::uuid[] IS NULL` folds away in a custom plan.
+const FILL_EMAIL: &str = "
+    UPDATE public.user_profiles p SET email = u.email::pg_catalog.text, updated_at = pg_catalog.now()
+    FROM (SELECT u.id, u.email FROM auth.users u JOIN public.user_profiles q ON q.id = u.id
+          WHERE ($2::uuid[] IS NULL OR u.id = ANY ($2))
+            AND u.deleted_at IS NULL AND NOT u.is_anonymous AND u.email IS NOT NULL
+            AND q.email IS NULL
+          LIMIT $1) AS u
+    WHERE p.id = u.id";
+
+const FOLLOW_EMAIL: &str = "
+    UPDATE public.user_profiles p SET email = u.email::pg_catalog.text, updated_at = pg_catalog.now()
+    FROM (SELECT u.id, u.email FROM auth.users u JOIN public.user_profiles q ON q.id = u.id
+          WHERE ($2::uuid[] IS NULL OR u.id = ANY ($2))
+            AND u.deleted_at IS NULL AND u.email IS NOT NULL
+            AND q.email IS DISTINCT FROM u.email::pg_catalog.text
+          LIMIT $1) AS u
+    WHERE p.id = u.id";
+
+const SCRUB: &str = "
+    UPDATE public.user_profiles p
+    SET email = NULL, full_name = NULL, avatar_url = NULL, is_active = false,
+        updated_at = pg_catalog.now()
+    FROM (SELECT q.id FROM auth.users u JOIN public.user_profiles q ON q.id = u.id
+          WHERE ($2::uuid[] IS NULL OR u.id = ANY ($2))
+            AND u.deleted_at IS NOT NULL
+            AND (q.email IS NOT NULL OR q.full_name IS NOT NULL OR q.avatar_url IS NOT NULL
+                 OR q.is_active)
+          LIMIT $1) AS u
+    WHERE p.id = u.id";
+
+const DELETE: &str = "
+    DELETE FROM public.user_profiles p
+    USING (SELECT q.id FROM auth.users u JOIN public.user_profiles q ON q.id = u.id
+           WHERE ($2::uuid[] IS NULL OR u.id = ANY ($2)) AND u.deleted_at IS NOT NULL
+           LIMIT $1) AS u
+    WHERE p.id = u.id";
+
+/// Applies the policy to every user (`ids` None) or to these.
+pub async fn apply(client: &Client, policy: &Policy, ids: Option<&[Uuid]>) -> Result<Applied> {
+    // Over every user these read both tables whole: the scan timeout bounds them.
+    if ids.is_none() {
+        crate::db::begin_scan(client).await?;
+    }
+    let applied = apply_all(client, policy, ids).await;
+    if ids.is_none() {
+        crate::db::end_scan(client).await?;
+    }
+    applied
+}
+
+async fn apply_all(client: &Client, policy: &Policy, ids: Option<&[Uuid]>) -> Result<Applied> {
+    let mut applied = Applied {
+        emails_filled: repeat(client, FILL_EMAIL, ids, "filling e-mails").await?,
+        ..Applied::default()
+    };
+    if policy.follow_email {
+        applied.emails_followed = repeat(client, FOLLOW_EMAIL, ids, "following e-mails").await?;
+    }
+    match policy.soft_deleted {
+        SoftDeleted::Scrub => {
+            applied.scrubbed = repeat(client, SCRUB, ids, "scrubbing soft-deleted users").await?
+        }
+        SoftDeleted::Delete => {
+            applied.deleted =
+                repeat(client, DELETE, ids, "deleting soft-deleted users' profiles").await?
+        }
+        SoftDeleted::Keep => {}
+    }
+    if applied != Applied::default() {
+        tracing::info!(
+            emails_filled = applied.emails_filled,
+            emails_followed = applied.emails_followed,
+            scrubbed = applied.scrubbed,
+            deleted = applied.deleted,
+            "policies applied"
+        );
+    }
+    Ok(applied)
+}
+
+async fn repeat(client: &Client, sql: &str, ids: Option<&[Uuid]>, what: &str) -> Result<u64> {
+    let mut total = 0;
+    loop {
+        let n = client
+            .execute(sql, &[&BATCH, &ids])
+            .await
+            .context(what.to_string())?;
+        total += n;
+        if n < BATCH as u64 {
+            return Ok(total);
+        }
+    }
+}
