@@ -2,6 +2,10 @@
 //! `auth.users` with no trigger, with the classic hand-written `handle_new_user` trigger (no
 //! error handling, so a failing insert fails the sign-up), and with usersync's trigger (an
 //! exception block, a pinned search_path, the shared profile builder), side by side in one run.
+//! Then what usersync's update trigger costs GoTrue's sign-in (`UpdateLastSignInAt`: an UPDATE
+//! of `last_sign_in_at` and `updated_at`), with the trigger disabled and enabled: the trigger
+//! fires only on a change of e-mail, `is_anonymous` or `deleted_at`, so a sign-in should cost
+//! nothing measurable.
 //!
 //! `cargo bench --bench signup` against `USERSYNC_BENCH_DATABASE_URL`, else `DATABASE_URL`,
 //! else `postgres://postgres@127.0.0.1:5432/postgres` (a superuser: the bench creates and drops
@@ -15,6 +19,7 @@ use common::BenchDb;
 use tokio_postgres::Client;
 use uuid::Uuid;
 const ROUNDS: usize = 5;
+const SIGN_IN_ROUNDS: usize = 11;
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
@@ -57,6 +62,34 @@ async fn main() {
             samples[i].push(sign_ups(&db, &insert, per_round).await);
         }
     }
+
+    // Sign-ins of the users just made, with usersync's update trigger off and on.
+    let sign_in = db
+        .prepare("UPDATE auth.users SET last_sign_in_at = now(), updated_at = now() WHERE id = $1")
+        .await
+        .unwrap();
+    let ids: Vec<Uuid> = db
+        .query("SELECT id FROM auth.users LIMIT $1", &[&(per_round as i64)])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let mut sign_in_samples = [Vec::new(), Vec::new()];
+    sign_ins(&db, &sign_in, &ids).await;
+    // More rounds than the sign-ups, in alternating order: the difference is small.
+    for round in 0..SIGN_IN_ROUNDS {
+        let order = if round % 2 == 0 { [0, 1] } else { [1, 0] };
+        for i in order {
+            let verb = ["DISABLE", "ENABLE"][i];
+            db.batch_execute(&format!(
+                "ALTER TABLE auth.users {verb} TRIGGER usersync_on_auth_user_updated"
+            ))
+            .await
+            .unwrap();
+            sign_in_samples[i].push(sign_ins(&db, &sign_in, &ids).await);
+        }
+    }
     drop(db);
     bench.drop_db().await;
 
@@ -72,6 +105,24 @@ async fn main() {
             us / base
         );
     }
+    let n = ids.len() as u32;
+    let [off, on] = sign_in_samples.map(|s| micros(median(s) / n));
+    println!(
+        "sign-in (GoTrue's UPDATE of last_sign_in_at, autocommit), {SIGN_IN_ROUNDS} rounds of {n}, median per sign-in:"
+    );
+    println!("  update trigger off {off:>7.1} µs");
+    println!(
+        "  update trigger on  {on:>7.1} µs   {:+6.2} µs per sign-in (goal: under 5 µs)",
+        on - off
+    );
+}
+
+async fn sign_ins(db: &Client, update: &tokio_postgres::Statement, ids: &[Uuid]) -> Duration {
+    let started = Instant::now();
+    for id in ids {
+        db.execute(update, &[id]).await.unwrap();
+    }
+    started.elapsed()
 }
 
 /// The trigger most projects start with: no exception handler, no pinned search_path.

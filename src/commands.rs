@@ -242,11 +242,21 @@ fn sync_text(r: &sync::Report, verbose: bool) -> String {
         return out;
     }
     if let Some(repair) = &r.repair {
+        let now = if repair.retried_now {
+            " (retried every queued user now, whatever its backoff)"
+        } else {
+            ""
+        };
         out.push_str(&format!(
-            "repair queue: {} due, {} created, {} resolved, {} failed, {} remaining\n",
+            "repair queue: {} due, {} created, {} resolved, {} failed, {} remaining{now}\n",
             repair.due, repair.created, repair.resolved, repair.failed, repair.remaining
         ));
     }
+    let a = &r.applied;
+    out.push_str(&format!(
+        "lifecycle: {} e-mails filled, {} followed; soft-deleted users' profiles: {} scrubbed, {} deleted\n",
+        a.emails_filled, a.emails_followed, a.scrubbed, a.deleted
+    ));
     out.push_str(&format!(
         "sweep: {} scanned, {} missing, {} created, {} raced, {} deferred, {} failed; \
          skipped {} soft-deleted, {} anonymous; {} batches (longest {:.0} ms) in {:.0} ms\n",

@@ -9,6 +9,7 @@ mod daemon;
 mod deploy;
 mod hostile;
 mod integrity;
+mod lifecycle;
 mod migrate;
 mod signup;
 mod status;
