@@ -3,8 +3,8 @@
 //!     cargo bench --bench sync                    # 1,000,000 users
 //!     cargo bench --bench sync -- --users 100000
 //!
-//! With every profile missing (the table truncated and vacuumed first, the planner trap of
-//! DESIGN.md): (a) the bare single `INSERT … SELECT … WHERE NOT EXISTS … ON CONFLICT DO
+//! With every profile missing (the table truncated and vacuumed first, the planner trap that
+//! can turn a backfill quadratic): (a) the bare single `INSERT … SELECT … WHERE NOT EXISTS … ON CONFLICT DO
 //! NOTHING`, (b) `usersync sync` with 1 worker, (c) with one worker per core, (d) one INSERT
 //! round trip per user on a sample. Then the steady state with nothing missing: the full sweep
 //! against a bare anti-join count, and a repair pass over an empty queue. (b) and (c) run the

@@ -180,18 +180,18 @@ async fn sweep(shared: &Shared) -> Result<Outcome> {
     let left = report.missing.saturating_sub(report.created + report.raced);
     m.users_missing_profile.set(left as i64);
     // sync::run logged the report's counts inside this job's span.
-    let summary = format!(
-        "{} users scanned, {} missing, {} created, {} failed",
-        report.scanned, report.missing, report.created, report.failed
-    );
-    Ok((
-        if report.failed > 0 {
-            "failed"
-        } else {
-            "success"
-        },
-        summary,
+    Ok(outcome(
+        report.failed,
+        format!(
+            "{} users scanned, {} missing, {} created, {} failed",
+            report.scanned, report.missing, report.created, report.failed
+        ),
     ))
+}
+
+/// "failed" when a user failed (the run itself went through), else "success".
+fn outcome(failed: u64, summary: String) -> Outcome {
+    (if failed > 0 { "failed" } else { "success" }, summary)
 }
 
 async fn repair(shared: &Shared) -> Result<Outcome> {
@@ -217,17 +217,12 @@ async fn repair(shared: &Shared) -> Result<Outcome> {
             "repair pass finished"
         );
     }
-    let summary = format!(
-        "{} due, {} created, {} failed, {} left in the queue",
-        report.due, report.created, report.failed, report.remaining
-    );
-    Ok((
-        if report.failed > 0 {
-            "failed"
-        } else {
-            "success"
-        },
-        summary,
+    Ok(outcome(
+        report.failed,
+        format!(
+            "{} due, {} created, {} failed, {} left in the queue",
+            report.due, report.created, report.failed, report.remaining
+        ),
     ))
 }
 

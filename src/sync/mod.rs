@@ -493,7 +493,8 @@ async fn create_range(
 }
 
 /// Refreshes the planner's statistics of `public.user_profiles` when they are far behind (a
-/// freshly emptied table that looks like one row can turn a backfill quadratic, DESIGN.md).
+/// freshly emptied table that looks like one row can turn a backfill quadratic; README.md,
+/// "Performance").
 async fn analyze_if_stale(client: &tokio_postgres::Client) -> Result<()> {
     let stale: bool = client
         .query_one(
