@@ -128,6 +128,8 @@ pub struct Report {
     pub failures: Vec<Failure>,
     /// The repair queue drain that ran first (not in a dry run).
     pub repair: Option<RepairReport>,
+    /// Profiles the lifecycle policies had to change when detected (in a dry run: would).
+    pub lifecycle_pending: u64,
     /// What the lifecycle policies changed (not in a dry run).
     #[serde(flatten)]
     pub applied: policy::Applied,
@@ -153,6 +155,7 @@ impl Report {
     }
 
     fn note_detection(&mut self, plan: &plan::Plan) {
+        self.lifecycle_pending = plan.lifecycle_pending;
         self.scanned = plan.scanned;
         self.skipped_deleted = plan.skipped_deleted;
         self.skipped_anonymous = plan.skipped_anonymous;
@@ -206,7 +209,7 @@ pub async fn run(db: &Db, options: &Options, progress: Option<Arc<Progress>>) ->
     };
     let mut client = db.get().await?;
     if options.dry_run {
-        let plan = plan::detect(&mut client, options.include_anonymous).await?;
+        let plan = plan::detect(&mut client, &options.policy()).await?;
         report.note_detection(&plan);
         report.missing = plan.missing_total;
         report.would_create = plan.ids();
@@ -238,8 +241,9 @@ pub async fn run(db: &Db, options: &Options, progress: Option<Arc<Progress>>) ->
     // Users left missing on purpose (deferred, failed) are not handled twice in one pass.
     let mut handled = HashSet::new();
     let (counts, mut more) = if plan::looks_like_backfill(&client).await? {
+        let policy = options.policy();
         let (counts, round) = tokio::try_join!(
-            plan::count(&mut client, options.include_anonymous),
+            plan::count(&mut client, &policy),
             sweep_round(db, options, &mut listing, &handled, &progress)
         )?;
         progress
@@ -247,7 +251,7 @@ pub async fn run(db: &Db, options: &Options, progress: Option<Arc<Progress>>) ->
             .store(counts.missing_total, Ordering::Relaxed);
         (counts, report.absorb_round(round, &mut handled))
     } else {
-        let counts = plan::count(&mut client, options.include_anonymous).await?;
+        let counts = plan::count(&mut client, &options.policy()).await?;
         progress
             .total
             .store(counts.missing_total, Ordering::Relaxed);
@@ -265,8 +269,8 @@ pub async fn run(db: &Db, options: &Options, progress: Option<Arc<Progress>>) ->
         let round = sweep_round(db, options, &mut listing, &handled, &progress).await?;
         more = report.absorb_round(round, &mut handled);
     }
-    // What the triggers missed of the rest of the lifecycle.
-    if !options.stopped() {
+    // What the triggers missed of the rest of the lifecycle, when the detection saw any.
+    if counts.lifecycle_pending > 0 && !options.stopped() {
         report.applied = policy::apply(&client, &options.policy(), None).await?;
     }
     drop(client);

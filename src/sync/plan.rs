@@ -18,6 +18,7 @@ use tokio_postgres::types::{FromSql, IsNull, ToSql, Type, to_sql_checked};
 use uuid::Uuid;
 
 use crate::error::{DbContext, Result};
+use crate::sync::policy::Policy;
 
 /// Pages of `auth.users` per range (8 MiB, some 25,000 users). A constant, so that every
 /// worker of every replica means the same users by the same range lock.
@@ -55,6 +56,10 @@ pub struct Plan {
     pub missing_total: u64,
     /// Them, in heap order: all of them, or the first `limit`.
     pub missing: Vec<Missing>,
+    /// Profiles the lifecycle policies would change (an e-mail to fill or follow, a
+    /// soft-deleted user's profile to scrub or delete): counted by the same join, so that an
+    /// unchanged database costs one join, not one per policy.
+    pub lifecycle_pending: u64,
 }
 
 impl Plan {
@@ -73,7 +78,15 @@ const COUNT: &str = "
     SELECT count(*),
            count(*) FILTER (WHERE p.id IS NULL AND u.deleted_at IS NOT NULL),
            count(*) FILTER (WHERE p.id IS NULL AND u.deleted_at IS NULL AND u.is_anonymous AND NOT $1),
-           count(*) FILTER (WHERE p.id IS NULL AND u.deleted_at IS NULL AND ($1 OR NOT u.is_anonymous))
+           count(*) FILTER (WHERE p.id IS NULL AND u.deleted_at IS NULL AND ($1 OR NOT u.is_anonymous)),
+           count(*) FILTER (WHERE p.id IS NOT NULL AND (
+               (u.deleted_at IS NULL AND u.email IS NOT NULL
+                AND ((p.email IS NULL AND NOT u.is_anonymous)
+                     OR ($2 AND p.email IS DISTINCT FROM u.email::pg_catalog.text)))
+               OR (u.deleted_at IS NOT NULL
+                   AND ($3 = 'delete'
+                        OR ($3 = 'scrub' AND (p.email IS NOT NULL OR p.full_name IS NOT NULL
+                                              OR p.avatar_url IS NOT NULL OR p.is_active))))))
     FROM auth.users u
     LEFT JOIN public.user_profiles p ON p.id = u.id";
 
@@ -87,8 +100,9 @@ const MISSING: &str = "
 
 /// Detects the missing users, all of them, in heap order: what the dry-run shows. With
 /// nothing missing (the steady state) this is one statement, as cheap as the bare anti-join.
-pub async fn detect(client: &mut Client, include_anonymous: bool) -> Result<Plan> {
-    let mut plan = count(client, include_anonymous).await?;
+pub async fn detect(client: &mut Client, policy: &Policy) -> Result<Plan> {
+    let include_anonymous = policy.include_anonymous;
+    let mut plan = count(client, policy).await?;
     if plan.missing_total > 0 {
         let tx = client
             .transaction()
@@ -118,7 +132,7 @@ const WHOLE_TABLE: &str = concat!(
 );
 
 /// The counts of a pass; `missing` is left empty.
-pub async fn count(client: &mut Client, include_anonymous: bool) -> Result<Plan> {
+pub async fn count(client: &mut Client, policy: &Policy) -> Result<Plan> {
     let tx = client
         .transaction()
         .await
@@ -127,7 +141,14 @@ pub async fn count(client: &mut Client, include_anonymous: bool) -> Result<Plan>
         .await
         .context("counting users without a profile")?;
     let row = tx
-        .query_one(COUNT, &[&include_anonymous])
+        .query_one(
+            COUNT,
+            &[
+                &policy.include_anonymous,
+                &policy.follow_email,
+                &policy.soft_deleted.as_str(),
+            ],
+        )
         .await
         .context("counting users without a profile")?;
     tx.commit()
@@ -139,6 +160,7 @@ pub async fn count(client: &mut Client, include_anonymous: bool) -> Result<Plan>
         skipped_anonymous: row.value::<i64>(2)? as u64,
         missing_total: row.value::<i64>(3)? as u64,
         missing: Vec::new(),
+        lifecycle_pending: row.value::<i64>(4)? as u64,
     })
 }
 

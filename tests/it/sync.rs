@@ -552,7 +552,9 @@ async fn users_whose_rows_moved_since_detection_still_get_their_profile() {
     let admin = test_db.admin().await;
     users_without_trigger(&admin, &emails(50, "moved")).await;
     let mut app = test_db.app().await;
-    let plan = usersync::sync::plan::detect(&mut app, true).await.unwrap();
+    let plan = usersync::sync::plan::detect(&mut app, &Default::default())
+        .await
+        .unwrap();
     assert_eq!(plan.missing.len(), 50);
     // GoTrue updates a user on every sign-in; each update moves the row.
     admin
