@@ -12,16 +12,18 @@ use crate::sync::policy::{Policy, SoftDeleted};
 
 const SAMPLES: i32 = 10;
 
-/// Users without a profile (the sync's detection, past the grace period) and profiles
-/// without a user. Each is one anti-join, as cheap as the bare query.
+/// Users without a profile (the sync's detection, past the grace period), the lifecycle's
+/// findings, and profiles without a user: one join of the two tables for the first two, one
+/// anti-join for the last.
 pub async fn one_to_one(
     client: &Client,
     settings: &IntegritySettings,
-    include_anonymous: bool,
+    policy: &Policy,
     findings: &mut Vec<Finding>,
 ) -> Result<()> {
-    let (count, samples) =
-        plan::missing_past_grace(client, include_anonymous, settings.grace_period, SAMPLES).await?;
+    let census = plan::census(client, policy, settings.grace_period, SAMPLES).await?;
+    lifecycle(&census, policy, findings);
+    let (count, samples) = census.missing;
     if count > 0 {
         findings.push(Finding {
             check: "missing_profile".into(),
@@ -392,32 +394,9 @@ pub fn policy(configured: &Policy, database: &Policy, findings: &mut Vec<Finding
 
 /// The profile's lifecycle: e-mails that no longer match auth.users, and personal data left
 /// in the profiles of soft-deleted users (and of users inserted already deleted).
-pub async fn lifecycle(
-    client: &Client,
-    policy: &Policy,
-    findings: &mut Vec<Finding>,
-) -> Result<()> {
-    let row = client
-        .query_one(
-            "SELECT pg_catalog.count(*) FILTER (WHERE u.deleted_at IS NULL AND u.email IS NOT NULL
-                                                 AND p.email IS DISTINCT FROM u.email::pg_catalog.text),
-                    COALESCE((pg_catalog.array_agg(p.id::pg_catalog.text) FILTER (
-                        WHERE u.deleted_at IS NULL AND u.email IS NOT NULL
-                          AND p.email IS DISTINCT FROM u.email::pg_catalog.text))[1:$1], '{}'),
-                    pg_catalog.count(*) FILTER (WHERE u.deleted_at IS NOT NULL AND
-                        ($2 OR p.email IS NOT NULL OR p.full_name IS NOT NULL
-                         OR p.avatar_url IS NOT NULL OR p.is_active)),
-                    COALESCE((pg_catalog.array_agg(p.id::pg_catalog.text) FILTER (
-                        WHERE u.deleted_at IS NOT NULL AND
-                        ($2 OR p.email IS NOT NULL OR p.full_name IS NOT NULL
-                         OR p.avatar_url IS NOT NULL OR p.is_active)))[1:$1], '{}')
-             FROM public.user_profiles p JOIN auth.users u ON u.id = p.id",
-            &[&SAMPLES, &(policy.soft_deleted == SoftDeleted::Delete)],
-        )
-        .await
-        .context("comparing profiles with their users")?;
-    let (stale, stale_samples): (i64, Vec<String>) = (row.value(0)?, row.value(1)?);
-    let (left, left_samples): (i64, Vec<String>) = (row.value(2)?, row.value(3)?);
+fn lifecycle(census: &plan::Census, policy: &Policy, findings: &mut Vec<Finding>) {
+    let (stale, stale_samples) = census.stale_email.clone();
+    let (left, left_samples) = census.soft_deleted_left.clone();
     if stale > 0 {
         let (level, detail, fix, fix_kind) = if policy.follow_email {
             (
@@ -469,5 +448,4 @@ pub async fn lifecycle(
             fix_kind: FixKind::Command,
         });
     }
-    Ok(())
 }

@@ -143,8 +143,7 @@ pub async fn run(
                 }
                 None => *configured,
             };
-            checks::one_to_one(client, settings, policy.include_anonymous, &mut findings).await?;
-            checks::lifecycle(client, &policy, &mut findings).await?;
+            checks::one_to_one(client, settings, &policy, &mut findings).await?;
             checks::repair_queue(client, settings, &mut findings).await?;
             checks::foreign_keys(client, &mut findings).await?;
             checks::user_id_columns(client, settings, &mut findings).await

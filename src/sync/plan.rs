@@ -283,26 +283,60 @@ impl ToSql for Tid {
     to_sql_checked!();
 }
 
-/// Live users without a profile that signed up over `grace` ago (a sign-up in flight is no
-/// alarm): the integrity check's count, with up to `samples` of their ids.
-pub async fn missing_past_grace(
+/// What the integrity check counts of users and their profiles, from one join of the two
+/// tables (the sweep's detection, with the same policies): each count with up to `samples`
+/// profile or user ids.
+#[derive(Clone, Debug, Default)]
+pub struct Census {
+    /// Live users who should have a profile, have none, and signed up over `grace` ago (a
+    /// sign-up in flight is no alarm).
+    pub missing: (i64, Vec<String>),
+    /// Profiles of live users whose e-mail is not their user's.
+    pub stale_email: (i64, Vec<String>),
+    /// Profiles of soft-deleted users that the policy says should be scrubbed (still holding
+    /// personal data) or gone.
+    pub soft_deleted_left: (i64, Vec<String>),
+}
+
+pub async fn census(
     client: &Client,
-    include_anonymous: bool,
+    policy: &Policy,
     grace: std::time::Duration,
     samples: i32,
-) -> Result<(i64, Vec<String>)> {
+) -> Result<Census> {
     let row = client
         .query_one(
-            "SELECT count(*), COALESCE((array_agg(u.id::text))[1:$3], '{}')
-             FROM auth.users u
-             WHERE u.deleted_at IS NULL AND ($1 OR NOT u.is_anonymous)
-               AND (u.created_at IS NULL OR u.created_at < now() - make_interval(secs => $2))
-               AND NOT EXISTS (SELECT 1 FROM public.user_profiles p WHERE p.id = u.id)",
-            &[&include_anonymous, &grace.as_secs_f64(), &samples],
+            "SELECT count(*) FILTER (WHERE x.missing),
+                    COALESCE((array_agg(x.id::text) FILTER (WHERE x.missing))[1:$4], '{}'),
+                    count(*) FILTER (WHERE x.stale),
+                    COALESCE((array_agg(x.id::text) FILTER (WHERE x.stale))[1:$4], '{}'),
+                    count(*) FILTER (WHERE x.left_behind),
+                    COALESCE((array_agg(x.id::text) FILTER (WHERE x.left_behind))[1:$4], '{}')
+             FROM (SELECT u.id,
+                          p.id IS NULL AND u.deleted_at IS NULL AND ($1 OR NOT u.is_anonymous)
+                              AND (u.created_at IS NULL
+                                   OR u.created_at < now() - make_interval(secs => $2)) AS missing,
+                          p.id IS NOT NULL AND u.deleted_at IS NULL AND u.email IS NOT NULL
+                              AND p.email IS DISTINCT FROM u.email::text AS stale,
+                          p.id IS NOT NULL AND u.deleted_at IS NOT NULL
+                              AND ($3 = 'delete' OR ($3 = 'scrub'
+                                   AND (p.email IS NOT NULL OR p.full_name IS NOT NULL
+                                        OR p.avatar_url IS NOT NULL OR p.is_active))) AS left_behind
+                   FROM auth.users u LEFT JOIN public.user_profiles p ON p.id = u.id) AS x",
+            &[
+                &policy.include_anonymous,
+                &grace.as_secs_f64(),
+                &policy.soft_deleted.as_str(),
+                &samples,
+            ],
         )
         .await
-        .context("counting users without a profile")?;
-    Ok((row.value(0)?, row.value(1)?))
+        .context("counting users and their profiles")?;
+    Ok(Census {
+        missing: (row.value(0)?, row.value(1)?),
+        stale_email: (row.value(2)?, row.value(3)?),
+        soft_deleted_left: (row.value(4)?, row.value(5)?),
+    })
 }
 
 #[cfg(test)]
