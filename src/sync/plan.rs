@@ -304,40 +304,62 @@ pub async fn census(
     grace: std::time::Duration,
     samples: i32,
 ) -> Result<Census> {
+    // Counts only, so that PostgreSQL runs it in parallel (array_agg cannot be in 15); the
+    // samples come from a second, LIMITed look only for a count that is not zero.
+    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 3] = [
+        &policy.include_anonymous,
+        &grace.as_secs_f64(),
+        &policy.soft_deleted.as_str(),
+    ];
     let row = client
-        .query_one(
-            "SELECT count(*) FILTER (WHERE x.missing),
-                    COALESCE((array_agg(x.id::text) FILTER (WHERE x.missing))[1:$4], '{}'),
-                    count(*) FILTER (WHERE x.stale),
-                    COALESCE((array_agg(x.id::text) FILTER (WHERE x.stale))[1:$4], '{}'),
-                    count(*) FILTER (WHERE x.left_behind),
-                    COALESCE((array_agg(x.id::text) FILTER (WHERE x.left_behind))[1:$4], '{}')
-             FROM (SELECT u.id,
-                          p.id IS NULL AND u.deleted_at IS NULL AND ($1 OR NOT u.is_anonymous)
-                              AND (u.created_at IS NULL
-                                   OR u.created_at < now() - make_interval(secs => $2)) AS missing,
-                          p.id IS NOT NULL AND u.deleted_at IS NULL AND u.email IS NOT NULL
-                              AND p.email IS DISTINCT FROM u.email::text AS stale,
-                          p.id IS NOT NULL AND u.deleted_at IS NOT NULL
-                              AND ($3 = 'delete' OR ($3 = 'scrub'
-                                   AND (p.email IS NOT NULL OR p.full_name IS NOT NULL
-                                        OR p.avatar_url IS NOT NULL OR p.is_active))) AS left_behind
-                   FROM auth.users u LEFT JOIN public.user_profiles p ON p.id = u.id) AS x",
-            &[
-                &policy.include_anonymous,
-                &grace.as_secs_f64(),
-                &policy.soft_deleted.as_str(),
-                &samples,
-            ],
-        )
+        .query_one(&format!("SELECT {CENSUS_COUNTS} {CENSUS_FROM}"), &params)
         .await
         .context("counting users and their profiles")?;
-    Ok(Census {
-        missing: (row.value(0)?, row.value(1)?),
-        stale_email: (row.value(2)?, row.value(3)?),
-        soft_deleted_left: (row.value(4)?, row.value(5)?),
-    })
+    let mut census = Census::default();
+    for (i, (kind, slot)) in [
+        ("missing", &mut census.missing),
+        ("stale", &mut census.stale_email),
+        ("left_behind", &mut census.soft_deleted_left),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let count: i64 = row.value(i)?;
+        if count == 0 {
+            continue;
+        }
+        // `kind` is one of the three constant column names above.
+        let ids: Vec<String> = client
+            .query(
+                &format!("SELECT x.id::text {CENSUS_FROM} WHERE x.{kind} LIMIT {samples}"),
+                &params,
+            )
+            .await
+            .context("sampling users and their profiles")?
+            .iter()
+            .map(|r| r.value(0))
+            .collect::<Result<_>>()?;
+        *slot = (count, ids);
+    }
+    Ok(census)
 }
+
+const CENSUS_COUNTS: &str = "count(*) FILTER (WHERE x.missing), count(*) FILTER (WHERE x.stale),
+    count(*) FILTER (WHERE x.left_behind)";
+
+// $1 include_anonymous, $2 the grace period in seconds, $3 sync.soft_deleted.
+const CENSUS_FROM: &str = "
+    FROM (SELECT u.id,
+                 p.id IS NULL AND u.deleted_at IS NULL AND ($1 OR NOT u.is_anonymous)
+                     AND (u.created_at IS NULL
+                          OR u.created_at < now() - make_interval(secs => $2)) AS missing,
+                 p.id IS NOT NULL AND u.deleted_at IS NULL AND u.email IS NOT NULL
+                     AND p.email IS DISTINCT FROM u.email::text AS stale,
+                 p.id IS NOT NULL AND u.deleted_at IS NOT NULL
+                     AND ($3 = 'delete' OR ($3 = 'scrub'
+                          AND (p.email IS NOT NULL OR p.full_name IS NOT NULL
+                               OR p.avatar_url IS NOT NULL OR p.is_active))) AS left_behind
+          FROM auth.users u LEFT JOIN public.user_profiles p ON p.id = u.id) AS x";
 
 #[cfg(test)]
 mod tests {
