@@ -6,6 +6,7 @@
 //! advisory lock is taken; a replica that dies releases its locks with its connections.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use tokio::sync::Mutex;
@@ -159,14 +160,19 @@ type Outcome = (&'static str, String);
 async fn sweep(shared: &Shared) -> Result<Outcome> {
     let m = &shared.metrics;
     let policy = policy_of(shared, &*shared.db.get().await?).await?;
+    let apply_lifecycle = shared.lifecycle_due.swap(false, Ordering::Relaxed);
     let options = sync::Options {
         stop: Some(shared.stop.clone()),
+        apply_lifecycle,
         ..sync::Options::from_settings(&shared.settings.sync)
     }
     .with_policy(policy);
     m.leader.with_label_values(&["sweep"]).set(1);
     let report = sync::run(&shared.db, &options, None).await;
     m.leader.with_label_values(&["sweep"]).set(0);
+    if report.is_err() && apply_lifecycle {
+        shared.lifecycle_due.store(true, Ordering::Relaxed);
+    }
     let report = report?;
     m.profiles_created
         .with_label_values(&["sweep"])
@@ -266,6 +272,9 @@ async fn check(shared: &Shared, probe: bool) -> Result<Outcome> {
         "{} findings, {errors} at error level",
         report.findings.len()
     );
+    shared
+        .lifecycle_due
+        .store(report.lifecycle_pending > 0, Ordering::Relaxed);
     shared.board.findings(report.findings, metrics::now());
     Ok(("success", summary))
 }

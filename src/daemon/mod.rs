@@ -35,6 +35,9 @@ pub struct Shared {
     pub metrics: Metrics,
     /// The last run of each job and the last findings, for the status page.
     pub board: board::Board,
+    /// Whether the next sweep applies the lifecycle policies to every profile: true at start,
+    /// then as the integrity check last counted (it reads what that takes anyway).
+    pub lifecycle_due: std::sync::atomic::AtomicBool,
     /// The users API's share of the pool: one permit per connection it may hold.
     pub api_permits: tokio::sync::Semaphore,
     /// Turns true on shutdown: passes stop between batches.
@@ -75,6 +78,7 @@ pub async fn run(
         metrics: Metrics::new(),
         api_permits: tokio::sync::Semaphore::new(settings.api.max_db_connections),
         board: board::Board::default(),
+        lifecycle_due: std::sync::atomic::AtomicBool::new(true),
         stop,
         heartbeat: AtomicU64::new(metrics::now() as u64),
         jobs: jobs::Jobs::default(),

@@ -14,13 +14,14 @@ const SAMPLES: i32 = 10;
 
 /// Users without a profile (the sync's detection, past the grace period), the lifecycle's
 /// findings, and profiles without a user: one join of the two tables for the first two, one
-/// anti-join for the last.
+/// anti-join for the last. Returns how many profiles the sweep's lifecycle statements would
+/// change.
 pub async fn one_to_one(
     client: &Client,
     settings: &IntegritySettings,
     policy: &Policy,
     findings: &mut Vec<Finding>,
-) -> Result<()> {
+) -> Result<i64> {
     let census = plan::census(client, policy, settings.grace_period, SAMPLES).await?;
     lifecycle(&census, policy, findings);
     let (count, samples) = census.missing;
@@ -70,7 +71,7 @@ pub async fn one_to_one(
             fix_kind: FixKind::Sql,
         });
     }
-    Ok(())
+    Ok(census.lifecycle_pending)
 }
 
 /// Items waiting too long, and items that keep failing.

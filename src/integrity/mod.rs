@@ -60,6 +60,9 @@ pub struct Report {
     pub ok: bool,
     pub findings: Vec<Finding>,
     pub duration_ms: f64,
+    /// Profiles the sweep's lifecycle statements would change (the daemon's sweep applies them
+    /// only when this is not zero).
+    pub lifecycle_pending: i64,
 }
 
 /// Every check [`run`] performs, so that a clean run still reports each as zero.
@@ -111,6 +114,7 @@ pub async fn run(
 ) -> Result<Report> {
     let started = Instant::now();
     let mut findings = Vec::new();
+    let mut lifecycle_pending = 0;
 
     let schema = verify::verify(client).await?;
     let installed = !schema.findings.iter().any(|f| {
@@ -143,7 +147,8 @@ pub async fn run(
                 }
                 None => *configured,
             };
-            checks::one_to_one(client, settings, &policy, &mut findings).await?;
+            lifecycle_pending =
+                checks::one_to_one(client, settings, &policy, &mut findings).await?;
             checks::repair_queue(client, settings, &mut findings).await?;
             checks::foreign_keys(client, &mut findings).await?;
             checks::user_id_columns(client, settings, &mut findings).await
@@ -161,6 +166,7 @@ pub async fn run(
         ok: !findings.iter().any(|f| f.level == Level::Error),
         findings,
         duration_ms: started.elapsed().as_secs_f64() * 1e3,
+        lifecycle_pending,
     };
     tracing::info!(
         findings = report.findings.len(),

@@ -54,6 +54,10 @@ pub struct Options {
     /// Retry every user in the repair queue now, whatever its backoff: a manual `usersync
     /// sync` after fixing the cause. The daemon keeps the backoff.
     pub retry_queue_now: bool,
+    /// Apply the lifecycle policies to every profile after the creation (a few statements
+    /// that each join both tables). The CLI always does; the daemon when its integrity check
+    /// last counted work for them, so that its sweep of an unchanged database stays one join.
+    pub apply_lifecycle: bool,
     /// Most missing users one round lists ([`plan::ROUND_LIMIT`]); a larger backfill runs in
     /// rounds. Tests lower it to exercise the rounds.
     pub round_limit: i32,
@@ -97,6 +101,7 @@ impl Options {
             follow_email: s.follow_email,
             soft_deleted: s.soft_deleted,
             retry_queue_now: false,
+            apply_lifecycle: true,
             round_limit: plan::ROUND_LIMIT,
             stop: None,
         }
@@ -128,8 +133,6 @@ pub struct Report {
     pub failures: Vec<Failure>,
     /// The repair queue drain that ran first (not in a dry run).
     pub repair: Option<RepairReport>,
-    /// Profiles the lifecycle policies had to change when detected (in a dry run: would).
-    pub lifecycle_pending: u64,
     /// What the lifecycle policies changed (not in a dry run).
     #[serde(flatten)]
     pub applied: policy::Applied,
@@ -155,7 +158,6 @@ impl Report {
     }
 
     fn note_detection(&mut self, plan: &plan::Plan) {
-        self.lifecycle_pending = plan.lifecycle_pending;
         self.scanned = plan.scanned;
         self.skipped_deleted = plan.skipped_deleted;
         self.skipped_anonymous = plan.skipped_anonymous;
@@ -269,8 +271,8 @@ pub async fn run(db: &Db, options: &Options, progress: Option<Arc<Progress>>) ->
         let round = sweep_round(db, options, &mut listing, &handled, &progress).await?;
         more = report.absorb_round(round, &mut handled);
     }
-    // What the triggers missed of the rest of the lifecycle, when the detection saw any.
-    if counts.lifecycle_pending > 0 && !options.stopped() {
+    // What the triggers missed of the rest of the lifecycle.
+    if options.apply_lifecycle && !options.stopped() {
         report.applied = policy::apply(&client, &options.policy(), None).await?;
     }
     drop(client);

@@ -56,10 +56,6 @@ pub struct Plan {
     pub missing_total: u64,
     /// Them, in heap order: all of them, or the first `limit`.
     pub missing: Vec<Missing>,
-    /// Profiles the lifecycle policies would change (an e-mail to fill or follow, a
-    /// soft-deleted user's profile to scrub or delete): counted by the same join, so that an
-    /// unchanged database costs one join, not one per policy.
-    pub lifecycle_pending: u64,
 }
 
 impl Plan {
@@ -78,15 +74,7 @@ const COUNT: &str = "
     SELECT count(*),
            count(*) FILTER (WHERE p.id IS NULL AND u.deleted_at IS NOT NULL),
            count(*) FILTER (WHERE p.id IS NULL AND u.deleted_at IS NULL AND u.is_anonymous AND NOT $1),
-           count(*) FILTER (WHERE p.id IS NULL AND u.deleted_at IS NULL AND ($1 OR NOT u.is_anonymous)),
-           count(*) FILTER (WHERE p.id IS NOT NULL AND (
-               (u.deleted_at IS NULL AND u.email IS NOT NULL
-                AND ((p.email IS NULL AND NOT u.is_anonymous)
-                     OR ($2 AND p.email IS DISTINCT FROM u.email::pg_catalog.text)))
-               OR (u.deleted_at IS NOT NULL
-                   AND ($3 = 'delete'
-                        OR ($3 = 'scrub' AND (p.email IS NOT NULL OR p.full_name IS NOT NULL
-                                              OR p.avatar_url IS NOT NULL OR p.is_active))))))
+           count(*) FILTER (WHERE p.id IS NULL AND u.deleted_at IS NULL AND ($1 OR NOT u.is_anonymous))
     FROM auth.users u
     LEFT JOIN public.user_profiles p ON p.id = u.id";
 
@@ -141,14 +129,7 @@ pub async fn count(client: &mut Client, policy: &Policy) -> Result<Plan> {
         .await
         .context("counting users without a profile")?;
     let row = tx
-        .query_one(
-            COUNT,
-            &[
-                &policy.include_anonymous,
-                &policy.follow_email,
-                &policy.soft_deleted.as_str(),
-            ],
-        )
+        .query_one(COUNT, &[&policy.include_anonymous])
         .await
         .context("counting users without a profile")?;
     tx.commit()
@@ -160,7 +141,6 @@ pub async fn count(client: &mut Client, policy: &Policy) -> Result<Plan> {
         skipped_anonymous: row.value::<i64>(2)? as u64,
         missing_total: row.value::<i64>(3)? as u64,
         missing: Vec::new(),
-        lifecycle_pending: row.value::<i64>(4)? as u64,
     })
 }
 
@@ -296,6 +276,9 @@ pub struct Census {
     /// Profiles of soft-deleted users that the policy says should be scrubbed (still holding
     /// personal data) or gone.
     pub soft_deleted_left: (i64, Vec<String>),
+    /// Profiles the sweep's lifecycle statements would change: an e-mail to fill (or follow,
+    /// with `follow_email`), a soft-deleted user's profile to scrub or delete.
+    pub lifecycle_pending: i64,
 }
 
 pub async fn census(
@@ -306,16 +289,20 @@ pub async fn census(
 ) -> Result<Census> {
     // Counts only, so that PostgreSQL runs it in parallel (array_agg cannot be in 15); the
     // samples come from a second, LIMITed look only for a count that is not zero.
-    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 3] = [
+    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 4] = [
         &policy.include_anonymous,
         &grace.as_secs_f64(),
         &policy.soft_deleted.as_str(),
+        &policy.follow_email,
     ];
     let row = client
         .query_one(&format!("SELECT {CENSUS_COUNTS} {CENSUS_FROM}"), &params)
         .await
         .context("counting users and their profiles")?;
-    let mut census = Census::default();
+    let mut census = Census {
+        lifecycle_pending: row.value(3)?,
+        ..Census::default()
+    };
     for (i, (kind, slot)) in [
         ("missing", &mut census.missing),
         ("stale", &mut census.stale_email),
@@ -332,7 +319,7 @@ pub async fn census(
         let ids: Vec<String> = client
             .query(
                 &format!("SELECT x.id::text {CENSUS_FROM} WHERE x.{kind} LIMIT {samples}"),
-                &params,
+                &params[..3],
             )
             .await
             .context("sampling users and their profiles")?
@@ -345,9 +332,10 @@ pub async fn census(
 }
 
 const CENSUS_COUNTS: &str = "count(*) FILTER (WHERE x.missing), count(*) FILTER (WHERE x.stale),
-    count(*) FILTER (WHERE x.left_behind)";
+    count(*) FILTER (WHERE x.left_behind),
+    count(*) FILTER (WHERE x.left_behind OR x.to_fill OR (x.stale AND $4))";
 
-// $1 include_anonymous, $2 the grace period in seconds, $3 sync.soft_deleted.
+// $1 include_anonymous, $2 the grace period in seconds, $3 sync.soft_deleted, $4 follow_email.
 const CENSUS_FROM: &str = "
     FROM (SELECT u.id,
                  p.id IS NULL AND u.deleted_at IS NULL AND ($1 OR NOT u.is_anonymous)
@@ -355,6 +343,8 @@ const CENSUS_FROM: &str = "
                           OR u.created_at < now() - make_interval(secs => $2)) AS missing,
                  p.id IS NOT NULL AND u.deleted_at IS NULL AND u.email IS NOT NULL
                      AND p.email IS DISTINCT FROM u.email::text AS stale,
+                 p.id IS NOT NULL AND u.deleted_at IS NULL AND u.email IS NOT NULL
+                     AND p.email IS NULL AND NOT u.is_anonymous AS to_fill,
                  p.id IS NOT NULL AND u.deleted_at IS NOT NULL
                      AND ($3 = 'delete' OR ($3 = 'scrub'
                           AND (p.email IS NOT NULL OR p.full_name IS NOT NULL

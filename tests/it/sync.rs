@@ -171,6 +171,7 @@ fn options(case: &Case, dry_run: bool) -> Options {
         follow_email: false,
         soft_deleted: usersync::sync::policy::SoftDeleted::Keep,
         retry_queue_now: false,
+        apply_lifecycle: false,
         round_limit: case.round_limit,
         stop: None,
     }
@@ -268,6 +269,7 @@ fn default_options() -> Options {
         follow_email: false,
         soft_deleted: usersync::sync::policy::SoftDeleted::Keep,
         retry_queue_now: false,
+        apply_lifecycle: false,
         round_limit: usersync::sync::plan::ROUND_LIMIT,
         stop: None,
     }
