@@ -206,22 +206,32 @@ pub async fn apply(client: &Client, policy: &Policy, ids: Option<&[Uuid]>) -> Re
 }
 
 async fn apply_all(client: &Client, policy: &Policy, ids: Option<&[Uuid]>) -> Result<Applied> {
-    let mut applied = Applied {
-        emails_filled: repeat(client, FILL_EMAIL, ids, "filling e-mails").await?,
-        ..Applied::default()
-    };
-    if policy.follow_email {
+    // One join counts each kind (in parallel); only the kinds with work run their statements.
+    let pending = client
+        .query_one(
+            PENDING,
+            &[&ids, &policy.follow_email, &policy.soft_deleted.as_str()],
+        )
+        .await
+        .context("counting what the lifecycle policies would change")?;
+    let (fill, follow, soft): (i64, i64, i64) =
+        (pending.value(0)?, pending.value(1)?, pending.value(2)?);
+    let mut applied = Applied::default();
+    if fill > 0 {
+        applied.emails_filled = repeat(client, FILL_EMAIL, ids, "filling e-mails").await?;
+    }
+    if follow > 0 {
         applied.emails_followed = repeat(client, FOLLOW_EMAIL, ids, "following e-mails").await?;
     }
     match policy.soft_deleted {
-        SoftDeleted::Scrub => {
+        SoftDeleted::Scrub if soft > 0 => {
             applied.scrubbed = repeat(client, SCRUB, ids, "scrubbing soft-deleted users").await?
         }
-        SoftDeleted::Delete => {
+        SoftDeleted::Delete if soft > 0 => {
             applied.deleted =
                 repeat(client, DELETE, ids, "deleting soft-deleted users' profiles").await?
         }
-        SoftDeleted::Keep => {}
+        _ => {}
     }
     if applied != Applied::default() {
         tracing::info!(
@@ -234,6 +244,20 @@ async fn apply_all(client: &Client, policy: &Policy, ids: Option<&[Uuid]>) -> Re
     }
     Ok(applied)
 }
+
+// How many profiles each statement below would change: $1 the users (NULL: all), $2
+// follow_email, $3 sync.soft_deleted.
+const PENDING: &str = "
+    SELECT count(*) FILTER (WHERE u.deleted_at IS NULL AND NOT u.is_anonymous
+                              AND u.email IS NOT NULL AND p.email IS NULL),
+           count(*) FILTER (WHERE $2 AND u.deleted_at IS NULL AND u.email IS NOT NULL
+                              AND p.email IS DISTINCT FROM u.email::pg_catalog.text),
+           count(*) FILTER (WHERE u.deleted_at IS NOT NULL
+                              AND ($3 = 'delete' OR ($3 = 'scrub'
+                                   AND (p.email IS NOT NULL OR p.full_name IS NOT NULL
+                                        OR p.avatar_url IS NOT NULL OR p.is_active))))
+    FROM auth.users u JOIN public.user_profiles p ON p.id = u.id
+    WHERE $1::uuid[] IS NULL OR u.id = ANY ($1)";
 
 async fn repeat(client: &Client, sql: &str, ids: Option<&[Uuid]>, what: &str) -> Result<u64> {
     let mut total = 0;
