@@ -571,3 +571,45 @@ async fn check_reports_stale_emails_and_personal_data_left_by_soft_deletes() {
     );
     assert!(json.contains("\"policy\""), "{json}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemon_scrubs_what_the_triggers_missed_once_its_check_counts_it() {
+    use std::time::Duration;
+    let db = TestDb::migrated().await;
+    let admin = db.admin().await;
+    let user = AuthUser::email("daemon-scrub@example.test");
+    insert_users(&admin, std::slice::from_ref(&user))
+        .await
+        .unwrap();
+    let daemon = crate::daemon::Daemon::start(db.runtime_settings_with(&[
+        ("USERSYNC__SYNC__SCHEDULE", "* * * * * *"),
+        ("USERSYNC__INTEGRITY__SCHEDULE", "* * * * * *"),
+    ]))
+    .await;
+    // Let the first sweep (which applies the lifecycle at start) pass, then soft-delete the
+    // user behind the update trigger's back.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    admin
+        .batch_execute(&format!(
+            "ALTER TABLE auth.users DISABLE TRIGGER usersync_on_auth_user_updated;
+             UPDATE auth.users SET email = 'gone@deleted.invalid', deleted_at = now()
+             WHERE id = '{}';
+             ALTER TABLE auth.users ENABLE TRIGGER usersync_on_auth_user_updated;",
+            user.id
+        ))
+        .await
+        .unwrap();
+    let scrubbed = crate::daemon::eventually(Duration::from_secs(15), || async {
+        admin
+            .query_one(
+                "SELECT email IS NULL AND NOT is_active FROM public.user_profiles WHERE id = $1",
+                &[&user.id],
+            )
+            .await
+            .unwrap()
+            .get::<_, bool>(0)
+    })
+    .await;
+    daemon.stop().await.unwrap();
+    assert!(scrubbed, "the daemon's sweep scrubbed the profile");
+}
