@@ -9,6 +9,47 @@ use prometheus::{
 /// The jobs the daemon schedules, the only values of the `job` label.
 pub const JOBS: &[&str] = &["sweep", "repair", "integrity"];
 
+/// How a job run ended: the only values of the `outcome` label.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    /// It ran, and every user it handled is done.
+    Success,
+    /// It ran, and some user's profile could not be made.
+    Failed,
+    /// It did not run through (the database went away, a statement failed).
+    Error,
+    /// The previous run was still going.
+    Skipped,
+    /// Another replica ran it.
+    Busy,
+}
+
+impl Outcome {
+    pub const ALL: [Outcome; 5] = [
+        Outcome::Success,
+        Outcome::Failed,
+        Outcome::Error,
+        Outcome::Skipped,
+        Outcome::Busy,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Success => "success",
+            Outcome::Failed => "failed",
+            Outcome::Error => "error",
+            Outcome::Skipped => "skipped",
+            Outcome::Busy => "busy",
+        }
+    }
+
+    /// Whether the run went through (`last_success` counts it).
+    pub fn ran(self) -> bool {
+        matches!(self, Outcome::Success | Outcome::Failed)
+    }
+}
+
 pub struct Metrics {
     registry: Registry,
     /// Profiles created, by `source`: sweep or repair.
@@ -157,8 +198,8 @@ impl Metrics {
         for job in JOBS {
             m.leader.with_label_values(&[job]).set(0);
             m.run_duration.with_label_values(&[job]);
-            for outcome in ["success", "failed", "error", "skipped", "busy"] {
-                m.runs.with_label_values(&[job, outcome]);
+            for outcome in Outcome::ALL {
+                m.runs.with_label_values(&[job, outcome.as_str()]);
             }
         }
         for reason in ["evicted", "refused"] {

@@ -11,8 +11,7 @@ use crate::integrity::Finding;
 /// The last run of one job.
 #[derive(Clone, Debug, Serialize)]
 pub struct LastRun {
-    /// success, failed, error, skipped or busy.
-    pub outcome: &'static str,
+    pub outcome: crate::metrics::Outcome,
     /// Unix time the run ended.
     pub finished_at: f64,
     pub duration_ms: f64,

@@ -14,6 +14,7 @@ use tracing::Instrument;
 
 use super::Shared;
 use crate::error::Result;
+use crate::metrics::Outcome;
 use crate::{db, integrity, metrics, sync};
 
 /// Advisory lock namespace of the daemon's jobs (the two-key form: namespace, job).
@@ -72,7 +73,7 @@ pub async fn run(shared: Arc<Shared>, kind: JobKind) {
         shared
             .metrics
             .runs
-            .with_label_values(&[kind.name(), "skipped"])
+            .with_label_values(&[kind.name(), Outcome::Skipped.as_str()])
             .inc();
         return;
     };
@@ -113,16 +114,18 @@ async fn execute(shared: &Shared, kind: JobKind) {
                     shared.database_down();
                 }
                 tracing::warn!(error = %e, "job run failed; retried on its next tick");
-                ("error", e.to_string())
+                (Outcome::Error, e.to_string())
             }
         };
-        if matches!(label, "success" | "failed") {
+        if label.ran() {
             m.database_up.set(1);
             m.last_success
                 .with_label_values(&[kind.name()])
                 .set(metrics::now());
         }
-        m.runs.with_label_values(&[kind.name(), label]).inc();
+        m.runs
+            .with_label_values(&[kind.name(), label.as_str()])
+            .inc();
         shared.board.record(
             kind.name(),
             super::board::LastRun {
@@ -133,7 +136,7 @@ async fn execute(shared: &Shared, kind: JobKind) {
             },
         );
         tracing::debug!(
-            outcome = label,
+            outcome = label.as_str(),
             duration_ms = started.elapsed().as_millis() as u64,
             "job run ended"
         );
@@ -155,9 +158,9 @@ async fn policy_of(
 }
 
 /// A job's outcome label and a one-line summary for the status page.
-type Outcome = (&'static str, String);
+type Ran = (Outcome, String);
 
-async fn sweep(shared: &Shared) -> Result<Outcome> {
+async fn sweep(shared: &Shared) -> Result<Ran> {
     let m = &shared.metrics;
     let policy = policy_of(shared, &*shared.db.get().await?).await?;
     let apply_lifecycle = shared.lifecycle_due.swap(false, Ordering::Relaxed);
@@ -195,12 +198,17 @@ async fn sweep(shared: &Shared) -> Result<Outcome> {
     ))
 }
 
-/// "failed" when a user failed (the run itself went through), else "success".
-fn outcome(failed: u64, summary: String) -> Outcome {
-    (if failed > 0 { "failed" } else { "success" }, summary)
+/// Failed when a user failed (the run itself went through), else success.
+fn outcome(failed: u64, summary: String) -> Ran {
+    let outcome = if failed > 0 {
+        Outcome::Failed
+    } else {
+        Outcome::Success
+    };
+    (outcome, summary)
 }
 
-async fn repair(shared: &Shared) -> Result<Outcome> {
+async fn repair(shared: &Shared) -> Result<Ran> {
     let m = &shared.metrics;
     let mut client = shared.db.get().await?;
     let mut failures = Vec::new();
@@ -232,12 +240,12 @@ async fn repair(shared: &Shared) -> Result<Outcome> {
     ))
 }
 
-async fn check(shared: &Shared, probe: bool) -> Result<Outcome> {
+async fn check(shared: &Shared, probe: bool) -> Result<Ran> {
     let m = &shared.metrics;
     let mut client = shared.db.get().await?;
     if !db::try_advisory_lock(&client, JOB_LOCK_NAMESPACE, INTEGRITY_LOCK).await? {
         tracing::debug!("another replica is running the integrity check");
-        return Ok(("busy", "another replica is running it".into()));
+        return Ok((Outcome::Busy, "another replica is running it".into()));
     }
     m.leader.with_label_values(&["integrity"]).set(1);
     let report = integrity::run(
@@ -263,11 +271,7 @@ async fn check(shared: &Shared, probe: bool) -> Result<Outcome> {
         .iter()
         .filter(|f| f.level == integrity::Level::Error)
         .count();
-    tracing::info!(
-        findings = report.findings.len(),
-        errors,
-        "integrity check finished"
-    );
+    // integrity::run logged its counts inside this job's span.
     let summary = format!(
         "{} findings, {errors} at error level",
         report.findings.len()
@@ -276,5 +280,5 @@ async fn check(shared: &Shared, probe: bool) -> Result<Outcome> {
         .lifecycle_due
         .store(report.lifecycle_pending > 0, Ordering::Relaxed);
     shared.board.findings(report.findings, metrics::now());
-    Ok(("success", summary))
+    Ok((Outcome::Success, summary))
 }

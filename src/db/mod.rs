@@ -14,7 +14,7 @@ use deadpool_postgres::{Hook, HookError, Manager, ManagerConfig, Pool, Recycling
 use crate::config::{DatabaseSettings, Timeouts, target};
 use crate::error::{Error, Result, db_message};
 
-pub use deadpool_postgres::{Client, Object};
+use deadpool_postgres::Object;
 
 /// The pool, with what its errors need to name: host and port, never the password.
 #[derive(Clone)]

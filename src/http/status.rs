@@ -15,6 +15,7 @@ use crate::daemon::Shared;
 use crate::daemon::board::LastRun;
 use crate::db::RowExt;
 use crate::integrity::{Finding, Level};
+use crate::metrics::Outcome;
 
 /// Where the runbook lives, as the alert rules link it.
 pub const RUNBOOK: &str = "https://github.com/usersync/usersync/blob/main/deploy/RUNBOOK.md";
@@ -73,7 +74,7 @@ pub async fn collect(shared: &Shared, detailed: bool) -> Status {
     ] {
         let mut last_run = board.jobs.get(job).cloned();
         if let Some(run) = last_run.as_mut()
-            && run.outcome == "error"
+            && run.outcome == Outcome::Error
             && !detailed
         {
             run.summary = "the run failed; the daemon's log has the error".into();
@@ -205,11 +206,11 @@ background:#f6f8fa;padding:2px 4px;border-radius:4px;display:inline-block}
 @media(max-width:600px){td,th{display:block;border:none;padding:2px 0}tr{display:block;border-top:1px solid #eaeef2;padding:6px 0}thead{display:none}
 td[data-label]::before{content:attr(data-label) ': ';color:#57606a}}";
 
-fn outcome_class(outcome: &str) -> &'static str {
+fn outcome_class(outcome: Outcome) -> &'static str {
     match outcome {
-        "success" => "ok",
-        "skipped" | "busy" => "warning",
-        _ => "error",
+        Outcome::Success => "ok",
+        Outcome::Skipped | Outcome::Busy => "warning",
+        Outcome::Failed | Outcome::Error => "error",
     }
 }
 
@@ -256,7 +257,7 @@ pub fn html(status: &Status) -> String {
                     job.job,
                     esc(&job.schedule),
                     outcome_class(run.outcome),
-                    run.outcome,
+                    run.outcome.as_str(),
                     ago(run.finished_at),
                     run.duration_ms,
                     esc(&run.summary)

@@ -292,10 +292,10 @@ pub async fn run(db: &Db, options: &Options, progress: Option<Arc<Progress>>) ->
     Ok(report)
 }
 
-/// What one round of a sweep did: the users it listed and what each range made of them.
+/// What one round of a sweep did: whether it listed as many users as a round may (another
+/// is due), and what each range made of them.
 #[derive(Debug, Default)]
 struct Round {
-    listed: u64,
     full: bool,
     ranges: Vec<RangeReport>,
 }
@@ -385,7 +385,6 @@ async fn sweep_round(
         (Err(e), _) => Err(e),
         (_, Some(e)) => Err(e),
         (Ok(listed), None) => {
-            round.listed = listed;
             round.full = listed >= options.round_limit as u64;
             Ok(round)
         }
