@@ -6,11 +6,15 @@ use std::io::Write;
 
 use serde::Serialize;
 
+mod progress_bar;
+mod render;
+
 use crate::cli::{Cli, Command, Migrate};
 use crate::config::{Settings, Sources};
 use crate::db::{self, migrate, probe, verify};
 use crate::error::{Error, Result, exit};
 use crate::{integrity, sync};
+use render::{check_text, sync_text, user_line, verify_text};
 
 /// Runs `cli` with settings already loaded; returns the process exit code.
 pub async fn run(cli: Cli, settings: Settings) -> Result<u8> {
@@ -134,32 +138,6 @@ async fn users_command(command: crate::cli::Users, settings: &Settings) -> Resul
     }
 }
 
-fn user_line(u: &crate::db::users::User) -> String {
-    format!(
-        "{}  {:<32} {:<24} role={} active={}{}{}\n",
-        u.id,
-        printable(
-            u.email
-                .as_deref()
-                .or(u.phone.as_deref())
-                .unwrap_or(if u.is_anonymous { "(anonymous)" } else { "-" })
-        ),
-        printable(u.profile.full_name.as_deref().unwrap_or("-")),
-        printable(&u.profile.role),
-        u.profile.is_active,
-        if u.profile_missing {
-            "  PROFILE MISSING"
-        } else {
-            ""
-        },
-        if u.deleted_at.is_some() {
-            "  deleted"
-        } else {
-            ""
-        },
-    )
-}
-
 async fn check_command(settings: &Settings, json: bool, e2e: bool) -> Result<u8> {
     let db = db::connect(&settings.database).await?;
     let mut client = db.get().await?;
@@ -182,167 +160,6 @@ async fn check_command(settings: &Settings, json: bool, e2e: bool) -> Result<u8>
     })
 }
 
-fn check_text(report: &integrity::Report) -> String {
-    use integrity::Level;
-    if report.findings.is_empty() {
-        return format!("ok: no findings ({:.0} ms)\n", report.duration_ms);
-    }
-    let mut out = String::new();
-    for (level, heading) in [
-        (Level::Error, "ERRORS"),
-        (Level::Warning, "WARNINGS"),
-        (Level::Info, "INFO"),
-    ] {
-        let of_level: Vec<_> = report
-            .findings
-            .iter()
-            .filter(|f| f.level == level)
-            .collect();
-        if of_level.is_empty() {
-            continue;
-        }
-        out.push_str(&format!("{heading} ({})\n", of_level.len()));
-        for f in of_level {
-            out.push_str(&format!(
-                "\n  {}: {}\n    {}\n",
-                f.check,
-                printable(&f.title),
-                printable(&f.detail)
-            ));
-            if !f.samples.is_empty() {
-                out.push_str(&format!("    samples: {}\n", f.samples.join(", ")));
-            }
-            out.push_str(&format!(
-                "    {}{}\n",
-                fix_label(f.fix_kind),
-                printable(&f.fix)
-            ));
-        }
-        out.push('\n');
-    }
-    out
-}
-
-fn sync_text(r: &sync::Report, verbose: bool) -> String {
-    let mut out = String::new();
-    if r.dry_run {
-        out.push_str(&format!(
-            "dry run: {} users would get a profile ({} scanned, {} soft-deleted and {} anonymous skipped); nothing written\n",
-            r.missing, r.scanned, r.skipped_deleted, r.skipped_anonymous
-        ));
-        if verbose {
-            for p in &r.profiles {
-                out.push_str(&format!("{p}\n"));
-            }
-        } else {
-            for id in &r.would_create {
-                out.push_str(&format!("{id}\n"));
-            }
-        }
-        return out;
-    }
-    if let Some(repair) = &r.repair {
-        let now = if repair.retried_now {
-            " (retried every queued user now, whatever its backoff)"
-        } else {
-            ""
-        };
-        out.push_str(&format!(
-            "repair queue: {} due, {} created, {} resolved, {} failed, {} remaining{now}\n",
-            repair.due, repair.created, repair.resolved, repair.failed, repair.remaining
-        ));
-    }
-    let a = &r.applied;
-    out.push_str(&format!(
-        "lifecycle: {} e-mails filled, {} followed; soft-deleted users' profiles: {} scrubbed, {} deleted\n",
-        a.emails_filled, a.emails_followed, a.scrubbed, a.deleted
-    ));
-    out.push_str(&format!(
-        "sweep: {} scanned, {} missing, {} created, {} raced, {} deferred, {} failed; \
-         skipped {} soft-deleted, {} anonymous; {} batches (longest {:.0} ms) in {:.0} ms\n",
-        r.scanned,
-        r.missing,
-        r.created,
-        r.raced,
-        r.deferred,
-        r.failed,
-        r.skipped_deleted,
-        r.skipped_anonymous,
-        r.batches,
-        r.longest_batch_ms,
-        r.duration_ms
-    ));
-    if r.ranges_busy > 0 {
-        out.push_str(&format!(
-            "{} of {} ranges were being swept by another process\n",
-            r.ranges_busy, r.ranges
-        ));
-    }
-    for f in &r.failures {
-        out.push_str(&format!(
-            "failed {}: {} (SQLSTATE {})\n",
-            f.user_id,
-            printable(&f.reason),
-            f.sqlstate
-        ));
-    }
-    out
-}
-
-/// A progress bar on stderr for passes long enough to want one, only in a terminal.
-mod progress_bar {
-    use std::io::IsTerminal;
-    use std::sync::Arc;
-    use std::sync::atomic::Ordering;
-    use std::time::Duration;
-
-    use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-    use tokio::task::JoinHandle;
-
-    use crate::sync::Progress;
-
-    pub struct Bar {
-        bar: ProgressBar,
-        ticker: JoinHandle<()>,
-    }
-
-    pub fn start(progress: Arc<Progress>) -> Option<Bar> {
-        if !std::io::stderr().is_terminal() {
-            return None;
-        }
-        let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
-        bar.set_style(
-            ProgressStyle::with_template(
-                "{bar:30} {pos}/{len} missing users handled, {msg} created  {per_sec}  ETA {eta}",
-            )
-            .expect("a valid template"),
-        );
-        let ticker_bar = bar.clone();
-        let ticker = tokio::spawn(async move {
-            // Nothing for the first second: short passes stay quiet.
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            loop {
-                let total = progress.total.load(Ordering::Relaxed);
-                let done = progress.done.load(Ordering::Relaxed);
-                ticker_bar.set_length(total.max(done));
-                ticker_bar.set_position(done);
-                ticker_bar.set_message(progress.created.load(Ordering::Relaxed).to_string());
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-        });
-        Some(Bar { bar, ticker })
-    }
-
-    pub async fn finish(bar: Option<Bar>) {
-        if let Some(Bar { bar, ticker }) = bar {
-            ticker.abort();
-            let _ = ticker.await;
-            bar.finish_and_clear();
-        }
-    }
-}
-
-/// Resolves on SIGTERM or SIGINT.
 /// Resolves on SIGTERM or SIGINT. The handlers are installed here, before the future is
 /// first polled: a signal that arrives while the daemon is still starting (after systemd was
 /// told READY) is then a clean shutdown, not the default action's kill.
@@ -447,49 +264,6 @@ async fn run_migrate(command: Migrate, settings: &Settings) -> Result<u8> {
     }
 }
 
-fn verify_text(report: &verify::Report, e2e: bool) -> String {
-    let probe = if e2e { " and the sign-up probe" } else { "" };
-    if report.findings.is_empty() {
-        return format!("ok: {} checks{probe} passed\n", report.checks);
-    }
-    let mut out = if report.ok {
-        format!(
-            "ok: {} checks{probe} passed, with warnings\n",
-            report.checks
-        )
-    } else {
-        format!(
-            "FAILED: {} of {} checks{probe}\n",
-            report.findings.len(),
-            report.checks
-        )
-    };
-    for f in &report.findings {
-        let warning = if f.level == verify::Level::Warning {
-            " (warning)"
-        } else {
-            ""
-        };
-        out.push_str(&format!(
-            "\n{}{warning}\n  expected: {}\n  found:    {}\n  {}{}\n",
-            f.check,
-            f.expected,
-            printable(&f.found),
-            fix_label(f.fix_kind),
-            printable(&f.fix)
-        ));
-    }
-    out
-}
-
-/// How a fix is introduced: SQL to run as printed, or a step.
-fn fix_label(kind: verify::FixKind) -> &'static str {
-    match kind {
-        verify::FixKind::Sql => "fix (SQL): ",
-        verify::FixKind::Command => "fix (run): ",
-    }
-}
-
 fn print_steps(steps: &[migrate::Step], json: bool, direction: &str) -> Result<()> {
     if json {
         return print_json(&steps);
@@ -534,38 +308,5 @@ fn write_stdout(text: &str) -> Result<()> {
             context: "writing to stdout".into(),
             source,
         }),
-    }
-}
-
-/// A value from the database made safe for a terminal: control characters (an escape
-/// sequence in someone's name would retitle or repaint the terminal) are shown as `\u{1b}`.
-fn printable(text: &str) -> std::borrow::Cow<'_, str> {
-    if !text.chars().any(char::is_control) {
-        return std::borrow::Cow::Borrowed(text);
-    }
-    std::borrow::Cow::Owned(
-        text.chars()
-            .map(|c| {
-                if c.is_control() {
-                    c.escape_unicode().to_string()
-                } else {
-                    c.to_string()
-                }
-            })
-            .collect(),
-    )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::printable;
-
-    #[test]
-    fn control_characters_from_the_database_are_shown_escaped() {
-        assert_eq!(printable("Ada Lovelace"), "Ada Lovelace");
-        assert_eq!(
-            printable("\u{1b}]0;pwned\u{7}Ada\nEve\u{9b}"),
-            "\\u{1b}]0;pwned\\u{7}Ada\\u{a}Eve\\u{9b}"
-        );
     }
 }
