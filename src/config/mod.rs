@@ -2,7 +2,6 @@
 //! [`Settings`] before anything connects.
 
 use std::fmt;
-use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -10,7 +9,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 
+mod raw;
 mod url;
+
+use raw::Raw;
+pub use raw::Sources;
 
 pub use url::{Secret, SslMode, render as render_url};
 
@@ -170,150 +173,10 @@ pub enum LogFormat {
     Json,
 }
 
-// The raw keys, exactly as in config/usersync.toml. Unknown keys are rejected here.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Raw {
-    database: RawDatabase,
-    sync: RawSync,
-    integrity: RawIntegrity,
-    http: RawHttp,
-    api: RawApi,
-    daemon: RawDaemon,
-    log: RawLog,
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawHttp {
-    listen: String,
-    readiness_timeout_secs: i64,
-    max_connections: i64,
-    header_read_timeout_secs: i64,
-    write_timeout_secs: i64,
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawApi {
-    token: Secret,
-    max_db_connections: i64,
-    timeout_secs: i64,
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawDaemon {
-    shutdown_grace_secs: i64,
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawIntegrity {
-    schedule: String,
-    probe_schedule: String,
-    grace_period_secs: i64,
-    queue_stale_secs: i64,
-    queue_max_attempts: i64,
-    user_id_columns: Vec<String>,
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawDatabase {
-    url: Secret,
-    /// "" when the URL's `sslmode` (or libpq's default, prefer) applies.
-    sslmode: String,
-    ca_cert: String,
-    pool_size: i64,
-    connect_timeout_secs: i64,
-    statement_timeout_secs: i64,
-    lock_timeout_secs: i64,
-    scan_timeout_secs: i64,
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawSync {
-    schedule: String,
-    repair_schedule: String,
-    batch_size: i64,
-    workers: i64,
-    include_anonymous: bool,
-    follow_email: bool,
-    soft_deleted: String,
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawLog {
-    level: String,
-    format: LogFormat,
-}
-
-/// Where configuration comes from besides the built-in defaults.
-#[derive(Clone, Debug, Default)]
-pub struct Sources<'a> {
-    /// `--config FILE`.
-    pub file: Option<&'a Path>,
-    /// The process environment as (name, value) pairs; tests pass their own.
-    pub env: Vec<(String, String)>,
-}
-
-impl Sources<'_> {
-    pub fn from_process(file: Option<&Path>) -> Sources<'_> {
-        Sources {
-            file,
-            env: std::env::vars().collect(),
-        }
-    }
-}
-
-const ENV_PREFIX: &str = "USERSYNC__";
-
 impl Settings {
     /// Defaults, then the file, then `DATABASE_URL`, then `USERSYNC__SECTION__KEY`.
     pub fn load(sources: &Sources<'_>) -> Result<Settings> {
-        let mut builder = config::Config::builder()
-            .add_source(config::File::from_str(DEFAULTS, config::FileFormat::Toml));
-        if let Some(path) = sources.file {
-            if !path.is_file() {
-                return Err(Error::ConfigSource(format!(
-                    "{}: no such file",
-                    path.display()
-                )));
-            }
-            builder = builder.add_source(
-                config::File::from(path)
-                    .format(config::FileFormat::Toml)
-                    .required(true),
-            );
-        }
-        let env_url = sources.env.iter().rev().find(|(k, _)| k == "DATABASE_URL");
-        if let Some((_, url)) = env_url {
-            builder = builder
-                .set_override("database.url", url.as_str())
-                .map_err(map_config_error)?;
-        }
-        // Applied by hand rather than with config::Environment so that an unknown variable
-        // is an error naming it, and a value is typed by the key it sets.
-        for (name, value) in &sources.env {
-            let Some(rest) = name.strip_prefix(ENV_PREFIX) else {
-                continue;
-            };
-            let key = rest.to_ascii_lowercase().replace("__", ".");
-            let typed = env_value(&key, value).map_err(|message| Error::Config {
-                key: name.clone(),
-                message,
-            })?;
-            builder = builder.set_override(key, typed).map_err(map_config_error)?;
-        }
-        let raw: Raw = builder
-            .build()
-            .map_err(map_config_error)?
-            .try_deserialize()
-            .map_err(map_config_error)?;
-        Settings::validate(raw)
+        Settings::validate(raw::load(sources)?)
     }
 
     fn validate(raw: Raw) -> Result<Settings> {
@@ -635,77 +498,6 @@ fn cron(key: &str, expr: &str) -> Result<String> {
                 format!("{expr:?} is not a cron expression with seconds (sec min hour day month weekday): {e}"),
             )
         })
-}
-
-/// Types an environment value by the key it sets, so "8" becomes a number for pool_size.
-fn env_value(key: &str, value: &str) -> std::result::Result<config::Value, String> {
-    let defaults: toml::Table = DEFAULTS.parse().expect("built-in defaults parse");
-    let mut path = key.split('.');
-    let (Some(section), Some(field), None) = (path.next(), path.next(), path.next()) else {
-        return Err("unknown key: expected USERSYNC__SECTION__KEY".into());
-    };
-    let default = defaults
-        .get(section)
-        .and_then(|s| s.get(field))
-        .ok_or_else(|| format!("unknown key {section}.{field}"))?;
-    Ok(match default {
-        toml::Value::Integer(_) => value
-            .trim()
-            .parse::<i64>()
-            .map_err(|_| format!("{value:?} is not an integer"))?
-            .into(),
-        // A list from the environment is comma-separated.
-        toml::Value::Array(_) => value
-            .split(',')
-            .map(str::trim)
-            .filter(|v| !v.is_empty())
-            .map(|v| config::Value::from(v.to_string()))
-            .collect::<Vec<_>>()
-            .into(),
-        toml::Value::Boolean(_) => match value.trim().to_ascii_lowercase().as_str() {
-            "true" | "1" | "yes" | "on" => true.into(),
-            "false" | "0" | "no" | "off" => false.into(),
-            _ => return Err(format!("{value:?} is not a boolean")),
-        },
-        _ => value.into(),
-    })
-}
-
-fn map_config_error(e: config::ConfigError) -> Error {
-    use config::ConfigError as C;
-    match e {
-        C::Type {
-            unexpected,
-            expected,
-            key,
-            ..
-        } => Error::Config {
-            key: key.unwrap_or_else(|| "?".into()),
-            message: format!("expected {expected}, found {unexpected}"),
-        },
-        C::At {
-            error,
-            key: Some(key),
-            ..
-        } => match *error {
-            C::Message(m) => Error::Config { key, message: m },
-            other => Error::Config {
-                key,
-                message: other.to_string(),
-            },
-        },
-        C::NotFound(key) => Error::Config {
-            key,
-            message: "missing".into(),
-        },
-        C::FileParse { uri, cause } => Error::ConfigSource(format!(
-            "{}: {}",
-            uri.unwrap_or_else(|| "built-in defaults".into()),
-            cause.to_string().lines().next().unwrap_or_default()
-        )),
-        C::Message(m) => Error::ConfigSource(m),
-        other => Error::ConfigSource(other.to_string()),
-    }
 }
 
 #[cfg(test)]
