@@ -57,12 +57,6 @@ impl Jobs {
             JobKind::Integrity | JobKind::IntegrityProbe => &self.integrity,
         }
     }
-
-    pub fn any_running(&self) -> bool {
-        [&self.sweep, &self.repair, &self.integrity]
-            .iter()
-            .any(|m| m.try_lock().is_err())
-    }
 }
 
 /// A scheduled tick: runs the job unless it is still running from the last tick.
@@ -88,7 +82,7 @@ pub async fn repair_now(shared: &Arc<Shared>) {
 }
 
 async fn execute(shared: &Shared, kind: JobKind) {
-    if *shared.stop.borrow() {
+    if shared.shutdown.is_cancelled() {
         return;
     }
     let run_id = uuid::Uuid::new_v4().simple().to_string()[..8].to_string();
@@ -165,7 +159,7 @@ async fn sweep(shared: &Shared) -> Result<Ran> {
     let policy = policy_of(shared, &*shared.db.get().await?).await?;
     let apply_lifecycle = shared.lifecycle_due.swap(false, Ordering::Relaxed);
     let options = sync::Options {
-        stop: Some(shared.stop.clone()),
+        stop: Some(shared.shutdown.clone()),
         apply_lifecycle,
         ..sync::Options::from_settings(&shared.settings.sync)
     }

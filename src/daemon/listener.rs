@@ -95,7 +95,6 @@ async fn session(shared: &Arc<Shared>) -> Ended {
     // Whatever failed while nobody listened.
     jobs::repair_now(shared).await;
 
-    let mut stop = shared.stop.clone();
     let mut ping = tokio::time::interval(Duration::from_secs(15));
     ping.tick().await;
     let ended = loop {
@@ -108,7 +107,7 @@ async fn session(shared: &Arc<Shared>) -> Ended {
                 while woken.try_recv().is_ok() {}
                 jobs::repair_now(shared).await;
             }
-            _ = stop.changed() => break Some(Ended::Stopped),
+            () = shared.shutdown.cancelled() => break Some(Ended::Stopped),
             _ = ping.tick() => {
                 // A silent network failure shows here, not on the idle connection.
                 let alive = tokio::time::timeout(Duration::from_secs(10), client.simple_query("SELECT 1")).await;

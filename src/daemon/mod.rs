@@ -1,9 +1,11 @@
 //! `usersync run`: the schedules, the repair listener, the HTTP server, until shutdown.
 //!
 //! [`run`] takes the listener and the shutdown signal from its caller, so a test binds port 0
-//! and drives the real daemon. On shutdown it stops accepting HTTP, tells running passes to
-//! stop between batches, stops the scheduler, waits for in-flight work up to the grace period
-//! and closes the pool. The database going away never ends it: jobs fail and are retried on
+//! and drives the real daemon. Every task it starts (HTTP, the health monitor, the repair
+//! listener, the watchdog, each job run) is on one `TaskTracker` and watches one
+//! `CancellationToken`: on shutdown the token is cancelled (HTTP stops accepting, passes stop
+//! between batches, the rest end), the scheduler stops, and the tracker is awaited up to the
+//! grace period before the pool closes. The database going away never ends it: jobs fail and are retried on
 //! their next tick, the health monitor and the listener back off and reconnect.
 
 pub mod board;
@@ -17,8 +19,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::net::TcpListener;
-use tokio::sync::watch;
 use tokio_cron_scheduler::{Job, JobScheduler};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::config::Settings;
 use crate::db::{self, Db};
@@ -40,8 +43,10 @@ pub struct Shared {
     pub lifecycle_due: std::sync::atomic::AtomicBool,
     /// The users API's share of the pool: one permit per connection it may hold.
     pub api_permits: tokio::sync::Semaphore,
-    /// Turns true on shutdown: passes stop between batches.
-    pub stop: watch::Receiver<bool>,
+    /// Cancelled on shutdown: passes stop between batches, every task ends.
+    pub shutdown: CancellationToken,
+    /// Every task of the daemon, its job runs included: shutdown waits for them.
+    pub tasks: TaskTracker,
     /// Unix time of the scheduler's last heartbeat: liveness.
     heartbeat: AtomicU64,
     jobs: jobs::Jobs,
@@ -59,6 +64,17 @@ impl Shared {
             .store(metrics::now() as u64, Ordering::Relaxed);
     }
 
+    /// Runs `task` on the tracker until it ends or shutdown comes.
+    fn until_shutdown(&self, task: impl Future<Output = ()> + Send + 'static) {
+        let shutdown = self.shutdown.clone();
+        self.tasks.spawn(async move {
+            tokio::select! {
+                () = shutdown.cancelled() => {}
+                () = task => {}
+            }
+        });
+    }
+
     /// Records a failed contact with PostgreSQL.
     pub fn database_down(&self) {
         self.metrics.database_up.set(0);
@@ -72,14 +88,14 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<()> {
     let db = db::pool(&settings.database)?;
-    let (stop_tx, stop) = watch::channel(false);
     let shared = Arc::new(Shared {
         db,
         metrics: Metrics::new(),
         api_permits: tokio::sync::Semaphore::new(settings.api.max_db_connections),
         board: board::Board::default(),
         lifecycle_due: std::sync::atomic::AtomicBool::new(true),
-        stop,
+        shutdown: CancellationToken::new(),
+        tasks: TaskTracker::new(),
         heartbeat: AtomicU64::new(metrics::now() as u64),
         jobs: jobs::Jobs::default(),
         settings,
@@ -91,36 +107,31 @@ pub async fn run(
         "usersync daemon starting"
     );
 
-    let (http_stop_tx, http_stop) = watch::channel(false);
-    let server = tokio::spawn(http::serve(listener, shared.clone(), http_stop));
-    let monitor = tokio::spawn(monitor_database(shared.clone()));
-    let repair_listener = tokio::spawn(listener::run(shared.clone()));
+    shared.tasks.spawn(http::serve(listener, shared.clone()));
+    shared.until_shutdown(monitor_database(shared.clone()));
+    shared.until_shutdown(listener::run(shared.clone()));
     let mut scheduler = schedule(&shared).await?;
-    let watchdog = tokio::spawn(systemd::watchdog(shared.clone()));
+    shared.until_shutdown(systemd::watchdog(shared.clone()));
     systemd::notify("READY=1");
 
     shutdown.await;
     systemd::notify("STOPPING=1");
-    watchdog.abort();
     let started = Instant::now();
     tracing::info!(grace_secs = grace.as_secs(), "shutting down");
-    let _ = http_stop_tx.send(true);
-    let _ = stop_tx.send(true);
+    // HTTP stops accepting, passes stop after their current batch, the other tasks end.
+    shared.shutdown.cancel();
     if let Err(e) = scheduler.shutdown().await {
         tracing::warn!(error = %e, "stopping the scheduler");
     }
-    monitor.abort();
-    repair_listener.abort();
-    // In-flight passes stop after their current batch; give them the grace period.
-    while shared.jobs.any_running() && started.elapsed() < grace {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    if shared.jobs.any_running() {
+    shared.tasks.close();
+    if tokio::time::timeout(grace, shared.tasks.wait())
+        .await
+        .is_err()
+    {
         tracing::warn!(
-            "grace period over with a pass still running; its current batch is abandoned"
+            "grace period over with a task still running; its current batch is abandoned"
         );
     }
-    let _ = tokio::time::timeout(grace.saturating_sub(started.elapsed()), server).await;
     shared.db.pool.close();
     tracing::info!(
         elapsed_ms = started.elapsed().as_millis() as u64,
@@ -147,8 +158,10 @@ async fn schedule(shared: &Arc<Shared>) -> Result<JobScheduler> {
         let job = Job::new_async(expr.as_str(), move |_, _| {
             let shared = shared.clone();
             Box::pin(async move {
-                // The job runs on its own task: a long sweep never delays the scheduler.
-                tokio::spawn(jobs::run(shared, kind));
+                // The job runs on its own task, tracked: a long sweep never delays the
+                // scheduler, and shutdown waits for it.
+                let tasks = shared.tasks.clone();
+                tasks.spawn(jobs::run(shared, kind));
             })
         })
         .map_err(fail)?;

@@ -19,7 +19,7 @@ use hyper::{Method, Request, Response, StatusCode, header};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
-use tokio::sync::{Mutex, watch};
+use tokio::sync::Mutex;
 
 use crate::daemon::Shared;
 use crate::db::verify;
@@ -30,8 +30,8 @@ pub mod users;
 
 type Body = Full<Bytes>;
 
-/// Serves until `stop` turns true, then lets open connections finish.
-pub async fn serve(listener: TcpListener, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+/// Serves until shutdown, then lets open connections finish their current request.
+pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
     let graceful = GracefulShutdown::new();
     let readiness = Arc::new(Readiness::default());
     let connections = Arc::new(conn::Connections::default());
@@ -39,7 +39,7 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, mut stop: watch::
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
-            _ = stop.changed() => break,
+            () = shared.shutdown.cancelled() => break,
         };
         let (stream, _) = match accepted {
             Ok(pair) => pair,

@@ -63,12 +63,12 @@ pub struct Options {
     pub round_limit: i32,
     /// When it turns true the pass stops between batches: every batch is either committed
     /// or untouched. The daemon's shutdown.
-    pub stop: Option<tokio::sync::watch::Receiver<bool>>,
+    pub stop: Option<tokio_util::sync::CancellationToken>,
 }
 
 impl Options {
     fn stopped(&self) -> bool {
-        self.stop.as_ref().is_some_and(|s| *s.borrow())
+        self.stop.as_ref().is_some_and(|s| s.is_cancelled())
     }
 
     /// The lifecycle policies this pass applies.
