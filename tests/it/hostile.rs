@@ -347,7 +347,7 @@ fn password() -> impl Strategy<Value = String> {
 /// Random passwords, in every form the URL accepts, appear nowhere usersync writes: `config`,
 /// an error message, a log line at any level, `/readyz`, `/metrics`.
 #[test]
-fn property_secrets_never_appear_in_output_logs_or_http() {
+fn secrets_never_appear_in_output_logs_or_http() {
     let rt = property::runtime();
     let test_db = rt.block_on(TestDb::migrated());
     let (host, port, dbname) = {

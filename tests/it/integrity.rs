@@ -1,4 +1,5 @@
-//! `usersync check`: properties 11-14, no false positives, and the exit codes.
+//! `usersync check`: exactly what was broken on random populations, no false positives, and
+//! the exit codes.
 
 use std::collections::BTreeSet;
 
@@ -308,12 +309,12 @@ async fn apply(
     Ok(())
 }
 
-/// Properties 11-14: on a random population with random sabotage, the check reports exactly
+/// On a random population with random sabotage, the check reports exactly
 /// the users without a profile and the profiles without a user (11), deleting any users takes
 /// their profiles along (12), every sabotaged constraint is found with its table and count
 /// (13), and orphan counts per referencing table equal an independent count (14).
 #[test]
-fn property_11_to_14_check_finds_exactly_what_was_broken() {
+fn check_finds_exactly_what_was_broken() {
     let rt = property::runtime();
     let test_db = rt.block_on(TestDb::new());
     let strategy = (
@@ -322,7 +323,7 @@ fn property_11_to_14_check_finds_exactly_what_was_broken() {
         prop::collection::vec(any::<prop::sample::Index>(), 0..4),
     );
     property::check(
-        "property_11_to_14",
+        "check_finds_what_was_broken",
         strategy,
         |(n_users, sabotage, deletions)| {
             rt.block_on(async {
@@ -350,7 +351,7 @@ fn property_11_to_14_check_finds_exactly_what_was_broken() {
             for (n, s) in sabotage.iter().enumerate() {
                 apply(&admin, n, s, &users, &mut expected).await?;
             }
-            // Property 12: deleting any subset of users leaves no profile of theirs.
+            // deleting any subset of users leaves no profile of theirs.
             let mut deleted = Vec::new();
             for i in &deletions {
                 let id = users[i.index(users.len())].id;
@@ -377,7 +378,7 @@ fn property_11_to_14_check_finds_exactly_what_was_broken() {
                 expected.counted.push(("foreign_key_not_valid", object, orphans));
             }
 
-            // Property 11: exactly the users without a profile and the profiles without a user.
+            // exactly the users without a profile and the profiles without a user.
             let missing = ids(&admin, "SELECT id FROM auth.users EXCEPT SELECT id FROM public.user_profiles").await;
             let orphans = ids(&admin, "SELECT id FROM public.user_profiles EXCEPT SELECT id FROM auth.users").await;
             for (check, truth) in [("missing_profile", &missing), ("orphan_profile", &orphans)] {
@@ -393,7 +394,7 @@ fn property_11_to_14_check_finds_exactly_what_was_broken() {
                 }
             }
 
-            // Property 13: each sabotaged constraint, with its table and count.
+            // each sabotaged constraint, with its table and count.
             for (check, object, count) in &expected.counted {
                 let found: Vec<&Finding> = findings(&report, check)
                     .into_iter()
@@ -413,7 +414,7 @@ fn property_11_to_14_check_finds_exactly_what_was_broken() {
                 prop_assert!(!findings(&report, name).is_empty(), "{} not reported", name);
             }
 
-            // Property 14: orphans of the user-id columns without a foreign key.
+            // orphans of the user-id columns without a foreign key.
             let stale: i64 = admin
                 .query_one(
                     "SELECT count(*) FROM auth.refresh_tokens t WHERE t.user_id IS NOT NULL

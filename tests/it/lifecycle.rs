@@ -401,7 +401,7 @@ async fn profiles(admin: &Client) -> BTreeMap<Uuid, Profile> {
 }
 
 #[test]
-fn property_after_any_lifecycle_one_sweep_leaves_the_profiles_the_policies_say() {
+fn after_any_lifecycle_one_sweep_leaves_the_profiles_the_policies_say() {
     let rt = property::runtime();
     let db = rt.block_on(TestDb::migrated());
     let settings = db.runtime_settings_with(&[]);

@@ -1,4 +1,5 @@
-//! `migrate up|down|status`: the history, the lock, the refusals, and property 1.
+//! `migrate up|down|status`: the history, the lock, the refusals, and up and down reaching
+//! the schema of their version.
 
 use proptest::prelude::*;
 use usersync::Error;
@@ -254,11 +255,11 @@ fn op() -> impl Strategy<Value = Op> {
     ]
 }
 
-/// Property 1: after any sequence of `up --to V`, `down --to V` and sign-ups, the schema is
+/// after any sequence of `up --to V`, `down --to V` and sign-ups, the schema is
 /// always the one version V has (the one reached by stepping up from nothing), and auth rows
 /// stay. With Supabase's default privileges in force, so that 0002's saved grants come back.
 #[test]
-fn property_01_up_and_down_always_reach_the_schema_of_their_version() {
+fn up_and_down_always_reach_the_schema_of_their_version() {
     let rt = property::runtime();
     let (db, snapshots) = rt.block_on(async {
         let db = TestDb::new().await;
@@ -277,7 +278,7 @@ fn property_01_up_and_down_always_reach_the_schema_of_their_version() {
         (db, snapshots)
     });
     property::check(
-        "property_01",
+        "up_and_down",
         proptest::collection::vec(op(), 1..8),
         |ops| {
             rt.block_on(async {

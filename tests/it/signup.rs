@@ -1,4 +1,5 @@
-//! The sign-up trigger: properties 1-4 of automatic creation and property 5, resilience.
+//! The sign-up trigger: every sign-up gets exactly one profile, and commits when the profile
+//! cannot be made.
 
 use proptest::prelude::*;
 use serde_json::{Value, json};
@@ -82,14 +83,14 @@ fn expected_text(meta: &Option<Value>, keys: &[&str]) -> Option<String> {
     })
 }
 
-/// Properties 1-4 of automatic creation: any sign-up commits and gets exactly one profile with
+/// Any sign-up commits and gets exactly one profile with
 /// its id, role `user`, `is_active` true, and the name and picture from its metadata.
 #[test]
-fn property_02_to_04_every_sign_up_gets_exactly_one_profile_with_defaults() {
+fn every_sign_up_gets_exactly_one_profile_with_defaults() {
     let rt = property::runtime();
     let db = rt.block_on(TestDb::migrated());
     property::check(
-        "property_02_to_04",
+        "one_profile_per_sign_up",
         prop::collection::vec(auth_user(), 1..12),
         |users| {
             rt.block_on(async {
@@ -179,10 +180,10 @@ impl Breakage {
     }
 }
 
-/// Property 5, authentication resilience: with profile creation failing, every sign-up still
+/// Authentication resilience: with profile creation failing, every sign-up still
 /// commits, and each failure is in the repair queue with its SQLSTATE, and nothing else is.
 #[test]
-fn property_05_sign_ups_commit_when_profile_creation_fails_and_failures_are_queued() {
+fn sign_ups_commit_when_profile_creation_fails_and_failures_are_queued() {
     let rt = property::runtime();
     let db = rt.block_on(TestDb::migrated());
     let breakage = prop_oneof![
@@ -191,7 +192,7 @@ fn property_05_sign_ups_commit_when_profile_creation_fails_and_failures_are_queu
         Just(Breakage::NotNullColumn)
     ];
     property::check(
-        "property_05",
+        "sign_ups_commit",
         (breakage, prop::collection::vec(auth_user(), 1..10)),
         |(breakage, users)| {
             rt.block_on(async {

@@ -1,4 +1,5 @@
-//! The sync engine: properties 6-10 on random populations, the repair queue, concurrency.
+//! The sync engine: detection, creation, preservation, reporting and idempotence on random
+//! populations, the repair queue, concurrency.
 
 use std::collections::BTreeSet;
 
@@ -177,10 +178,10 @@ fn options(case: &Case, dry_run: bool) -> Options {
     }
 }
 
-/// Properties 6-10 on one population: detection, creation, preservation, reporting accuracy
+/// On one population: detection, creation, preservation, reporting accuracy
 /// and idempotence. One population serves all five, so each case checks them together.
 #[test]
-fn property_06_to_10_sync_detects_creates_preserves_reports_and_is_idempotent() {
+fn sync_detects_creates_preserves_reports_and_is_idempotent() {
     let rt = property::runtime();
     let (test_db, db) = rt.block_on(async {
         let test_db = TestDb::migrated().await;
@@ -189,7 +190,7 @@ fn property_06_to_10_sync_detects_creates_preserves_reports_and_is_idempotent() 
             .unwrap();
         (test_db, db)
     });
-    property::check("property_06_to_10", case(), |case| {
+    property::check("sync_pass", case(), |case| {
         rt.block_on(async {
             let admin = test_db.admin().await;
             load(&admin, &case.members).await?;
@@ -203,7 +204,7 @@ fn property_06_to_10_sync_detects_creates_preserves_reports_and_is_idempotent() 
                 .cloned()
                 .collect();
 
-            // Property 6, detection: the dry run finds exactly the SQL's set and writes nothing.
+            // Detection: the dry run finds exactly the SQL's set and writes nothing.
             let dry = sync::run(&db, &options(&case, true), None).await.map_err(property::fail)?;
             prop_assert_eq!(&dry.would_create, &expected);
             prop_assert_eq!(dry.missing, expected.len() as u64);
@@ -212,7 +213,7 @@ fn property_06_to_10_sync_detects_creates_preserves_reports_and_is_idempotent() 
             let report = sync::run(&db, &options(&case, false), None).await.map_err(property::fail)?;
             let after = profiles(&admin).await;
 
-            // Property 7, creation: every live (eligible) user has one profile with the
+            // Creation: every live (eligible) user has one profile with the
             // defaults; no deleted user gained one.
             prop_assert!(missing_by_sql(&admin, case.include_anonymous).await.is_empty());
             let created: Vec<&(Uuid, String)> =
@@ -230,13 +231,13 @@ fn property_06_to_10_sync_detects_creates_preserves_reports_and_is_idempotent() 
                 .collect();
             prop_assert_eq!(deleted_after, deleted_with);
 
-            // Property 8, preservation: every profile that existed is identical, whole row.
+            // Preservation: every profile that existed is identical, whole row.
             for (id, row) in &before {
                 let now = after.iter().find(|(a, _)| a == id).map(|(_, r)| r);
                 prop_assert_eq!(now, Some(row), "profile {} changed", id);
             }
 
-            // Property 9, reporting accuracy: every count is the measured difference.
+            // Reporting accuracy: every count is the measured difference.
             prop_assert_eq!(report.scanned, case.members.len() as u64);
             prop_assert_eq!(report.missing, expected.len() as u64);
             prop_assert_eq!(report.total_created(), (after.len() - before.len()) as u64);
@@ -249,7 +250,7 @@ fn property_06_to_10_sync_detects_creates_preserves_reports_and_is_idempotent() 
             let fewest = expected.len().div_ceil(case.batch_size as usize) as u64;
             prop_assert!(report.batches >= fewest && report.batches <= expected.len() as u64);
 
-            // Property 10, idempotence: a second pass finds and creates nothing.
+            // Idempotence: a second pass finds and creates nothing.
             let again = sync::run(&db, &options(&case, false), None).await.map_err(property::fail)?;
             prop_assert_eq!(again.missing, 0);
             prop_assert_eq!(again.total_created(), 0);

@@ -1,4 +1,5 @@
-//! The users API: properties 16-19, the pinned schema, tokens, errors, and random requests.
+//! The users API: complete, flagged, schema-valid pages on random populations, consistent
+//! paging under sign-ups, the pinned schema, tokens, errors, and random requests.
 
 use std::collections::BTreeSet;
 
@@ -110,11 +111,11 @@ fn member() -> impl Strategy<Value = (AuthUser, Option<(String, bool)>)> {
     )
 }
 
-/// Properties 16-18: on random populations, paging through everything yields each user once,
+/// On random populations, paging through everything yields each user once,
 /// every field equals what the two tables hold, users without a profile are listed and
 /// flagged with a new profile's defaults, and every response validates against the schema.
 #[test]
-fn property_16_to_18_users_are_complete_flagged_and_match_the_schema() {
+fn listed_users_are_complete_flagged_and_match_the_schema() {
     let rt = property::runtime();
     let schema = schema();
     let (test_db, daemon) = rt.block_on(async {
@@ -128,7 +129,7 @@ fn property_16_to_18_users_are_complete_flagged_and_match_the_schema() {
         any::<bool>(),
     );
     property::check(
-        "property_16_to_18",
+        "listed_users",
         strategy,
         |(members, limit, include_deleted)| {
             rt.block_on(async {
@@ -174,7 +175,7 @@ fn property_16_to_18_users_are_complete_flagged_and_match_the_schema() {
             for shown in &listed {
                 let id: Uuid = shown["id"].as_str().unwrap().parse().unwrap();
                 let truth = expected(&admin, id).await;
-                // Property 16: every field is what the tables hold.
+                // every field is what the tables hold.
                 for (field, path) in [("email", "/email"), ("phone", "/phone"), ("is_anonymous", "/is_anonymous"), ("profile_missing", "/profile_missing")] {
                     prop_assert_eq!(shown.pointer(path), truth.get(field), "{} of {}", field, id);
                 }
@@ -183,7 +184,7 @@ fn property_16_to_18_users_are_complete_flagged_and_match_the_schema() {
                 prop_assert_eq!(shown.pointer("/profile/full_name"), truth.get("full_name"));
                 prop_assert_eq!(shown.pointer("/profile/avatar_url"), truth.get("avatar_url"));
                 prop_assert_eq!(shown["deleted_at"].is_null(), !truth["deleted"].as_bool().unwrap());
-                // Property 17: a missing profile is flagged, with defaults, timestamps null.
+                // a missing profile is flagged, with defaults, timestamps null.
                 prop_assert_eq!(shown["profile"]["created_at"].is_null(), !truth["profile_created"].as_bool().unwrap());
                 if shown["profile_missing"] == true {
                     prop_assert_eq!(&shown["profile"]["role"], "user");
@@ -191,7 +192,7 @@ fn property_16_to_18_users_are_complete_flagged_and_match_the_schema() {
                 }
             }
 
-            // Property 17: missing_profile=true lists exactly those that should have one: live
+            // missing_profile=true lists exactly those that should have one: live
             // (a soft-deleted user never gets a profile), anonymous ones included by default.
             let missing = all_pages(&daemon, limit, &format!("{extra}&missing_profile=true"), &schema).await;
             prop_assert!(missing.iter().all(|u| u["profile_missing"] == true && u["deleted_at"].is_null()));
@@ -201,7 +202,7 @@ fn property_16_to_18_users_are_complete_flagged_and_match_the_schema() {
                 .count();
             prop_assert_eq!(missing.len(), flagged);
 
-            // Property 18 for single users too, with and without a profile.
+            // The same for single users too, with and without a profile.
             for shown in listed.iter().take(3) {
                 let (status, one) = get(&daemon, &format!("/v1/users/{}", shown["id"].as_str().unwrap())).await;
                 prop_assert_eq!(status, 200);
@@ -215,10 +216,10 @@ fn property_16_to_18_users_are_complete_flagged_and_match_the_schema() {
     rt.block_on(daemon.stop()).unwrap();
 }
 
-/// Property 19: with any limit, paging yields each user exactly once and in order while
+/// with any limit, paging yields each user exactly once and in order while
 /// sign-ups keep arriving; the same request twice gives the same page.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn property_19_pages_are_consistent_under_concurrent_sign_ups() {
+async fn pages_are_consistent_under_concurrent_sign_ups() {
     let test_db = TestDb::migrated().await;
     let admin = test_db.admin().await;
     let before: Vec<AuthUser> = (0..300)

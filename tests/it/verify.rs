@@ -167,13 +167,13 @@ fn sabotage_set() -> impl Strategy<Value = Vec<Sabotage>> {
         })
 }
 
-/// Property 15: for any set of sabotage, verify fails and names exactly the broken objects;
+/// for any set of sabotage, verify fails and names exactly the broken objects;
 /// with none, it passes.
 #[test]
-fn property_15_verify_names_exactly_the_sabotaged_objects() {
+fn verify_names_exactly_the_sabotaged_objects() {
     let rt = property::runtime();
     let db = rt.block_on(TestDb::new());
-    property::check("property_15", sabotage_set(), |set| {
+    property::check("verify_names_sabotage", sabotage_set(), |set| {
         rt.block_on(async {
             let admin = db.admin().await;
             let mut app = db.app().await;
