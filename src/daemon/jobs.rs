@@ -250,10 +250,7 @@ async fn check(shared: &Shared, probe: bool) -> Result<Ran> {
     )
     .await;
     m.leader.with_label_values(&["integrity"]).set(0);
-    if !db::advisory_unlock(&client, JOB_LOCK_NAMESPACE, INTEGRITY_LOCK).await {
-        // Closing the connection is what releases the lock now.
-        let _ = deadpool_postgres::Object::take(client);
-    }
+    drop(db::release_advisory_lock(client, JOB_LOCK_NAMESPACE, INTEGRITY_LOCK).await);
     let report = report?;
     let values = report.values();
     for (check, value) in &values {

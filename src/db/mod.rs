@@ -218,16 +218,23 @@ pub async fn try_advisory_lock(
         .value(0)
 }
 
-/// Releases it. False when the release failed: then only closing the connection releases
-/// the lock, so the caller must not return it to the pool.
-pub async fn advisory_unlock(client: &tokio_postgres::Client, namespace: i32, key: i32) -> bool {
-    client
+/// Releases it, handing the connection back for reuse; None when the release failed: then
+/// only closing the connection releases the lock, so it is discarded rather than returned to
+/// the pool.
+pub async fn release_advisory_lock(client: Object, namespace: i32, key: i32) -> Option<Object> {
+    let released = client
         .execute(
             "SELECT pg_catalog.pg_advisory_unlock($1, $2)",
             &[&namespace, &key],
         )
         .await
-        .is_ok()
+        .is_ok();
+    if released {
+        Some(client)
+    } else {
+        drop(Object::take(client));
+        None
+    }
 }
 
 /// Reading a column without a panic: a value of an unexpected type or an unexpected NULL is an

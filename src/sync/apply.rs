@@ -30,6 +30,16 @@ pub struct BatchOutcome {
     pub elapsed: Duration,
 }
 
+/// Whose profiles a batch creates.
+#[derive(Clone, Copy, Debug)]
+pub struct Mode {
+    /// `sync.include_anonymous`.
+    pub include_anonymous: bool,
+    /// True for the repair pass, which picked due users from the queue; false for the sweep,
+    /// which leaves users in a repair backoff alone.
+    pub repairing: bool,
+}
+
 /// A user whose profile could not be created, and why.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Failure {
@@ -83,17 +93,16 @@ pub async fn create(
     client: &mut Client,
     ids: &[Uuid],
     tids: Option<&[Tid]>,
-    include_anonymous: bool,
-    repairing: bool,
+    mode: Mode,
 ) -> Result<BatchOutcome> {
     let started = Instant::now();
-    let mut result = create_batch(client, ids, tids, include_anonymous, repairing).await;
+    let mut result = create_batch(client, ids, tids, mode).await;
     if tids.is_some()
         && let Ok((created, deferred)) = &result
         && (*created + deferred.len() as u64) < ids.len() as u64
     {
         let created = *created;
-        result = create_batch(client, ids, None, include_anonymous, repairing)
+        result = create_batch(client, ids, None, mode)
             .await
             .map(|(again, deferred)| (created + again, deferred));
     }
@@ -108,7 +117,7 @@ pub async fn create(
         Err(e) if is_connection_error(&e) => {
             return Err(e).context("creating a batch of profiles");
         }
-        Err(_) => one_by_one(client, ids, include_anonymous, repairing).await?,
+        Err(_) => one_by_one(client, ids, mode).await?,
     };
     outcome.elapsed = started.elapsed();
     tracing::debug!(
@@ -127,35 +136,40 @@ async fn create_batch(
     client: &mut Client,
     ids: &[Uuid],
     tids: Option<&[Tid]>,
-    include_anonymous: bool,
-    repairing: bool,
+    mode: Mode,
 ) -> std::result::Result<(u64, Vec<Uuid>), tokio_postgres::Error> {
     let tx = client.transaction().await?;
     tx.batch_execute("SET LOCAL synchronous_commit = off")
         .await?;
     let created = tx
-        .execute(CREATE, &[&ids, &repairing, &include_anonymous, &tids])
+        .execute(
+            CREATE,
+            &[&ids, &mode.repairing, &mode.include_anonymous, &tids],
+        )
         .await?;
-    let deferred = if repairing || created == ids.len() as u64 {
+    let deferred = if mode.repairing || created == ids.len() as u64 {
         Vec::new()
     } else {
-        tx.query(DEFERRED, &[&ids])
-            .await?
-            .iter()
-            .map(|r| r.try_get(0))
-            .collect::<std::result::Result<_, _>>()?
+        deferred(&tx, ids).await?
     };
     tx.commit().await?;
     Ok((created, deferred))
 }
 
-/// The batch failed: each user in its own savepoint, failures recorded, in one transaction.
-async fn one_by_one(
-    client: &mut Client,
+/// Of these users still without a profile, those waiting out a repair backoff.
+async fn deferred(
+    tx: &impl GenericClient,
     ids: &[Uuid],
-    include_anonymous: bool,
-    repairing: bool,
-) -> Result<BatchOutcome> {
+) -> std::result::Result<Vec<Uuid>, tokio_postgres::Error> {
+    tx.query(DEFERRED, &[&ids])
+        .await?
+        .iter()
+        .map(|r| r.try_get(0))
+        .collect()
+}
+
+/// The batch failed: each user in its own savepoint, failures recorded, in one transaction.
+async fn one_by_one(client: &mut Client, ids: &[Uuid], mode: Mode) -> Result<BatchOutcome> {
     let mut outcome = BatchOutcome::default();
     let mut tx = client.transaction().await.context("starting a batch")?;
     for id in ids {
@@ -164,18 +178,20 @@ async fn one_by_one(
             .await
             .context("creating a savepoint")?;
         let one = std::slice::from_ref(id);
-        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 4] =
-            [&one, &repairing, &include_anonymous, &None::<&[Tid]>];
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 4] = [
+            &one,
+            &mode.repairing,
+            &mode.include_anonymous,
+            &None::<&[Tid]>,
+        ];
         match sp.execute(CREATE, &params).await {
             Ok(created) => {
-                let deferred: Vec<Uuid> = if repairing || created == 1 {
+                let deferred: Vec<Uuid> = if mode.repairing || created == 1 {
                     Vec::new()
                 } else {
-                    let rows = sp
-                        .query(DEFERRED, &[&one])
+                    deferred(&sp, one)
                         .await
-                        .context("reading the repair queue")?;
-                    rows.iter().map(|r| r.value(0)).collect::<Result<_>>()?
+                        .context("reading the repair queue")?
                 };
                 outcome.created += created;
                 outcome.deferred += deferred.len() as u64;

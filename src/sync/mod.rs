@@ -420,12 +420,13 @@ async fn worker(
         let Some((range, users)) = queue.lock().await.recv().await else {
             return Ok(done);
         };
-        let conn = match &mut client {
+        let mut conn = match client.take() {
             Some(c) => c,
-            None => client.insert(db.get().await?),
+            None => db.get().await?,
         };
         let key = range as i32;
-        if !db::try_advisory_lock(conn, RANGE_LOCK_NAMESPACE, key).await? {
+        if !db::try_advisory_lock(&conn, RANGE_LOCK_NAMESPACE, key).await? {
+            client = Some(conn);
             tracing::debug!(range, "range held by another process");
             progress
                 .done
@@ -437,12 +438,9 @@ async fn worker(
             });
             continue;
         }
-        let result = create_range(conn, options, &users, progress).await;
-        if !db::advisory_unlock(conn, RANGE_LOCK_NAMESPACE, key).await {
-            // Closing the connection is what releases the lock now.
-            if let Some(c) = client.take() {
-                let _ = deadpool_postgres::Object::take(c);
-            }
+        let result = create_range(&mut conn, options, &users, progress).await;
+        client = db::release_advisory_lock(conn, RANGE_LOCK_NAMESPACE, key).await;
+        if client.is_none() {
             result?;
             return Err(Error::Internal(format!(
                 "could not release the lock of range {range}"
@@ -468,14 +466,11 @@ async fn create_range(
         }
         let batch: Vec<Uuid> = chunk.iter().map(|m| m.id).collect();
         let tids: Vec<plan::Tid> = chunk.iter().map(|m| m.tid).collect();
-        let outcome = apply::create(
-            client,
-            &batch,
-            Some(&tids),
-            options.include_anonymous,
-            false,
-        )
-        .await?;
+        let mode = apply::Mode {
+            include_anonymous: options.include_anonymous,
+            repairing: false,
+        };
+        let outcome = apply::create(client, &batch, Some(&tids), mode).await?;
         progress
             .created
             .fetch_add(outcome.created, Ordering::Relaxed);

@@ -114,7 +114,11 @@ pub async fn drain(
         if retry.is_empty() {
             continue;
         }
-        let outcome = apply::create(client, &retry, None, include_anonymous, true).await?;
+        let mode = apply::Mode {
+            include_anonymous,
+            repairing: true,
+        };
+        let outcome = apply::create(client, &retry, None, mode).await?;
         // Those that got their profile leave the queue; failures stay with a new backoff.
         client
             .execute(

@@ -566,9 +566,17 @@ async fn users_whose_rows_moved_since_detection_still_get_their_profile() {
         .unwrap();
     let ids: Vec<Uuid> = plan.missing.iter().map(|m| m.id).collect();
     let tids: Vec<_> = plan.missing.iter().map(|m| m.tid).collect();
-    let outcome = usersync::sync::apply::create(&mut app, &ids, Some(&tids), true, false)
-        .await
-        .unwrap();
+    let outcome = usersync::sync::apply::create(
+        &mut app,
+        &ids,
+        Some(&tids),
+        usersync::sync::apply::Mode {
+            include_anonymous: true,
+            repairing: false,
+        },
+    )
+    .await
+    .unwrap();
     assert_eq!(
         (outcome.created, outcome.raced, outcome.failures.len()),
         (50, 0, 0)
