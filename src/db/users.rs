@@ -98,6 +98,10 @@ const SELECT: &str = "
 /// stays under [`MAX_PAGE_BYTES`], with the number the page would have had, so a cut page
 /// still gets its cursor.
 pub async fn list(client: &impl GenericClient, query: &Query) -> Result<Page> {
+    // Eligibility follows the policy the triggers apply.
+    let eligible = crate::should_have_profile!(
+        "COALESCE((SELECT o.include_anonymous FROM usersync.policy o), true)"
+    );
     let sql = format!(
         "WITH page AS MATERIALIZED (
              SELECT s.*, pg_catalog.sum(s.bytes) OVER (ORDER BY s.id) AS running
@@ -110,9 +114,7 @@ pub async fn list(client: &impl GenericClient, query: &Query) -> Result<Page> {
                    FROM ({SELECT}
                          WHERE ($1::uuid IS NULL OR u.id > $1)
                            AND ($2 OR u.deleted_at IS NULL)
-                           AND (NOT $3 OR (p.id IS NULL AND u.deleted_at IS NULL
-                                AND (NOT u.is_anonymous OR COALESCE(
-                                    (SELECT o.include_anonymous FROM usersync.policy o), true))))
+                           AND (NOT $3 OR (p.id IS NULL AND {eligible}))
                          ORDER BY u.id
                          LIMIT $4) AS l) AS s
          )

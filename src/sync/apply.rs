@@ -53,16 +53,16 @@ pub struct Failure {
 // the users are fetched by address (a TID scan, no index descent per user); without, by id.
 // The builder is inlined on the table's own row. Not cached: a fresh statement keeps a custom
 // plan, in which `$4 IS NULL` folds away (see plan.rs).
-const CREATE: &str = "
+const CREATE: &str = concat!("
     INSERT INTO public.user_profiles
         (id, email, full_name, avatar_url, role, is_active, created_at, updated_at)
     SELECT p.id, p.email, p.full_name, p.avatar_url, p.role, p.is_active, p.created_at, p.updated_at
     FROM auth.users u CROSS JOIN LATERAL usersync.build_profile(u.id, u.email::pg_catalog.text, u.raw_user_meta_data, u.created_at) AS p
     WHERE u.id = ANY($1) AND ($4::tid[] IS NULL OR u.ctid = ANY($4))
-      AND u.deleted_at IS NULL AND ($3 OR NOT u.is_anonymous)
+      AND ", crate::should_have_profile!("$3"), "
       AND ($2 OR NOT EXISTS (SELECT 1 FROM usersync.repair_queue q
                              WHERE q.user_id = u.id AND q.next_attempt_at > now()))
-    ON CONFLICT (id) DO NOTHING";
+    ON CONFLICT (id) DO NOTHING");
 
 // Of a batch's users still without a profile, those waiting out a repair backoff.
 const DEFERRED: &str = "

@@ -20,6 +20,20 @@ use uuid::Uuid;
 use crate::error::{DbContext, Result};
 use crate::sync::policy::Policy;
 
+/// "A live user who should have a profile", the one definition every statement uses: not
+/// soft-deleted, and not anonymous unless `include` (a parameter or an expression) says so.
+/// A macro, so that the statements stay string constants.
+#[macro_export]
+macro_rules! should_have_profile {
+    ($include:literal) => {
+        concat!(
+            "(u.deleted_at IS NULL AND (",
+            $include,
+            " OR NOT u.is_anonymous))"
+        )
+    };
+}
+
 /// Pages of `auth.users` per range (8 MiB, some 25,000 users). A constant, so that every
 /// worker of every replica means the same users by the same range lock.
 pub const RANGE_BLOCKS: u32 = 1024;
@@ -70,21 +84,25 @@ impl Plan {
 // The counts of a pass: one join of the two tables, run in parallel by PostgreSQL. Not a
 // cached prepared statement: a fresh statement is planned with its parameters (a custom
 // plan); a cached one turns generic after five runs and gets slower (measured: 2.7x).
-const COUNT: &str = "
+const COUNT: &str = concat!("
     SELECT count(*),
            count(*) FILTER (WHERE p.id IS NULL AND u.deleted_at IS NOT NULL),
            count(*) FILTER (WHERE p.id IS NULL AND u.deleted_at IS NULL AND u.is_anonymous AND NOT $1),
-           count(*) FILTER (WHERE p.id IS NULL AND u.deleted_at IS NULL AND ($1 OR NOT u.is_anonymous))
+           count(*) FILTER (WHERE p.id IS NULL AND ", should_have_profile!("$1"), ")
     FROM auth.users u
-    LEFT JOIN public.user_profiles p ON p.id = u.id";
+    LEFT JOIN public.user_profiles p ON p.id = u.id");
 
 // The missing users, only when there are some: the bare anti-join, stopped at the limit,
 // with the page each row is on.
-const MISSING: &str = "
+const MISSING: &str = concat!(
+    "
     SELECT u.ctid, u.id FROM auth.users u
-    WHERE u.deleted_at IS NULL AND ($1 OR NOT u.is_anonymous)
+    WHERE ",
+    should_have_profile!("$1"),
+    "
       AND NOT EXISTS (SELECT 1 FROM public.user_profiles p WHERE p.id = u.id)
-    LIMIT $2";
+    LIMIT $2"
+);
 
 /// Detects the missing users, all of them, in heap order: what the dry-run shows. With
 /// nothing missing (the steady state) this is one statement, as cheap as the bare anti-join.
@@ -94,9 +112,6 @@ pub async fn detect(client: &mut Client, policy: &Policy) -> Result<Plan> {
     if plan.missing_total > 0 {
         let tx = client
             .transaction()
-            .await
-            .context("listing users without a profile")?;
-        tx.batch_execute(WHOLE_TABLE)
             .await
             .context("listing users without a profile")?;
         plan.missing = missing(&tx, include_anonymous, i32::MAX, plan.missing_total).await?;
@@ -197,29 +212,16 @@ pub async fn stream_missing<'a>(
 /// Up to `limit` live users without a profile, in heap order. Streamed row by row into a
 /// vector sized once, so a round costs its 24 bytes per user and little more.
 async fn missing(
-    client: &tokio_postgres::Transaction<'_>,
+    tx: &tokio_postgres::Transaction<'_>,
     include_anonymous: bool,
     limit: i32,
     expected: u64,
 ) -> Result<Vec<Missing>> {
     use futures_util::TryStreamExt;
-    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] =
-        [&include_anonymous, &i64::from(limit)];
-    let rows = client
-        .query_raw(MISSING, params)
-        .await
-        .context("listing users without a profile")?;
-    let mut rows = std::pin::pin!(rows);
+    let mut stream = std::pin::pin!(stream_missing(tx, include_anonymous, limit).await?);
     let mut users = Vec::with_capacity(expected.min(limit as u64) as usize);
-    while let Some(row) = rows
-        .try_next()
-        .await
-        .context("listing users without a profile")?
-    {
-        users.push(Missing {
-            tid: row.value(0)?,
-            id: row.value(1)?,
-        });
+    while let Some(user) = stream.try_next().await? {
+        users.push(user);
     }
     users.sort_unstable();
     Ok(users)
@@ -336,9 +338,12 @@ const CENSUS_COUNTS: &str = "count(*) FILTER (WHERE x.missing), count(*) FILTER 
     count(*) FILTER (WHERE x.left_behind OR x.to_fill OR (x.stale AND $4))";
 
 // $1 include_anonymous, $2 the grace period in seconds, $3 sync.soft_deleted, $4 follow_email.
-const CENSUS_FROM: &str = "
+const CENSUS_FROM: &str = concat!(
+    "
     FROM (SELECT u.id,
-                 p.id IS NULL AND u.deleted_at IS NULL AND ($1 OR NOT u.is_anonymous)
+                 p.id IS NULL AND ",
+    should_have_profile!("$1"),
+    "
                      AND (u.created_at IS NULL
                           OR u.created_at < now() - make_interval(secs => $2)) AS missing,
                  p.id IS NOT NULL AND u.deleted_at IS NULL AND u.email IS NOT NULL
@@ -349,7 +354,8 @@ const CENSUS_FROM: &str = "
                      AND ($3 = 'delete' OR ($3 = 'scrub'
                           AND (p.email IS NOT NULL OR p.full_name IS NOT NULL
                                OR p.avatar_url IS NOT NULL OR p.is_active))) AS left_behind
-          FROM auth.users u LEFT JOIN public.user_profiles p ON p.id = u.id) AS x";
+          FROM auth.users u LEFT JOIN public.user_profiles p ON p.id = u.id) AS x"
+);
 
 #[cfg(test)]
 mod tests {

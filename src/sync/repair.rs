@@ -86,12 +86,14 @@ pub async fn drain(
         // Users that no longer need a profile leave the queue without an attempt.
         let resolved: Vec<Uuid> = tx
             .query(
-                "DELETE FROM usersync.repair_queue q USING auth.users u
-                 WHERE q.user_id = ANY($1) AND u.id = q.user_id
-                   AND (u.deleted_at IS NOT NULL
-                        OR (u.is_anonymous AND NOT $2)
-                        OR EXISTS (SELECT 1 FROM public.user_profiles p WHERE p.id = u.id))
-                 RETURNING q.user_id",
+                concat!(
+                    "DELETE FROM usersync.repair_queue q USING auth.users u
+                     WHERE q.user_id = ANY($1) AND u.id = q.user_id
+                       AND (NOT ",
+                    crate::should_have_profile!("$2"),
+                    " OR EXISTS (SELECT 1 FROM public.user_profiles p WHERE p.id = u.id))
+                     RETURNING q.user_id"
+                ),
                 &[&ids, &include_anonymous],
             )
             .await
