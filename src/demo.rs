@@ -12,6 +12,7 @@ use std::str::FromStr;
 use std::time::{Duration, Instant};
 
 use crate::config::Settings;
+use crate::error::IoContext;
 use crate::error::{Error, Result};
 use crate::pgcluster::ClusterDir;
 
@@ -37,13 +38,10 @@ pub async fn run(
         settings = settings.for_demo(&url, &token)?;
         // Loopback only, on the configured port.
         let listen = std::net::SocketAddr::from(([127, 0, 0, 1], settings.http.listen.port()));
-        let listener = tokio::net::TcpListener::bind(listen).await.map_err(|source| {
-            Error::Io { context: format!("listening on {listen} (http.listen's port)"), source }
-        })?;
-        let port = listener.local_addr().map_err(|source| Error::Io {
-            context: "reading the listen address".into(),
-            source,
-        })?.port();
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .io_context(format!("listening on {listen} (http.listen's port)"))?;
+        let port = listener.local_addr().io_context("reading the listen address")?.port();
         let base = format!("http://localhost:{port}");
         println!(
             "\nusersync demo: PostgreSQL on a private unix socket (data in {dir}), {USERS} users, \
@@ -79,7 +77,7 @@ async fn load(url: &str) -> Result<()> {
     let fail = |context: &'static str| {
         move |source| Error::Db {
             context: context.into(),
-            source,
+            source: crate::error::DbError(source),
         }
     };
     client
@@ -130,10 +128,7 @@ impl Cluster {
         let cluster = ClusterDir::init(&dir, &[])?;
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
-            .map_err(|source| Error::Io {
-                context: "finding a free port".into(),
-                source,
-            })?
+            .io_context("finding a free port")?
             .port();
         // Spawned from the main thread, which lives as long as the demo: if the demo is
         // killed outright, the server stops with it.
@@ -141,10 +136,7 @@ impl Cluster {
         let server = cluster
             .server(port, &["listen_addresses=".to_string()])?
             .spawn()
-            .map_err(|source| Error::Io {
-                context: "starting postgres".into(),
-                source,
-            })?;
+            .io_context("starting postgres")?;
         Ok(Cluster { dir, port, server })
     }
 

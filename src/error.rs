@@ -53,19 +53,28 @@ pub enum Error {
     #[error("{0}")]
     NotFound(String),
 
-    /// Something usersync itself got wrong (a task that panicked).
+    /// Something usersync itself got wrong.
     #[error("internal error: {0}")]
     Internal(String),
 
-    /// A statement failed; `context` says what usersync was doing.
-    #[error("{context}: {}", db_message(.source))]
+    /// A sync worker's task ended without an answer (it panicked or was cancelled).
+    #[error("a sync worker died")]
+    Worker(#[source] tokio::task::JoinError),
+
+    /// The daemon's scheduler failed to start or stop.
+    #[error("the scheduler failed")]
+    Scheduler(#[from] tokio_cron_scheduler::JobSchedulerError),
+
+    /// A statement failed; `context` says what usersync was doing. Its message is the
+    /// context; the server's words come as its source ([`Chain`] prints both).
+    #[error("{context}")]
     Db {
         context: String,
         #[source]
-        source: tokio_postgres::Error,
+        source: DbError,
     },
 
-    #[error("{context}: {source}")]
+    #[error("{context}")]
     Io {
         context: String,
         #[source]
@@ -79,7 +88,7 @@ impl Error {
             Error::Config { .. } | Error::ConfigSource(_) => exit::CONFIG,
             Error::Unreachable { .. } | Error::Busy { .. } => exit::UNAVAILABLE,
             Error::Usage(_) => exit::USAGE,
-            Error::Db { source, .. } if is_connection_error(source) => exit::UNAVAILABLE,
+            Error::Db { source, .. } if is_connection_error(&source.0) => exit::UNAVAILABLE,
             _ => exit::FAILED,
         }
     }
@@ -88,14 +97,14 @@ impl Error {
     pub fn is_unreachable(&self) -> bool {
         match self {
             Error::Unreachable { .. } => true,
-            Error::Db { source, .. } => is_connection_error(source),
+            Error::Db { source, .. } => is_connection_error(&source.0),
             _ => false,
         }
     }
 
     /// Whether a statement or lock timeout ended it (SQLSTATE 57014 or 55P03).
     pub fn is_timeout(&self) -> bool {
-        matches!(self, Error::Db { source, .. } if is_timeout(source))
+        matches!(self, Error::Db { source, .. } if is_timeout(&source.0))
     }
 
     pub fn config(key: impl Into<String>, message: impl fmt::Display) -> Self {
@@ -114,6 +123,55 @@ pub trait DbContext<T> {
 impl<T> DbContext<T> for std::result::Result<T, tokio_postgres::Error> {
     fn context(self, context: impl Into<String>) -> Result<T> {
         self.map_err(|source| Error::Db {
+            context: context.into(),
+            source: DbError(source),
+        })
+    }
+}
+
+/// A database error as usersync shows it: the server's message, SQLSTATE and detail
+/// ([`db_message`]); the end of an error's chain.
+#[derive(Debug)]
+pub struct DbError(pub tokio_postgres::Error);
+
+impl fmt::Display for DbError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&db_message(&self.0))
+    }
+}
+
+impl std::error::Error for DbError {}
+
+impl DbError {
+    pub fn inner(&self) -> &tokio_postgres::Error {
+        &self.0
+    }
+}
+
+/// An error and every cause under it, in one line: `context: cause: cause`. What the CLI
+/// prints and the logs record.
+pub struct Chain<'a>(pub &'a (dyn std::error::Error + 'static));
+
+impl fmt::Display for Chain<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut cause = self.0.source();
+        while let Some(e) = cause {
+            write!(f, ": {e}")?;
+            cause = e.source();
+        }
+        Ok(())
+    }
+}
+
+/// Adds what usersync was doing to an I/O error.
+pub trait IoContext<T> {
+    fn io_context(self, context: impl Into<String>) -> Result<T>;
+}
+
+impl<T> IoContext<T> for std::result::Result<T, std::io::Error> {
+    fn io_context(self, context: impl Into<String>) -> Result<T> {
+        self.map_err(|source| Error::Io {
             context: context.into(),
             source,
         })

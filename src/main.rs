@@ -30,6 +30,6 @@ fn main() -> ExitCode {
 }
 
 fn fail(e: &usersync::Error) -> ExitCode {
-    eprintln!("usersync: {e}");
+    eprintln!("usersync: {}", usersync::error::Chain(e));
     ExitCode::from(e.exit_code())
 }

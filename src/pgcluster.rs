@@ -8,6 +8,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
+use crate::error::IoContext;
 use crate::error::{Error, Result};
 
 /// The directory of `initdb` and `postgres`: `USERSYNC_PG_BINDIR`, `pg_config --bindir`, the
@@ -79,18 +80,11 @@ impl ClusterDir {
             )
         })?;
         let owner = postgres_os_user()?;
-        let io = |context: &str| {
-            let context = context.to_string();
-            move |source| Error::Io {
-                context: context.clone(),
-                source,
-            }
-        };
         let _ = std::fs::remove_dir_all(dir);
-        std::fs::create_dir_all(dir).map_err(io("creating the cluster directory"))?;
+        std::fs::create_dir_all(dir).io_context("creating the cluster directory")?;
         let chown = |path: &Path| match owner {
             Some((uid, gid)) => std::os::unix::fs::chown(path, Some(uid), Some(gid))
-                .map_err(io("handing the cluster directory to postgres")),
+                .io_context("handing the cluster directory to postgres"),
             None => Ok(()),
         };
         chown(dir)?;
@@ -98,7 +92,7 @@ impl ClusterDir {
             // Its owner only: the unix socket lives here.
             use std::os::unix::fs::PermissionsExt;
             std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
-                .map_err(io("restricting the cluster directory"))?;
+                .io_context("restricting the cluster directory")?;
         }
         let data = dir.join("data");
         let initdb = as_owner(Command::new(bindir.join("initdb")), owner)
@@ -117,7 +111,7 @@ impl ClusterDir {
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .output()
-            .map_err(io("running initdb"))?;
+            .io_context("running initdb")?;
         if !initdb.status.success() {
             return Err(Error::Internal(format!(
                 "initdb failed: {}",
@@ -127,13 +121,13 @@ impl ClusterDir {
         for (file, contents) in files {
             use std::os::unix::fs::PermissionsExt;
             let path = data.join(file);
-            std::fs::write(&path, contents).map_err(io("writing into the data directory"))?;
+            std::fs::write(&path, contents).io_context("writing into the data directory")?;
             std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
-                .map_err(io("writing into the data directory"))?;
+                .io_context("writing into the data directory")?;
             chown(&path)?;
         }
         let log = dir.join("postgres.log");
-        std::fs::File::create(&log).map_err(io("creating postgres.log"))?;
+        std::fs::File::create(&log).io_context("creating postgres.log")?;
         chown(&log)?;
         Ok(ClusterDir {
             dir: dir.to_path_buf(),
@@ -149,10 +143,7 @@ impl ClusterDir {
         let log = std::fs::OpenOptions::new()
             .append(true)
             .open(self.dir.join("postgres.log"))
-            .map_err(|source| Error::Io {
-                context: "opening postgres.log".into(),
-                source,
-            })?;
+            .io_context("opening postgres.log")?;
         let mut command = as_owner(Command::new(self.bindir.join("postgres")), self.owner);
         command
             .arg("-D")

@@ -12,6 +12,7 @@ mod render;
 use crate::cli::{Cli, Command, Migrate};
 use crate::config::{Settings, Sources};
 use crate::db::{self, migrate, probe, verify};
+use crate::error::IoContext;
 use crate::error::{Error, Result, exit};
 use crate::{integrity, sync};
 use render::{check_text, sync_text, user_line, verify_text};
@@ -27,10 +28,7 @@ pub async fn run(cli: Cli, settings: Settings) -> Result<u8> {
             let listen = settings.http.listen;
             let listener = tokio::net::TcpListener::bind(listen)
                 .await
-                .map_err(|source| Error::Io {
-                    context: format!("listening on {listen} (http.listen)"),
-                    source,
-                })?;
+                .io_context(format!("listening on {listen} (http.listen)"))?;
             crate::daemon::run(settings, listener, shutdown_signal()).await?;
             Ok(exit::OK)
         }
@@ -304,9 +302,6 @@ fn write_stdout(text: &str) -> Result<()> {
         .and_then(|()| stdout.flush())
     {
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
-        result => result.map_err(|source| Error::Io {
-            context: "writing to stdout".into(),
-            source,
-        }),
+        result => result.io_context("writing to stdout"),
     }
 }

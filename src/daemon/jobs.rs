@@ -107,8 +107,9 @@ async fn execute(shared: &Shared, kind: JobKind) {
                 if e.is_unreachable() {
                     shared.database_down();
                 }
-                tracing::warn!(error = %e, "job run failed; retried on its next tick");
-                (Outcome::Error, e.to_string())
+                let error = crate::error::Chain(&e).to_string();
+                tracing::warn!(%error, "job run failed; retried on its next tick");
+                (Outcome::Error, error)
             }
         };
         if label.ran() {

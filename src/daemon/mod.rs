@@ -25,6 +25,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::Settings;
 use crate::db::{self, Db};
+use crate::error::IoContext;
 use crate::error::{Error, Result};
 use crate::http;
 use crate::metrics::{self, Metrics};
@@ -102,7 +103,7 @@ pub async fn run(
     });
     let grace = shared.settings.daemon.shutdown_grace;
     tracing::info!(
-        listen = %listener.local_addr().map_err(|e| Error::Io { context: "reading the listen address".into(), source: e })?,
+        listen = %listener.local_addr().io_context("reading the listen address")?,
         database = %shared.db.target(),
         "usersync daemon starting"
     );
@@ -121,7 +122,7 @@ pub async fn run(
     // HTTP stops accepting, passes stop after their current batch, the other tasks end.
     shared.shutdown.cancel();
     if let Err(e) = scheduler.shutdown().await {
-        tracing::warn!(error = %e, "stopping the scheduler");
+        tracing::warn!(error = %crate::error::Chain(&Error::from(e)), "stopping the scheduler");
     }
     shared.tasks.close();
     if tokio::time::timeout(grace, shared.tasks.wait())
@@ -141,9 +142,7 @@ pub async fn run(
 }
 
 async fn schedule(shared: &Arc<Shared>) -> Result<JobScheduler> {
-    let fail =
-        |e: tokio_cron_scheduler::JobSchedulerError| Error::Internal(format!("scheduler: {e}"));
-    let scheduler = JobScheduler::new().await.map_err(fail)?;
+    let scheduler = JobScheduler::new().await?;
     let s = &shared.settings;
     let mut schedules = vec![
         (JobKind::Sweep, s.sync.schedule.clone()),
@@ -163,18 +162,16 @@ async fn schedule(shared: &Arc<Shared>) -> Result<JobScheduler> {
                 let tasks = shared.tasks.clone();
                 tasks.spawn(jobs::run(shared, kind));
             })
-        })
-        .map_err(fail)?;
-        scheduler.add(job).await.map_err(fail)?;
+        })?;
+        scheduler.add(job).await?;
     }
     let beat = shared.clone();
     let heartbeat = Job::new_async("*/5 * * * * *", move |_, _| {
         let beat = beat.clone();
         Box::pin(async move { beat.beat() })
-    })
-    .map_err(fail)?;
-    scheduler.add(heartbeat).await.map_err(fail)?;
-    scheduler.start().await.map_err(fail)?;
+    })?;
+    scheduler.add(heartbeat).await?;
+    scheduler.start().await?;
     Ok(scheduler)
 }
 

@@ -250,7 +250,7 @@ impl RowExt for tokio_postgres::Row {
                 "reading column {:?} of a result",
                 self.columns().get(idx).map_or("?", |c| c.name())
             ),
-            source,
+            source: crate::error::DbError(source),
         })
     }
 }

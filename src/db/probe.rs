@@ -47,10 +47,10 @@ pub async fn run(client: &mut Client, report: &mut Report) -> Result<()> {
     let findings = match findings {
         Ok(findings) => findings,
         // A statement the probe needs failed (a missing table, a busy lock): that is a finding.
-        Err(Error::Db { context, source }) if !is_connection_error(&source) => vec![step(
+        Err(Error::Db { context, source }) if !is_connection_error(&source.0) => vec![step(
             "e2e",
             "the probe runs",
-            format!("{context}: {}", db_message(&source)),
+            format!("{context}: {source}"),
             "fix what usersync migrate verify (without --e2e) reports, then probe again",
         )],
         Err(e) => return Err(e),

@@ -306,7 +306,7 @@ impl Readiness {
 
 async fn probe(shared: &Shared, limit: Duration) -> Result<(), NotReady> {
     let not_ready = |reason: &'static str, e: &crate::Error| {
-        tracing::warn!(error = %e, reason, "readiness check failed");
+        tracing::warn!(error = %crate::error::Chain(e), reason, "readiness check failed");
         NotReady {
             reason,
             checks: Vec::new(),

@@ -150,7 +150,7 @@ async fn bounded<T>(
 
 fn failure(shared: &Shared, e: &crate::Error) -> Response<Body> {
     if e.is_unreachable() {
-        tracing::warn!(error = %e, "users API: database unreachable");
+        tracing::warn!(error = %crate::error::Chain(e), "users API: database unreachable");
         shared.database_down();
         error(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -158,7 +158,7 @@ fn failure(shared: &Shared, e: &crate::Error) -> Response<Body> {
             "the database cannot be reached",
         )
     } else {
-        tracing::warn!(error = %e, "users API: query did not complete");
+        tracing::warn!(error = %crate::error::Chain(e), "users API: query did not complete");
         busy()
     }
 }

@@ -366,10 +366,8 @@ async fn sweep_round(
     .await;
 
     let mut round = Round::default();
-    let mut first_error = produced
-        .as_ref()
-        .err()
-        .map(|e| Error::Internal(e.to_string()));
+    // The listing's own error, if any, wins below; otherwise the first worker's.
+    let mut first_error: Option<Error> = None;
     while let Some(joined) = workers.join_next().await {
         match joined {
             Ok(Ok(done)) => round.ranges.extend(done),
@@ -377,7 +375,7 @@ async fn sweep_round(
                 first_error.get_or_insert(e);
             }
             Err(join) => {
-                first_error.get_or_insert(Error::Internal(format!("a sync worker died: {join}")));
+                first_error.get_or_insert(Error::Worker(join));
             }
         }
     }

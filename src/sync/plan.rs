@@ -205,7 +205,7 @@ pub async fn stream_missing<'a>(
         })
         .map_err(|source| crate::error::Error::Db {
             context: "listing users without a profile".into(),
-            source,
+            source: crate::error::DbError(source),
         }))
 }
 

@@ -81,10 +81,8 @@ async fn down_stops_without_dropping_anything_when_the_application_depends_on_pr
         .unwrap();
     let before = schema_snapshot(&admin).await;
     let mut app = db.app().await;
-    let err = migrate::down(&mut app, Some(0))
-        .await
-        .unwrap_err()
-        .to_string();
+    let err = migrate::down(&mut app, Some(0)).await.unwrap_err();
+    let err = usersync::error::Chain(&err).to_string();
     assert!(err.contains("rolling back 0001_user_profiles"), "{err}");
     assert!(
         err.contains("posts"),
@@ -133,8 +131,8 @@ async fn an_existing_profile_trigger_is_reported_not_doubled() {
 
     let err = migrate::up(&mut app, UpOptions::default())
         .await
-        .unwrap_err()
-        .to_string();
+        .unwrap_err();
+    let err = usersync::error::Chain(&err).to_string();
     assert!(
         err.contains("on_auth_user_created calling handle_new_user()")
             && err.contains("--allow-existing-trigger"),
@@ -170,8 +168,8 @@ async fn a_profile_table_usersync_did_not_create_is_refused() {
     let mut app = db.app().await;
     let err = migrate::up(&mut app, UpOptions::default())
         .await
-        .unwrap_err()
-        .to_string();
+        .unwrap_err();
+    let err = usersync::error::Chain(&err).to_string();
     assert!(err.contains("public.user_profiles already exists"), "{err}");
 }
 
@@ -193,8 +191,8 @@ async fn a_drifted_migration_is_shown_and_up_refuses_naming_the_file() {
     );
     let err = migrate::up(&mut app, UpOptions::default())
         .await
-        .unwrap_err()
-        .to_string();
+        .unwrap_err();
+    let err = usersync::error::Chain(&err).to_string();
     assert!(
         err.contains("migrations/0001_user_profiles.up.sql"),
         "{err}"
@@ -225,15 +223,11 @@ async fn unknown_target_versions_are_rejected_before_anything_runs() {
         to: Some(7),
         ..Default::default()
     };
-    let err = migrate::up(&mut app, options)
-        .await
-        .unwrap_err()
-        .to_string();
+    let err = migrate::up(&mut app, options).await.unwrap_err();
+    let err = usersync::error::Chain(&err).to_string();
     assert!(err.contains("--to 7: no such migration"), "{err}");
-    let err = migrate::down(&mut app, Some(9))
-        .await
-        .unwrap_err()
-        .to_string();
+    let err = migrate::down(&mut app, Some(9)).await.unwrap_err();
+    let err = usersync::error::Chain(&err).to_string();
     assert!(err.contains("--to 9: no such migration"), "{err}");
 }
 
