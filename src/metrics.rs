@@ -6,9 +6,6 @@ use prometheus::{
     Opts, Registry, TextEncoder,
 };
 
-/// The jobs the daemon schedules, the only values of the `job` label.
-pub const JOBS: &[&str] = &["sweep", "repair", "integrity"];
-
 /// How a job run ended: the only values of the `outcome` label.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -195,7 +192,7 @@ impl Metrics {
         for source in ["sweep", "repair"] {
             m.profiles_created.with_label_values(&[source]);
         }
-        for job in JOBS {
+        for job in crate::daemon::JobKind::LABELLED.map(crate::daemon::JobKind::name) {
             m.leader.with_label_values(&[job]).set(0);
             m.run_duration.with_label_values(&[job]);
             for outcome in Outcome::ALL {

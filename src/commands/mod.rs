@@ -194,12 +194,12 @@ async fn run_migrate(command: Migrate, settings: &Settings) -> Result<u8> {
                 policy: Some(settings.sync.policy()),
             };
             let steps = migrate::up(client, options).await?;
-            print_steps(&steps, output.json, "up")?;
+            print_steps(&steps, output.json, migrate::Direction::Up)?;
             Ok(exit::OK)
         }
         Migrate::Down { to, output } => {
             let steps = migrate::down(client, to).await?;
-            print_steps(&steps, output.json, "down")?;
+            print_steps(&steps, output.json, migrate::Direction::Down)?;
             Ok(exit::OK)
         }
         Migrate::Status { output } => {
@@ -262,22 +262,21 @@ async fn run_migrate(command: Migrate, settings: &Settings) -> Result<u8> {
     }
 }
 
-fn print_steps(steps: &[migrate::Step], json: bool, direction: &str) -> Result<()> {
+fn print_steps(steps: &[migrate::Step], json: bool, direction: migrate::Direction) -> Result<()> {
     if json {
         return print_json(&steps);
     }
     let mut out = String::new();
     if steps.is_empty() {
         out.push_str(match direction {
-            "up" => "nothing to apply: the schema is up to date\n",
-            _ => "nothing to roll back\n",
+            migrate::Direction::Up => "nothing to apply: the schema is up to date\n",
+            migrate::Direction::Down => "nothing to roll back\n",
         });
     }
     for s in steps {
-        let verb = if s.direction == "up" {
-            "applied"
-        } else {
-            "rolled back"
+        let verb = match s.direction {
+            migrate::Direction::Up => "applied",
+            migrate::Direction::Down => "rolled back",
         };
         out.push_str(&format!(
             "{verb} {:04}_{} ({} ms)\n",

@@ -32,6 +32,9 @@ pub enum JobKind {
 }
 
 impl JobKind {
+    /// The jobs with a metric label of their own (the probe runs as the integrity job).
+    pub const LABELLED: [JobKind; 3] = [JobKind::Sweep, JobKind::Repair, JobKind::Integrity];
+
     pub fn name(self) -> &'static str {
         match self {
             JobKind::Sweep => "sweep",

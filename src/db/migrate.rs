@@ -104,12 +104,20 @@ impl MigrationStatus {
     }
 }
 
+/// Which way a step went.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Direction {
+    Up,
+    Down,
+}
+
 /// The result of `up` or `down`: which versions ran, and how long each took.
 #[derive(Clone, Debug, Serialize)]
 pub struct Step {
     pub version: i32,
     pub name: String,
-    pub direction: &'static str,
+    pub direction: Direction,
     pub duration_ms: i64,
 }
 
@@ -384,7 +392,7 @@ pub async fn up(client: &mut Client, options: UpOptions) -> Result<Vec<Step>> {
             steps.push(Step {
                 version: m.version,
                 name: m.name.to_string(),
-                direction: "up",
+                direction: Direction::Up,
                 duration_ms,
             });
         }
@@ -483,7 +491,7 @@ pub async fn down(client: &mut Client, to: Option<i32>) -> Result<Vec<Step>> {
             steps.push(Step {
                 version: m.version,
                 name: m.name.to_string(),
-                direction: "down",
+                direction: Direction::Down,
                 duration_ms,
             });
         }
