@@ -1,5 +1,6 @@
 //! Database access: the connection pool, and the SQL usersync runs, one module per concern.
 
+pub mod gotrue;
 pub mod grant;
 pub mod migrate;
 pub mod probe;
