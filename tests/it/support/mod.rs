@@ -14,16 +14,22 @@
 
 #![allow(dead_code)]
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
+use std::path::Path;
+use std::process::Command;
 use std::str::FromStr;
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio_postgres::{Client, Config, NoTls};
-use usersync::pgcluster::ClusterDir;
 use uuid::Uuid;
+
+mod clusters;
+mod snapshot;
+
+pub use clusters::OwnCluster;
+use clusters::Throwaway;
+pub use snapshot::{schema_snapshot, snapshot_diff};
 
 pub const APP_ROLE: &str = "usersync_app";
 const APP_PASSWORD: &str = "usersync-test";
@@ -31,8 +37,8 @@ const APP_PASSWORD: &str = "usersync-test";
 /// membership in supabase_auth_admin, no write on auth.users).
 pub const RUNTIME_ROLE: &str = "usersync_runtime";
 const RUNTIME_PASSWORD: &str = "usersync-runtime-test";
-const ROLES_SQL: &str = include_str!("../fixtures/roles.sql");
-const AUTH_SQL: &str = include_str!("../fixtures/auth_schema.sql");
+const ROLES_SQL: &str = include_str!("../../fixtures/roles.sql");
+const AUTH_SQL: &str = include_str!("../../fixtures/auth_schema.sql");
 
 /// The cluster the whole test binary shares.
 struct Cluster {
@@ -469,141 +475,6 @@ pub fn usersync(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
     )
 }
 
-/// A PostgreSQL cluster in a temporary directory, stopped when the test binary exits.
-struct Throwaway {
-    dir: PathBuf,
-    port: u16,
-}
-
-impl Throwaway {
-    fn start() -> Throwaway {
-        remove_stale_dirs();
-        let dir = std::env::temp_dir().join(format!("usersync-it-{}", std::process::id()));
-        let cluster = ClusterDir::init(&dir, &[]).expect("initdb for the throwaway cluster");
-        let port = free_port();
-        let command = cluster
-            .server(port, &fast_settings())
-            .expect("the postgres command");
-        let (tx, rx) = std::sync::mpsc::channel::<std::io::Result<()>>();
-        std::thread::spawn(move || {
-            let mut command = command;
-            match command.spawn() {
-                Ok(child) => {
-                    let _ = tx.send(Ok(()));
-                    keep_forever(child);
-                }
-                Err(e) => {
-                    let _ = tx.send(Err(e));
-                }
-            }
-        });
-        rx.recv().unwrap().expect("starting postgres");
-        Throwaway {
-            dir: cluster.dir,
-            port,
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("postgres.log")).unwrap_or_default()
-    }
-}
-
-fn keep_forever(mut child: Child) -> ! {
-    let _ = child.wait();
-    // The server stopped on its own: keep the thread, so nothing else is signalled.
-    loop {
-        std::thread::park();
-    }
-}
-
-fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap().port()
-}
-
-/// Directories of throwaway clusters whose test binary has died.
-fn remove_stale_dirs() {
-    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        let Some(pid) = name
-            .strip_prefix("usersync-it-")
-            .and_then(|p| p.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        if !Path::new(&format!("/proc/{pid}")).exists() {
-            let _ = std::fs::remove_dir_all(entry.path());
-        }
-    }
-}
-
-/// The database's schema as sorted text lines, free of OIDs: schemas, relations, columns,
-/// constraints, indexes, triggers, functions, policies, owners, grants and comments.
-/// Two databases with equal snapshots have the same schema for everything usersync touches.
-pub async fn schema_snapshot(client: &Client) -> Vec<String> {
-    const SQL: &str = "
-        WITH ns AS (
-            SELECT oid, nspname FROM pg_namespace
-            WHERE nspname NOT IN ('pg_catalog', 'information_schema', 'pg_toast')
-              AND nspname NOT LIKE 'pg_temp_%' AND nspname NOT LIKE 'pg_toast_temp_%'
-        ), rel AS (
-            SELECT c.* FROM pg_class c JOIN ns ON ns.oid = c.relnamespace
-        )
-        SELECT format('schema %s owner %s acl %s comment %s', nspname,
-                      pg_get_userbyid(n.nspowner), n.nspacl, obj_description(n.oid, 'pg_namespace'))
-        FROM pg_namespace n WHERE n.oid IN (SELECT oid FROM ns)
-        UNION ALL
-        SELECT format('relation %s kind %s owner %s rls %s/%s acl %s comment %s', oid::regclass,
-                      relkind, pg_get_userbyid(relowner), relrowsecurity, relforcerowsecurity,
-                      relacl, obj_description(oid, 'pg_class'))
-        FROM rel
-        UNION ALL
-        SELECT format('column %s.%s %s notnull %s default %s generated %s', a.attrelid::regclass,
-                      a.attname, format_type(a.atttypid, a.atttypmod), a.attnotnull,
-                      pg_get_expr(d.adbin, d.adrelid), a.attgenerated)
-        FROM pg_attribute a JOIN rel ON rel.oid = a.attrelid
-        LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
-        WHERE a.attnum > 0 AND NOT a.attisdropped AND rel.relkind IN ('r', 'v', 'p')
-        UNION ALL
-        SELECT format('constraint %s.%s %s valid %s', c.conrelid::regclass, c.conname,
-                      pg_get_constraintdef(c.oid), c.convalidated)
-        FROM pg_constraint c JOIN rel ON rel.oid = c.conrelid
-        UNION ALL
-        SELECT format('index %s', pg_get_indexdef(i.indexrelid))
-        FROM pg_index i JOIN rel ON rel.oid = i.indrelid
-        UNION ALL
-        SELECT format('trigger %s enabled %s', pg_get_triggerdef(t.oid), t.tgenabled)
-        FROM pg_trigger t JOIN rel ON rel.oid = t.tgrelid WHERE NOT t.tgisinternal
-        UNION ALL
-        SELECT format('function %s owner %s secdef %s config %s acl %s body %s',
-                      p.oid::regprocedure, pg_get_userbyid(p.proowner), p.prosecdef, p.proconfig,
-                      p.proacl, md5(p.prosrc))
-        FROM pg_proc p JOIN ns ON ns.oid = p.pronamespace
-        UNION ALL
-        SELECT format('policy %s.%s %s %s', polrelid::regclass, polname, polcmd,
-                      pg_get_expr(polqual, polrelid))
-        FROM pg_policy
-        ORDER BY 1";
-    client
-        .query(SQL, &[])
-        .await
-        .expect("reading the schema snapshot")
-        .iter()
-        .map(|r| r.get(0))
-        .collect()
-}
-
-/// Lines in one snapshot and not the other, for assertion messages.
-pub fn snapshot_diff(before: &[String], after: &[String]) -> String {
-    let gone: Vec<&String> = before.iter().filter(|l| !after.contains(l)).collect();
-    let new: Vec<&String> = after.iter().filter(|l| !before.contains(l)).collect();
-    format!("only before: {gone:#?}\nonly after: {new:#?}")
-}
-
 /// What a hosted Supabase project has in force: whatever the migration role creates in
 /// `public` is granted ALL to anon, authenticated and service_role.
 pub async fn supabase_default_privileges(admin: &Client) {
@@ -625,133 +496,4 @@ pub async fn count(client: &Client, table: &str) -> i64 {
         .await
         .unwrap_or_else(|e| panic!("counting {table}: {e}"))
         .get(0)
-}
-
-/// Settings that make a test cluster fast: nothing it holds needs to survive a crash.
-fn fast_settings() -> Vec<String> {
-    [
-        "fsync=off",
-        "synchronous_commit=off",
-        "full_page_writes=off",
-        "max_connections=200",
-    ]
-    .map(String::from)
-    .to_vec()
-}
-
-/// A cluster of one test's own, for what the shared one cannot do: TLS settings, being
-/// stopped and started again. Removed when dropped.
-pub struct OwnCluster {
-    cluster: ClusterDir,
-    pub port: u16,
-    settings: Vec<String>,
-    server: Option<(std::sync::mpsc::Sender<()>, std::thread::JoinHandle<()>)>,
-}
-
-impl OwnCluster {
-    /// Initializes and starts it, with the Supabase roles and the fixture auth schema in its
-    /// `postgres` database.
-    pub async fn start(tag: &str, files: &[(&str, &[u8])], settings: &[String]) -> OwnCluster {
-        let dir = std::env::temp_dir().join(format!("usersync-it-{}-{tag}", std::process::id()));
-        let cluster = ClusterDir::init(&dir, files).expect("initdb for the test's own cluster");
-        let mut settings = settings.to_vec();
-        settings.extend(fast_settings());
-        let mut own = OwnCluster {
-            cluster,
-            port: free_port(),
-            settings,
-            server: None,
-        };
-        own.resume().await;
-        let admin = connect(&own.config("postgres")).await;
-        admin.batch_execute(ROLES_SQL).await.unwrap();
-        admin
-            .batch_execute(&format!(
-                "CREATE ROLE {APP_ROLE} LOGIN NOSUPERUSER BYPASSRLS PASSWORD '{APP_PASSWORD}';
-                 GRANT supabase_auth_admin TO {APP_ROLE};
-                 GRANT CREATE ON DATABASE postgres TO {APP_ROLE};"
-            ))
-            .await
-            .unwrap();
-        admin.batch_execute(AUTH_SQL).await.unwrap();
-        admin
-            .batch_execute(&format!(
-                "GRANT USAGE ON SCHEMA auth TO {APP_ROLE};
-                 GRANT ALL ON ALL TABLES IN SCHEMA auth TO {APP_ROLE};
-                 GRANT ALL ON ALL SEQUENCES IN SCHEMA auth TO {APP_ROLE};
-                 GRANT CREATE ON SCHEMA public TO {APP_ROLE};"
-            ))
-            .await
-            .unwrap();
-        own
-    }
-
-    /// A superuser connection config (TLS-less: the trust rules of initdb allow it).
-    pub fn config(&self, dbname: &str) -> Config {
-        Config::from_str(&format!(
-            "postgres://postgres@127.0.0.1:{}/{dbname}",
-            self.port
-        ))
-        .unwrap()
-    }
-
-    /// The URL usersync is given, as usersync_app.
-    pub fn app_url(&self) -> String {
-        format!(
-            "postgres://{APP_ROLE}:{APP_PASSWORD}@127.0.0.1:{}/postgres",
-            self.port
-        )
-    }
-
-    /// Stops the server (fast shutdown) and waits for it to exit.
-    pub fn pause(&mut self) {
-        if let Some((stop, thread)) = self.server.take() {
-            let _ = stop.send(());
-            let _ = thread.join();
-        }
-    }
-
-    /// Starts the server again on the same port and waits until it answers.
-    pub async fn resume(&mut self) {
-        let mut command = self
-            .cluster
-            .server(self.port, &self.settings)
-            .expect("the postgres command");
-        let (stop, stopped) = std::sync::mpsc::channel::<()>();
-        let (started, up) = std::sync::mpsc::channel::<std::io::Result<()>>();
-        let thread = std::thread::spawn(move || match command.spawn() {
-            Ok(mut child) => {
-                let _ = started.send(Ok(()));
-                let _ = stopped.recv();
-                unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
-                let _ = child.wait();
-            }
-            Err(e) => {
-                let _ = started.send(Err(e));
-            }
-        });
-        up.recv().unwrap().expect("starting postgres");
-        self.server = Some((stop, thread));
-        let config = self.config("postgres");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while try_connect(&config, Duration::from_secs(1)).await.is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "own cluster did not start: {}",
-                self.log()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    pub fn log(&self) -> String {
-        self.cluster.log()
-    }
-}
-
-impl Drop for OwnCluster {
-    fn drop(&mut self) {
-        self.pause();
-        let _ = std::fs::remove_dir_all(&self.cluster.dir);
-    }
 }
