@@ -2,7 +2,6 @@
 //! [`Settings`] before anything connects.
 
 use std::fmt;
-use std::str::FromStr;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -10,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 
 mod raw;
+mod sections;
 mod url;
 
 use raw::Raw;
@@ -179,117 +179,10 @@ impl Settings {
         Settings::validate(raw::load(sources)?)
     }
 
+    /// Each section checked on its own (`TryFrom` in `sections`), then what spans sections.
     fn validate(raw: Raw) -> Result<Settings> {
-        // tokio-postgres knows sslmode only up to `require`: usersync reads it itself.
-        let (url, url_mode) = url::take_sslmode(raw.database.url.expose());
-        // The parser's message is kept out: it could quote part of the URL.
-        let pg = tokio_postgres::Config::from_str(&url).map_err(|_| {
-            Error::config(
-                "database.url",
-                "not a PostgreSQL URL (postgres://user:password@host:port/dbname, \
-                 special characters in the password percent-encoded) or key=value string",
-            )
-        })?;
-        if pg.get_hosts().is_empty() {
-            return Err(Error::config("database.url", "names no host"));
-        }
-        let modes = "disable, prefer, require, verify-ca or verify-full";
-        let url_mode = match url_mode {
-            None => None,
-            Some(m) => Some(SslMode::parse(&m).ok_or_else(|| {
-                Error::config("database.url", format!("sslmode={m:?} is not {modes}"))
-            })?),
-        };
-        let key_mode = match raw.database.sslmode.trim() {
-            "" => None,
-            m => Some(SslMode::parse(m).ok_or_else(|| {
-                Error::config("database.sslmode", format!("{m:?} is not {modes}"))
-            })?),
-        };
-        let sslmode = match (key_mode, url_mode) {
-            (Some(key), Some(in_url)) if key != in_url => {
-                return Err(Error::config(
-                    "database.sslmode",
-                    format!(
-                        "{:?} conflicts with sslmode={} in database.url; set one of them",
-                        key.as_str(),
-                        in_url.as_str()
-                    ),
-                ));
-            }
-            (Some(mode), _) | (None, Some(mode)) => mode,
-            // libpq's default.
-            (None, None) => SslMode::Prefer,
-        };
-        let ca_cert = match raw.database.ca_cert.trim() {
-            "" => None,
-            path => {
-                let path = std::path::PathBuf::from(path);
-                if !path.is_file() {
-                    return Err(Error::config(
-                        "database.ca_cert",
-                        format!("{}: no such file", path.display()),
-                    ));
-                }
-                Some(path)
-            }
-        };
-        if matches!(sslmode, SslMode::VerifyFull | SslMode::VerifyCa) && ca_cert.is_none() {
-            return Err(Error::config(
-                "database.ca_cert",
-                format!(
-                    "sslmode {} needs the CA certificate file (hosted Supabase: the project's CA)",
-                    sslmode.as_str()
-                ),
-            ));
-        }
-        let database = DatabaseSettings {
-            pg,
-            sslmode,
-            ca_cert,
-            pool_size: in_range("database.pool_size", raw.database.pool_size, 1, 1000)? as usize,
-            connect_timeout: Duration::from_secs(in_range(
-                "database.connect_timeout_secs",
-                raw.database.connect_timeout_secs,
-                1,
-                300,
-            )? as u64),
-            timeouts: Timeouts {
-                statement: secs(
-                    "database.statement_timeout_secs",
-                    raw.database.statement_timeout_secs,
-                    1,
-                    3600,
-                )?,
-                lock: secs(
-                    "database.lock_timeout_secs",
-                    raw.database.lock_timeout_secs,
-                    1,
-                    3600,
-                )?,
-                scan: secs(
-                    "database.scan_timeout_secs",
-                    raw.database.scan_timeout_secs,
-                    1,
-                    86_400,
-                )?,
-            },
-        };
-        let sync = SyncSettings {
-            schedule: cron("sync.schedule", &raw.sync.schedule)?,
-            repair_schedule: cron("sync.repair_schedule", &raw.sync.repair_schedule)?,
-            batch_size: in_range("sync.batch_size", raw.sync.batch_size, 1, 100_000)? as u32,
-            workers: in_range("sync.workers", raw.sync.workers, 1, 64)? as u32,
-            include_anonymous: raw.sync.include_anonymous,
-            follow_email: raw.sync.follow_email,
-            soft_deleted: crate::sync::policy::SoftDeleted::parse(raw.sync.soft_deleted.trim())
-                .ok_or_else(|| {
-                    Error::config(
-                        "sync.soft_deleted",
-                        format!("{:?} is not scrub, delete or keep", raw.sync.soft_deleted),
-                    )
-                })?,
-        };
+        let database = DatabaseSettings::try_from(&raw.database)?;
+        let sync = SyncSettings::try_from(&raw.sync)?;
         if sync.workers as usize > database.pool_size {
             return Err(Error::config(
                 "sync.workers",
@@ -299,114 +192,15 @@ impl Settings {
                 ),
             ));
         }
-        tracing_subscriber::EnvFilter::try_new(&raw.log.level)
-            .map_err(|e| Error::config("log.level", format!("not a level or filter: {e}")))?;
-        let integrity = IntegritySettings {
-            schedule: cron("integrity.schedule", &raw.integrity.schedule)?,
-            probe_schedule: match raw.integrity.probe_schedule.trim() {
-                "" => None,
-                expr => Some(cron("integrity.probe_schedule", expr)?),
-            },
-            grace_period: Duration::from_secs(in_range(
-                "integrity.grace_period_secs",
-                raw.integrity.grace_period_secs,
-                0,
-                86_400,
-            )? as u64),
-            queue_stale_after: Duration::from_secs(in_range(
-                "integrity.queue_stale_secs",
-                raw.integrity.queue_stale_secs,
-                1,
-                604_800,
-            )? as u64),
-            queue_max_attempts: in_range(
-                "integrity.queue_max_attempts",
-                raw.integrity.queue_max_attempts,
-                1,
-                1000,
-            )? as i32,
-            user_id_columns: raw
-                .integrity
-                .user_id_columns
-                .iter()
-                .map(|c| user_id_column(c))
-                .collect::<Result<_>>()?,
-        };
-        let http = HttpSettings {
-            listen: raw.http.listen.parse().map_err(|e| {
-                Error::config(
-                    "http.listen",
-                    format!("{:?} is not an address:port: {e}", raw.http.listen),
-                )
-            })?,
-            readiness_timeout: secs(
-                "http.readiness_timeout_secs",
-                raw.http.readiness_timeout_secs,
-                1,
-                60,
-            )?,
-            max_connections: in_range("http.max_connections", raw.http.max_connections, 1, 100_000)?
-                as usize,
-            header_read_timeout: secs(
-                "http.header_read_timeout_secs",
-                raw.http.header_read_timeout_secs,
-                1,
-                300,
-            )?,
-            write_timeout: secs(
-                "http.write_timeout_secs",
-                raw.http.write_timeout_secs,
-                1,
-                300,
-            )?,
-        };
-        let token = raw.api.token.expose().trim();
-        if !token.is_empty() && token.len() < 16 {
-            return Err(Error::config("api.token", "is shorter than 16 characters"));
-        }
-        let api = ApiSettings {
-            token: (!token.is_empty()).then(|| Secret::new(token)),
-            // 0: half the pool.
-            max_db_connections: match in_range(
-                "api.max_db_connections",
-                raw.api.max_db_connections,
-                0,
-                1000,
-            )? {
-                0 => (database.pool_size / 2).max(1),
-                n => n as usize,
-            },
-            timeout: secs("api.timeout_secs", raw.api.timeout_secs, 1, 300)?,
-        };
-        if raw.api.max_db_connections > 0 && api.max_db_connections >= database.pool_size {
-            return Err(Error::config(
-                "api.max_db_connections",
-                format!(
-                    "{} leaves none of database.pool_size ({}) for the jobs and readiness",
-                    api.max_db_connections, database.pool_size
-                ),
-            ));
-        }
-        let daemon = DaemonSettings {
-            shutdown_grace: Duration::from_secs(in_range(
-                "daemon.shutdown_grace_secs",
-                raw.daemon.shutdown_grace_secs,
-                1,
-                3600,
-            )? as u64),
-        };
-        let log = LogSettings {
-            level: raw.log.level.clone(),
-            format: raw.log.format,
-        };
+        let api = ApiSettings::try_from((&raw.api, database.pool_size))?;
         Ok(Settings {
+            integrity: IntegritySettings::try_from(&raw.integrity)?,
+            http: HttpSettings::try_from(&raw.http)?,
+            daemon: DaemonSettings::try_from(&raw.daemon)?,
+            log: LogSettings::try_from(&raw.log)?,
             database,
             sync,
-            integrity,
-            http,
             api,
-            daemon,
-            log,
             raw,
         })
     }
@@ -453,51 +247,6 @@ pub fn target(pg: &tokio_postgres::Config) -> String {
         })
         .collect::<Vec<_>>()
         .join(",")
-}
-
-fn user_id_column(text: &str) -> Result<UserIdColumn> {
-    let parts: Vec<&str> = text.split('.').collect();
-    match parts.as_slice() {
-        [schema, table, column] if parts.iter().all(|p| !p.is_empty()) => Ok(UserIdColumn {
-            schema: schema.to_string(),
-            table: table.to_string(),
-            column: column.to_string(),
-        }),
-        _ => Err(Error::config(
-            "integrity.user_id_columns",
-            format!("{text:?} is not schema.table.column"),
-        )),
-    }
-}
-
-fn secs(key: &str, value: i64, min: i64, max: i64) -> Result<Duration> {
-    Ok(Duration::from_secs(in_range(key, value, min, max)? as u64))
-}
-
-fn in_range(key: &str, value: i64, min: i64, max: i64) -> Result<i64> {
-    if (min..=max).contains(&value) {
-        Ok(value)
-    } else {
-        Err(Error::config(
-            key,
-            format!("{value} is out of range {min}..={max}"),
-        ))
-    }
-}
-
-/// Checked with the parser and options tokio-cron-scheduler uses: six fields, seconds first.
-fn cron(key: &str, expr: &str) -> Result<String> {
-    croner::parser::CronParser::builder()
-        .seconds(croner::parser::Seconds::Required)
-        .build()
-        .parse(expr)
-        .map(|_| expr.to_string())
-        .map_err(|e| {
-            Error::config(
-                key,
-                format!("{expr:?} is not a cron expression with seconds (sec min hour day month weekday): {e}"),
-            )
-        })
 }
 
 #[cfg(test)]

@@ -26,24 +26,24 @@ pub(super) struct Raw {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawHttp {
     pub(super) listen: String,
-    pub(super) readiness_timeout_secs: i64,
-    pub(super) max_connections: i64,
-    pub(super) header_read_timeout_secs: i64,
-    pub(super) write_timeout_secs: i64,
+    pub(super) readiness_timeout_secs: u64,
+    pub(super) max_connections: usize,
+    pub(super) header_read_timeout_secs: u64,
+    pub(super) write_timeout_secs: u64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawApi {
     pub(super) token: Secret,
-    pub(super) max_db_connections: i64,
-    pub(super) timeout_secs: i64,
+    pub(super) max_db_connections: usize,
+    pub(super) timeout_secs: u64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawDaemon {
-    pub(super) shutdown_grace_secs: i64,
+    pub(super) shutdown_grace_secs: u64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -51,9 +51,9 @@ pub(super) struct RawDaemon {
 pub(super) struct RawIntegrity {
     pub(super) schedule: String,
     pub(super) probe_schedule: String,
-    pub(super) grace_period_secs: i64,
-    pub(super) queue_stale_secs: i64,
-    pub(super) queue_max_attempts: i64,
+    pub(super) grace_period_secs: u64,
+    pub(super) queue_stale_secs: u64,
+    pub(super) queue_max_attempts: i32,
     pub(super) user_id_columns: Vec<String>,
 }
 
@@ -64,11 +64,11 @@ pub(super) struct RawDatabase {
     /// "" when the URL's `sslmode` (or libpq's default, prefer) applies.
     pub(super) sslmode: String,
     pub(super) ca_cert: String,
-    pub(super) pool_size: i64,
-    pub(super) connect_timeout_secs: i64,
-    pub(super) statement_timeout_secs: i64,
-    pub(super) lock_timeout_secs: i64,
-    pub(super) scan_timeout_secs: i64,
+    pub(super) pool_size: usize,
+    pub(super) connect_timeout_secs: u64,
+    pub(super) statement_timeout_secs: u64,
+    pub(super) lock_timeout_secs: u64,
+    pub(super) scan_timeout_secs: u64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -76,8 +76,8 @@ pub(super) struct RawDatabase {
 pub(super) struct RawSync {
     pub(super) schedule: String,
     pub(super) repair_schedule: String,
-    pub(super) batch_size: i64,
-    pub(super) workers: i64,
+    pub(super) batch_size: u32,
+    pub(super) workers: u32,
     pub(super) include_anonymous: bool,
     pub(super) follow_email: bool,
     pub(super) soft_deleted: String,
