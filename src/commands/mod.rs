@@ -178,6 +178,10 @@ pub fn load_settings(cli: &Cli) -> Result<Settings> {
     Settings::load(&Sources::from_process(cli.config.as_deref()))
 }
 
+// Long on purpose: one arm per `migrate` subcommand, each a call and its output: split, they
+
+// would only pass the same arguments around.
+
 async fn run_migrate(command: Migrate, settings: &Settings) -> Result<u8> {
     let db = db::connect(&settings.database).await?;
     let mut client = db.get().await?;

@@ -271,6 +271,8 @@ pub struct UpOptions {
 }
 
 /// Applies every pending migration up to `to`. Running it again is a no-op.
+// Long on purpose: the whole of `up` under its lock, in order: preflight, one transaction per
+// migration with its history row, the policy; one place to read it.
 pub async fn up(client: &mut Client, options: UpOptions) -> Result<Vec<Step>> {
     let target = options.to.unwrap_or_else(latest);
     if MIGRATIONS.iter().all(|m| m.version != target) {

@@ -62,6 +62,10 @@ pub async fn run(client: &mut Client, report: &mut Report) -> Result<()> {
     Ok(())
 }
 
+// Long on purpose: the probe's steps in the order they depend on each other, each with the
+
+// finding it makes.
+
 async fn steps(tx: &Transaction<'_>) -> Result<Vec<Finding>> {
     let mut findings = Vec::new();
     let first = Uuid::new_v4();

@@ -161,6 +161,8 @@ async fn observed(
     response
 }
 
+// Long on purpose: the route table: one arm per route.
+
 async fn route(
     request: Request<Incoming>,
     shared: &Shared,

@@ -215,6 +215,7 @@ fn outcome_class(outcome: Outcome) -> &'static str {
 }
 
 /// The page.
+// Long on purpose: the page, top to bottom, as one template.
 pub fn html(status: &Status) -> String {
     let mut p = String::new();
     let db = if status.database_up {

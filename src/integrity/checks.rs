@@ -146,6 +146,8 @@ pub async fn repair_queue(
 /// Every single-column foreign key into `auth.users(id)` or `public.user_profiles(id)` but the
 /// profile's own (which `migrate verify` checks): NOT VALID ones with their orphans, and ones
 /// whose ON DELETE rule would block deleting a user.
+// Long on purpose: one statement builds, for every key, the counting query and the fixes (names
+// quoted by PostgreSQL); then one finding per kind.
 pub async fn foreign_keys(client: &Client, findings: &mut Vec<Finding>) -> Result<()> {
     // Every name in the statements below is quoted by PostgreSQL (%I) and schema-qualified,
     // so each fix runs as printed whatever the session's search_path.

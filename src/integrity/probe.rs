@@ -13,6 +13,8 @@ use crate::db::probe;
 use crate::db::verify::FixKind;
 use crate::error::{DbContext, Result};
 
+// Long on purpose: the probe in one transaction that is always rolled back, then its findings.
+
 pub async fn cascade_delete(client: &mut Client, findings: &mut Vec<Finding>) -> Result<()> {
     let id = Uuid::new_v4();
     let tx = client

@@ -121,6 +121,8 @@ pub struct Progress {
 
 /// One reconciliation pass: drain the repair queue, detect, then create by range.
 #[tracing::instrument(skip_all, fields(dry_run = options.dry_run, workers = options.workers))]
+// Long on purpose: the pass's phases in order (repair queue, statistics, detection, rounds,
+// lifecycle), each a call.
 pub async fn run(db: &Db, options: &Options, progress: Option<Arc<Progress>>) -> Result<Report> {
     let started = Instant::now();
     let progress = progress.unwrap_or_default();
@@ -222,6 +224,8 @@ struct Round {
 /// One round: the missing users (up to `options.round_limit`) streamed in heap order from
 /// `listing`, cut into ranges as each is complete, and handed to `options.workers` workers
 /// that claim each range's lock and create its profiles in batches.
+// Long on purpose: the listing and the workers it feeds run concurrently in this one scope, which
+// owns the queue between them.
 async fn sweep_round(
     db: &Db,
     options: &Options,

@@ -44,6 +44,8 @@ const ROUND: i64 = 1000;
 /// Drains every due item, or with `now` every item whatever its backoff (a manual `usersync
 /// sync` after the cause was fixed). Each claimed user gets the lifecycle policies applied
 /// too (an update trigger's failure is queued like a sign-up's).
+// Long on purpose: one claim, resolve, retry loop; its steps share the claimed ids and the
+// round's transaction.
 pub async fn drain(
     client: &mut Client,
     policy: &policy::Policy,

@@ -200,6 +200,8 @@ pub(super) async fn runtime_grants(client: &Client, report: &mut Report) -> Resu
 /// The API roles (`anon`, `authenticated`) and `public.user_profiles`: no TRUNCATE, INSERT or
 /// DELETE, no UPDATE of `id`, `email`, `role` or `is_active`, row level security on; and, as a
 /// warning, a policy that lets them read rows other than their own.
+// Long on purpose: one statement for the grants and one for the policies, and a finding per kind
+// of access, each with its fix.
 pub(super) async fn api_roles(client: &Client, report: &mut Report) -> Result<()> {
     let rows = client
         .query(

@@ -32,6 +32,10 @@ pub(super) fn recreate_hint(object: &str) -> Fix {
     ))
 }
 
+// Long on purpose: every way a column can differ from 0001's (type, NOT NULL, default, an added
+
+// NOT NULL column), each with its fix.
+
 pub(super) async fn check_columns(client: &Client, report: &mut Report) -> Result<()> {
     let rows = client
         .query(
