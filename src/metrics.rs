@@ -227,6 +227,24 @@ impl Default for Metrics {
     }
 }
 
+/// `usersync_leader{job}` at 1 while it lives, back at 0 however the run ends.
+pub struct Leading(IntGauge);
+
+impl Metrics {
+    /// This process runs `job` until the guard drops.
+    pub fn leading(&self, job: &str) -> Leading {
+        let gauge = self.leader.with_label_values(&[job]);
+        gauge.set(1);
+        Leading(gauge)
+    }
+}
+
+impl Drop for Leading {
+    fn drop(&mut self) {
+        self.0.set(0);
+    }
+}
+
 /// Unix time in seconds.
 pub fn now() -> f64 {
     std::time::SystemTime::now()

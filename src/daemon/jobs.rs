@@ -168,9 +168,9 @@ async fn sweep(shared: &Shared) -> Result<Ran> {
         ..sync::Options::from_settings(&shared.settings.sync)
     }
     .with_policy(policy);
-    m.leader.with_label_values(&["sweep"]).set(1);
+    let leading = m.leading("sweep");
     let report = sync::run(&shared.db, &options, None).await;
-    m.leader.with_label_values(&["sweep"]).set(0);
+    drop(leading);
     if report.is_err() && apply_lifecycle {
         shared.lifecycle_due.store(true, Ordering::Relaxed);
     }
@@ -210,10 +210,10 @@ async fn repair(shared: &Shared) -> Result<Ran> {
     let m = &shared.metrics;
     let mut client = shared.db.get().await?;
     let mut failures = Vec::new();
-    m.leader.with_label_values(&["repair"]).set(1);
+    let leading = m.leading("repair");
     let policy = policy_of(shared, &client).await?;
     let report = sync::repair::drain(&mut client, &policy, false, &mut failures).await;
-    m.leader.with_label_values(&["repair"]).set(0);
+    drop(leading);
     let report = report?;
     m.profiles_created
         .with_label_values(&["repair"])
@@ -245,7 +245,7 @@ async fn check(shared: &Shared, probe: bool) -> Result<Ran> {
         tracing::debug!("another replica is running the integrity check");
         return Ok((Outcome::Busy, "another replica is running it".into()));
     }
-    m.leader.with_label_values(&["integrity"]).set(1);
+    let leading = m.leading("integrity");
     let report = integrity::run(
         &mut client,
         &shared.settings.integrity,
@@ -253,7 +253,7 @@ async fn check(shared: &Shared, probe: bool) -> Result<Ran> {
         probe,
     )
     .await;
-    m.leader.with_label_values(&["integrity"]).set(0);
+    drop(leading);
     drop(db::release_advisory_lock(client, JOB_LOCK_NAMESPACE, INTEGRITY_LOCK).await);
     let report = report?;
     let values = report.values();
