@@ -47,7 +47,7 @@ pub async fn run(
             "\nusersync demo: PostgreSQL on a private unix socket (data in {dir}), {USERS} users, \
              {missing} of them without a profile.\n\
              The daemon sweeps every 10 seconds; watch the missing profiles appear.\n\n  \
-             {base}/healthz\n  {base}/readyz\n  {base}/metrics\n\n  \
+             {base}/  (the status page)\n  {base}/healthz\n  {base}/readyz\n  {base}/metrics\n\n  \
              curl -s {base}/metrics | grep usersync_profiles_created_total\n  \
              curl -s -H 'Authorization: Bearer {token}' '{base}/v1/users?limit=3'\n  \
              curl -s -H 'Authorization: Bearer {token}' '{base}/v1/users?missing_profile=true&limit=3'\n  \
