@@ -168,7 +168,7 @@ fn options(case: &Case, dry_run: bool) -> Options {
         workers: case.workers,
         batch_size: case.batch_size,
         include_anonymous: case.include_anonymous,
-        // These properties are about creation; the lifecycle has its own (tests/it/lifecycle.rs).
+        // These properties are about creation; the lifecycle has its own (tests/it/lifecycle/).
         follow_email: false,
         soft_deleted: usersync::sync::policy::SoftDeleted::Keep,
         retry_queue_now: false,
