@@ -142,12 +142,6 @@ impl fmt::Display for DbError {
 
 impl std::error::Error for DbError {}
 
-impl DbError {
-    pub fn inner(&self) -> &tokio_postgres::Error {
-        &self.0
-    }
-}
-
 /// An error and every cause under it, in one line: `context: cause: cause`. What the CLI
 /// prints and the logs record.
 pub struct Chain<'a>(pub &'a (dyn std::error::Error + 'static));

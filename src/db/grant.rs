@@ -53,7 +53,7 @@ pub async fn grant(client: &mut Client, role: &str, columns: &[UserIdColumn]) ->
     let mut statements = statements_for(&quoted);
     for column in columns {
         // PostgreSQL quotes the configured names; a column that does not exist gives nothing.
-        let sql: Option<String> = client
+        let row = client
             .query_opt(
                 "SELECT pg_catalog.format('GRANT USAGE ON SCHEMA %I TO %s', $1::pg_catalog.text, $4::pg_catalog.text),
                         pg_catalog.format('GRANT SELECT (%I) ON TABLE %I.%I TO %s',
@@ -66,11 +66,10 @@ pub async fn grant(client: &mut Client, role: &str, columns: &[UserIdColumn]) ->
                 &[&column.schema, &column.table, &column.column, &quoted],
             )
             .await
-            .context(format!("looking up {column}"))?
-            .map(|r| Ok::<_, crate::Error>(format!("{}; {}", r.value::<String>(0)?, r.value::<String>(1)?)))
-        .transpose()?;
-        if let Some(sql) = sql {
-            statements.extend(sql.split("; ").map(str::to_string));
+            .context(format!("looking up {column}"))?;
+        if let Some(row) = row {
+            statements.push(row.value(0)?);
+            statements.push(row.value(1)?);
         }
     }
     let tx = client.transaction().await.context("starting the grants")?;

@@ -118,7 +118,10 @@ pub async fn collect(shared: &Shared, detailed: bool) -> Status {
     }
 }
 
+/// The page's two small queries run within the API's share of the pool: however many clients
+/// ask for `/`, the jobs and readiness keep their connections (no permit free: no queue shown).
 async fn queue(shared: &Shared, detailed: bool) -> Option<Queue> {
+    let _permit = shared.api_permits.try_acquire().ok()?;
     let client = shared.db.get_within(Duration::from_secs(1)).await.ok()?;
     let head = client
         .query_one(
@@ -327,7 +330,7 @@ pub fn html(status: &Status) -> String {
 
     p.push_str("<section><h2>Repair queue</h2>");
     match &status.repair_queue {
-        None => p.push_str("<p class=warning>The database did not answer in time.</p>"),
+        None => p.push_str("<p class=warning>Not read: the database did not answer in time, or the connections the page may use were busy.</p>"),
         Some(q) if q.depth == 0 => {
             p.push_str("<p class=ok>Empty: every failed sign-up is repaired.</p>")
         }

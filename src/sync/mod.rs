@@ -48,10 +48,8 @@ pub struct Options {
     pub preview: bool,
     pub workers: u32,
     pub batch_size: u32,
-    pub include_anonymous: bool,
-    /// Profiles follow e-mail changes.
-    pub follow_email: bool,
-    pub soft_deleted: policy::SoftDeleted,
+    /// The lifecycle policies the pass applies (the database's, in the daemon and the CLI).
+    pub policy: policy::Policy,
     /// Retry every user in the repair queue now, whatever its backoff: a manual `usersync
     /// sync` after fixing the cause. The daemon keeps the backoff.
     pub retry_queue_now: bool,
@@ -72,22 +70,10 @@ impl Options {
         self.stop.as_ref().is_some_and(|s| s.is_cancelled())
     }
 
-    /// The lifecycle policies this pass applies.
-    pub fn policy(&self) -> policy::Policy {
-        policy::Policy {
-            include_anonymous: self.include_anonymous,
-            follow_email: self.follow_email,
-            soft_deleted: self.soft_deleted,
-        }
-    }
-
     /// These options with the policies of the database (what the triggers apply), so that the
     /// sweep and the triggers agree whatever this process's configuration says.
-    pub fn with_policy(mut self, policy: policy::Policy) -> Options {
-        self.include_anonymous = policy.include_anonymous;
-        self.follow_email = policy.follow_email;
-        self.soft_deleted = policy.soft_deleted;
-        self
+    pub fn with_policy(self, policy: policy::Policy) -> Options {
+        Options { policy, ..self }
     }
 }
 
@@ -98,9 +84,7 @@ impl Options {
             preview: false,
             workers: s.workers,
             batch_size: s.batch_size,
-            include_anonymous: s.include_anonymous,
-            follow_email: s.follow_email,
-            soft_deleted: s.soft_deleted,
+            policy: s.policy(),
             retry_queue_now: false,
             apply_lifecycle: true,
             round_limit: plan::ROUND_LIMIT,
@@ -132,7 +116,7 @@ pub async fn run(db: &Db, options: &Options, progress: Option<Arc<Progress>>) ->
     };
     let mut client = db.get().await?;
     if options.dry_run {
-        let plan = plan::detect(&mut client, &options.policy()).await?;
+        let plan = plan::detect(&mut client, &options.policy).await?;
         report.note_detection(&plan);
         report.missing = plan.missing_total;
         report.would_create = plan.ids();
@@ -148,7 +132,7 @@ pub async fn run(db: &Db, options: &Options, progress: Option<Arc<Progress>>) ->
     let mut failures = Vec::new();
     let repaired = repair::drain(
         &mut client,
-        &options.policy(),
+        &options.policy,
         options.retry_queue_now,
         &mut failures,
     )
@@ -164,7 +148,7 @@ pub async fn run(db: &Db, options: &Options, progress: Option<Arc<Progress>>) ->
     // Users left missing on purpose (deferred, failed) are not handled twice in one pass.
     let mut handled = HashSet::new();
     let (counts, mut more) = if plan::looks_like_backfill(&client).await? {
-        let policy = options.policy();
+        let policy = options.policy;
         let (counts, round) = tokio::try_join!(
             plan::count(&mut client, &policy),
             sweep_round(db, options, &mut listing, &handled, &progress)
@@ -174,7 +158,7 @@ pub async fn run(db: &Db, options: &Options, progress: Option<Arc<Progress>>) ->
             .store(counts.missing_total, Ordering::Relaxed);
         (counts, report.absorb_round(round, &mut handled))
     } else {
-        let counts = plan::count(&mut client, &options.policy()).await?;
+        let counts = plan::count(&mut client, &options.policy).await?;
         progress
             .total
             .store(counts.missing_total, Ordering::Relaxed);
@@ -194,7 +178,7 @@ pub async fn run(db: &Db, options: &Options, progress: Option<Arc<Progress>>) ->
     }
     // What the triggers missed of the rest of the lifecycle.
     if options.apply_lifecycle && !options.stopped() {
-        report.applied = policy::apply(&client, &options.policy(), None).await?;
+        report.applied = policy::apply(&client, &options.policy, None).await?;
     }
     drop(client);
     report.failures.truncate(MAX_LISTED_FAILURES);
@@ -254,7 +238,8 @@ async fn sweep_round(
         let mut listed = 0u64;
         {
             let stream =
-                plan::stream_missing(&tx, options.include_anonymous, options.round_limit).await?;
+                plan::stream_missing(&tx, options.policy.include_anonymous, options.round_limit)
+                    .await?;
             let mut stream = std::pin::pin!(stream);
             let mut unit: Option<(u32, Vec<plan::Missing>)> = None;
             while let Some(user) = stream.try_next().await? {
@@ -388,7 +373,7 @@ async fn create_range(
         let batch: Vec<Uuid> = chunk.iter().map(|m| m.id).collect();
         let tids: Vec<plan::Tid> = chunk.iter().map(|m| m.tid).collect();
         let mode = apply::Mode {
-            include_anonymous: options.include_anonymous,
+            include_anonymous: options.policy.include_anonymous,
             repairing: false,
         };
         let outcome = apply::create(client, &batch, Some(&tids), mode).await?;

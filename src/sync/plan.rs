@@ -352,8 +352,9 @@ const CENSUS_FROM: &str = concat!(
                      AND p.email IS NULL AND NOT u.is_anonymous AS to_fill,
                  p.id IS NOT NULL AND u.deleted_at IS NOT NULL
                      AND ($3 = 'delete' OR ($3 = 'scrub'
-                          AND (p.email IS NOT NULL OR p.full_name IS NOT NULL
-                               OR p.avatar_url IS NOT NULL OR p.is_active))) AS left_behind
+                          AND ",
+    crate::holds_personal_data!("p"),
+    ")) AS left_behind
           FROM auth.users u LEFT JOIN public.user_profiles p ON p.id = u.id) AS x"
 );
 

@@ -20,6 +20,25 @@ use uuid::Uuid;
 use crate::db::RowExt;
 use crate::error::{DbContext, Result};
 
+/// "This profile still holds the person": what `scrub` clears. One definition for the sweep,
+/// its counts and the integrity check; `$p` is the profile's alias.
+#[macro_export]
+macro_rules! holds_personal_data {
+    ($p:literal) => {
+        concat!(
+            "(",
+            $p,
+            ".email IS NOT NULL OR ",
+            $p,
+            ".full_name IS NOT NULL OR ",
+            $p,
+            ".avatar_url IS NOT NULL OR ",
+            $p,
+            ".is_active)"
+        )
+    };
+}
+
 /// What happens to the profile of a soft-deleted user.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -173,17 +192,20 @@ const FOLLOW_EMAIL: &str = "
           LIMIT $1) AS u
     WHERE p.id = u.id";
 
-const SCRUB: &str = "
+const SCRUB: &str = concat!(
+    "
     UPDATE public.user_profiles p
     SET email = NULL, full_name = NULL, avatar_url = NULL, is_active = false,
         updated_at = pg_catalog.now()
     FROM (SELECT q.id FROM auth.users u JOIN public.user_profiles q ON q.id = u.id
           WHERE ($2::uuid[] IS NULL OR u.id = ANY ($2))
             AND u.deleted_at IS NOT NULL
-            AND (q.email IS NOT NULL OR q.full_name IS NOT NULL OR q.avatar_url IS NOT NULL
-                 OR q.is_active)
+            AND ",
+    holds_personal_data!("q"),
+    "
           LIMIT $1) AS u
-    WHERE p.id = u.id";
+    WHERE p.id = u.id"
+);
 
 const DELETE: &str = "
     DELETE FROM public.user_profiles p
@@ -247,17 +269,20 @@ async fn apply_all(client: &Client, policy: &Policy, ids: Option<&[Uuid]>) -> Re
 
 // How many profiles each statement below would change: $1 the users (NULL: all), $2
 // follow_email, $3 sync.soft_deleted.
-const PENDING: &str = "
+const PENDING: &str = concat!(
+    "
     SELECT count(*) FILTER (WHERE u.deleted_at IS NULL AND NOT u.is_anonymous
                               AND u.email IS NOT NULL AND p.email IS NULL),
            count(*) FILTER (WHERE $2 AND u.deleted_at IS NULL AND u.email IS NOT NULL
                               AND p.email IS DISTINCT FROM u.email::pg_catalog.text),
            count(*) FILTER (WHERE u.deleted_at IS NOT NULL
                               AND ($3 = 'delete' OR ($3 = 'scrub'
-                                   AND (p.email IS NOT NULL OR p.full_name IS NOT NULL
-                                        OR p.avatar_url IS NOT NULL OR p.is_active))))
+                                   AND ",
+    holds_personal_data!("p"),
+    ")))
     FROM auth.users u JOIN public.user_profiles p ON p.id = u.id
-    WHERE $1::uuid[] IS NULL OR u.id = ANY ($1)";
+    WHERE $1::uuid[] IS NULL OR u.id = ANY ($1)"
+);
 
 async fn repeat(client: &Client, sql: &str, ids: Option<&[Uuid]>, what: &str) -> Result<u64> {
     let mut total = 0;

@@ -209,7 +209,13 @@ async fn a_lock_held_on_the_profiles_costs_the_api_a_503_and_nothing_else() {
         let (addr, auth) = (daemon.addr, auth.clone());
         calls.spawn(async move {
             let started = Instant::now();
-            let (status, body) = get_at(addr, "/v1/users?limit=10", &auth).await;
+            let (status, _, body) = crate::daemon::request_at(
+                addr,
+                "GET",
+                "/v1/users?limit=10",
+                &[("Authorization", &auth)],
+            )
+            .await;
             (status, body, started.elapsed())
         });
     }
@@ -249,25 +255,6 @@ async fn a_lock_held_on_the_profiles_costs_the_api_a_503_and_nothing_else() {
         .await;
     assert_eq!(status, 200, "{body}");
     daemon.stop().await.unwrap();
-}
-
-/// One GET with a bearer token, on a connection of its own: (status, body).
-async fn get_at(addr: std::net::SocketAddr, path: &str, auth: &str) -> (u16, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let request = format!(
-        "GET {path} HTTP/1.1\r\nHost: usersync\r\nAuthorization: {auth}\r\nConnection: close\r\n\r\n"
-    );
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut response = Vec::new();
-    stream.read_to_end(&mut response).await.unwrap();
-    let response = String::from_utf8_lossy(&response).into_owned();
-    let status = response
-        .get(9..12)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let body = response.split_once("\r\n\r\n").map_or("", |(_, b)| b);
-    (status, body.to_string())
 }
 
 #[tokio::test]

@@ -167,10 +167,12 @@ fn options(case: &Case, dry_run: bool) -> Options {
         preview: false,
         workers: case.workers,
         batch_size: case.batch_size,
-        include_anonymous: case.include_anonymous,
         // These properties are about creation; the lifecycle has its own (tests/it/lifecycle/).
-        follow_email: false,
-        soft_deleted: usersync::sync::policy::SoftDeleted::Keep,
+        policy: usersync::sync::policy::Policy {
+            include_anonymous: case.include_anonymous,
+            follow_email: false,
+            soft_deleted: usersync::sync::policy::SoftDeleted::Keep,
+        },
         retry_queue_now: false,
         apply_lifecycle: false,
         round_limit: case.round_limit,
@@ -266,9 +268,12 @@ fn default_options() -> Options {
         preview: false,
         workers: 2,
         batch_size: 100,
-        include_anonymous: true,
-        follow_email: false,
-        soft_deleted: usersync::sync::policy::SoftDeleted::Keep,
+        // These properties are about creation; the lifecycle has its own (tests/it/lifecycle/).
+        policy: usersync::sync::policy::Policy {
+            include_anonymous: true,
+            follow_email: false,
+            soft_deleted: usersync::sync::policy::SoftDeleted::Keep,
+        },
         retry_queue_now: false,
         apply_lifecycle: false,
         round_limit: usersync::sync::plan::ROUND_LIMIT,
