@@ -33,6 +33,16 @@ struct Binary {
 
 impl Binary {
     fn start(test_db: &TestDb, env: &[(&str, &str)], nofile: Option<u64>) -> Binary {
+        Binary::start_logging(test_db, env, nofile, Stdio::null())
+    }
+
+    /// The same, its log (stderr) going to `log`.
+    fn start_logging(
+        test_db: &TestDb,
+        env: &[(&str, &str)],
+        nofile: Option<u64>,
+        log: Stdio,
+    ) -> Binary {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -50,7 +60,7 @@ impl Binary {
             .env("USERSYNC__INTEGRITY__SCHEDULE", NEVER)
             .envs(env.iter().copied())
             .stdout(Stdio::null())
-            .stderr(Stdio::null());
+            .stderr(log);
         if let Some(limit) = nofile {
             use std::os::unix::process::CommandExt;
             unsafe {
@@ -485,4 +495,68 @@ async fn a_closed_pipe_ends_the_listing_quietly_and_escapes_are_shown_escaped() 
         stdout.contains("\\u{1b}]0;pwned\\u{7}Eve\\u{1b}[2J"),
         "{stdout}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_api_request_is_one_log_line_without_the_token_or_the_query_and_is_not_cached() {
+    let test_db = TestDb::migrated().await;
+    let user = crate::support::AuthUser::email("logged@example.test");
+    crate::support::insert_users(&test_db.admin().await, std::slice::from_ref(&user))
+        .await
+        .unwrap();
+    let log_path =
+        std::env::temp_dir().join(format!("usersync-it-{}-access.log", std::process::id()));
+    let log = std::fs::File::create(&log_path).unwrap();
+    let binary = Binary::start_logging(
+        &test_db,
+        &[
+            ("USERSYNC__API__TOKEN", TOKEN),
+            ("USERSYNC__LOG__FORMAT", "json"),
+        ],
+        None,
+        Stdio::from(log),
+    );
+    let cursor = usersync::db::users::encode_cursor(user.id);
+    let path = format!("/v1/users?limit=7&cursor={cursor}");
+    let mut stream = TcpStream::connect(("127.0.0.1", binary.port)).unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nAuthorization: bearer {TOKEN}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert!(
+        response
+            .to_ascii_lowercase()
+            .contains("cache-control: no-store"),
+        "{response}"
+    );
+    let (status, _) = binary.get(&format!("/v1/users/{}", user.id));
+    assert_eq!(status, 200);
+    drop(binary);
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    let lines: Vec<&str> = log.lines().filter(|l| l.contains("api request")).collect();
+    assert_eq!(lines.len(), 2, "one line per API request:\n{log}");
+    assert!(
+        lines[0].contains("\"route\":\"/v1/users\"") && lines[0].contains("\"status\":200"),
+        "{}",
+        lines[0]
+    );
+    assert!(
+        lines[1].contains("\"route\":\"/v1/users/{id}\""),
+        "{}",
+        lines[1]
+    );
+    for secret in [
+        TOKEN,
+        cursor.as_str(),
+        &user.id.to_string(),
+        "limit=7",
+        "logged@example.test",
+    ] {
+        assert!(!log.contains(secret), "{secret} is in the log:\n{log}");
+    }
+    let _ = std::fs::remove_file(log_path);
 }

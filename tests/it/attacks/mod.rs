@@ -244,3 +244,58 @@ async fn overloads_in_public_and_in_the_role_schema_never_capture_a_usersync_cal
 }
 
 mod access;
+
+#[tokio::test]
+async fn a_statement_that_runs_too_long_is_ended_by_the_server() {
+    let db = TestDb::migrated().await;
+    let settings = db.runtime_settings_with(&[("USERSYNC__DATABASE__STATEMENT_TIMEOUT_SECS", "1")]);
+    let pool = usersync::db::connect(&settings.database).await.unwrap();
+    let client = pool.get().await.unwrap();
+    let started = std::time::Instant::now();
+    let err = client
+        .simple_query("SELECT pg_catalog.pg_sleep(10)")
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.code(),
+        Some(&tokio_postgres::error::SqlState::QUERY_CANCELED),
+        "{err}"
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    // And a whole-table statement gets the longer scan timeout, then the short one again.
+    usersync::db::begin_scan(&client).await.unwrap();
+    let raised: String = client
+        .query_one("SHOW statement_timeout", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(raised, "30min");
+    usersync::db::end_scan(&client).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_names_no_database_user_and_no_server_message() {
+    let db = TestDb::migrated().await;
+    let url = db
+        .runtime_url()
+        .replacen(crate::support::RUNTIME_ROLE, "no_such_role_7f3a", 1);
+    let settings = usersync::config::Settings::load(&usersync::config::Sources {
+        file: None,
+        env: vec![("DATABASE_URL".into(), url)],
+    })
+    .unwrap();
+    let daemon = crate::daemon::Daemon::start(settings).await;
+    let (status, body) = daemon.get("/readyz").await;
+    daemon.stop().await.unwrap();
+    assert_eq!(status, 503);
+    assert!(body.contains("\"reason\":\"unreachable\""), "{body}");
+    assert!(body.contains("127.0.0.1:"), "{body}");
+    for leak in [
+        "no_such_role_7f3a",
+        "does not exist",
+        "authentication",
+        "FATAL",
+    ] {
+        assert!(!body.contains(leak), "{leak} in {body}");
+    }
+}
