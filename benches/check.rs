@@ -67,6 +67,7 @@ async fn main() {
             &mut client,
             &settings.integrity,
             &Default::default(),
+            usersync::integrity::Scope::Full,
             false,
         ))
         .await;

@@ -74,6 +74,10 @@ pub struct Metrics {
     /// Connections the daemon closed to stay within `http.max_connections`, by `reason`:
     /// evicted (waited for a request head while a newcomer needed room) or refused.
     pub http_connections_closed: IntCounterVec,
+    /// Full scans of auth.users by `reason` (crate::sync::watch::Reason).
+    pub full_scans: IntCounterVec,
+    /// Changes usersync's triggers handled, as the cycles counted them in usersync.journal.
+    pub changes_seen: prometheus::IntCounter,
 }
 
 impl Metrics {
@@ -163,6 +167,19 @@ impl Metrics {
                 &["reason"],
             )
             .unwrap(),
+            full_scans: IntCounterVec::new(
+                Opts::new(
+                    "usersync_full_scans_total",
+                    "Full scans of auth.users and the profiles, by what made one due",
+                ),
+                &["reason"],
+            )
+            .unwrap(),
+            changes_seen: prometheus::IntCounter::new(
+                "usersync_trigger_changes_total",
+                "Users inserted or deleted and profiles deleted that usersync's triggers handled",
+            )
+            .unwrap(),
         };
         let build_info = IntGaugeVec::new(
             Opts::new("usersync_build_info", "Build information, always 1"),
@@ -187,6 +204,8 @@ impl Metrics {
             Box::new(m.start_time.clone()),
             Box::new(m.http_requests.clone()),
             Box::new(m.http_connections_closed.clone()),
+            Box::new(m.full_scans.clone()),
+            Box::new(m.changes_seen.clone()),
         ] {
             registry.register(c).unwrap();
         }
@@ -203,6 +222,9 @@ impl Metrics {
         }
         for reason in ["evicted", "refused"] {
             m.http_connections_closed.with_label_values(&[reason]);
+        }
+        for reason in crate::sync::watch::Reason::LABELS {
+            m.full_scans.with_label_values(&[reason]);
         }
         for check in crate::integrity::CHECKS {
             m.integrity_findings.with_label_values(&[check]).set(0);

@@ -137,6 +137,25 @@ impl ClusterDir {
         })
     }
 
+    /// A cluster [`ClusterDir::init`] made earlier in `dir`, if there is one.
+    pub fn open(dir: &Path) -> Result<Option<ClusterDir>> {
+        let data = dir.join("data");
+        if !data.join("PG_VERSION").exists() || !dir.join("postgres.log").exists() {
+            return Ok(None);
+        }
+        let bindir = bindir().ok_or_else(|| {
+            Error::Internal(
+                "no PostgreSQL binaries (initdb, postgres) found: install PostgreSQL".into(),
+            )
+        })?;
+        Ok(Some(ClusterDir {
+            dir: dir.to_path_buf(),
+            data,
+            bindir,
+            owner: postgres_os_user()?,
+        }))
+    }
+
     /// The `postgres` command serving on 127.0.0.1:`port`, with `-c` settings, logging to
     /// `postgres.log`, and stopped (SIGINT) when the thread that spawns it ends.
     pub fn server(&self, port: u16, settings: &[String]) -> Result<Command> {

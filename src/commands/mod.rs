@@ -143,6 +143,7 @@ async fn check_command(settings: &Settings, json: bool, e2e: bool) -> Result<u8>
         &mut client,
         &settings.integrity,
         &settings.sync.policy(),
+        integrity::Scope::Full,
         e2e,
     )
     .await?;

@@ -140,6 +140,8 @@ impl fmt::Debug for DatabaseSettings {
 pub struct SyncSettings {
     pub schedule: String,
     pub repair_schedule: String,
+    /// The full scan that runs whatever the statistics say (crate::sync::watch).
+    pub full_scan_schedule: String,
     pub batch_size: u32,
     pub workers: u32,
     pub include_anonymous: bool,

@@ -76,6 +76,7 @@ pub(super) struct RawDatabase {
 pub(super) struct RawSync {
     pub(super) schedule: String,
     pub(super) repair_schedule: String,
+    pub(super) full_scan_schedule: String,
     pub(super) batch_size: u32,
     pub(super) workers: u32,
     pub(super) include_anonymous: bool,

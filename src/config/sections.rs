@@ -161,6 +161,7 @@ impl TryFrom<&RawSync> for SyncSettings {
         Ok(SyncSettings {
             schedule: cron("sync.schedule", &raw.schedule)?,
             repair_schedule: cron("sync.repair_schedule", &raw.repair_schedule)?,
+            full_scan_schedule: cron("sync.full_scan_schedule", &raw.full_scan_schedule)?,
             batch_size: ranged("sync.batch_size", raw.batch_size, 1..=100_000)?,
             workers: ranged("sync.workers", raw.workers, 1..=64)?,
             include_anonymous: raw.include_anonymous,

@@ -1,4 +1,12 @@
-//! The scheduled jobs: the full sweep, the repair pass and the integrity check.
+//! The scheduled jobs: the sweep, the repair pass, the integrity check and the full scan.
+//!
+//! The sweep and the integrity check each start with a look at PostgreSQL's statistics
+//! ([`sync::watch`]): while every change to `auth.users` and the profiles went through
+//! usersync's triggers, neither reads the two tables (the sweep drains the repair queue, the
+//! check reads the catalog and shows the last full scan's data findings). When the look finds a
+//! change around the triggers, or cannot vouch (a restart, a reset, no full scan yet), either job
+//! runs the full scan at once: the sweep over both tables, then every integrity check, then the
+//! new baseline. The full scan also runs on its own schedule, whatever the statistics say.
 //!
 //! A job never overlaps itself in one process: a tick that finds the previous run still going
 //! is skipped and counted. Across replicas the sweep shares work through its range locks, the
@@ -6,7 +14,6 @@
 //! advisory lock is taken; a replica that dies releases its locks with its connections.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use tokio::sync::Mutex;
@@ -20,12 +27,15 @@ use crate::{db, integrity, metrics, sync};
 /// Advisory lock namespace of the daemon's jobs (the two-key form: namespace, job).
 const JOB_LOCK_NAMESPACE: i32 = 0x7573_796a; // "usyj"
 const INTEGRITY_LOCK: i32 = 3;
+const FULL_SCAN_LOCK: i32 = 4;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum JobKind {
     Sweep,
     Repair,
     Integrity,
+    /// The sweep and every integrity check over the two whole tables.
+    FullScan,
     /// The integrity check with the rolled-back delete probe (`integrity.probe_schedule`):
     /// the same job, its metrics and its lock, one more check.
     IntegrityProbe,
@@ -33,13 +43,19 @@ pub enum JobKind {
 
 impl JobKind {
     /// The jobs with a metric label of their own (the probe runs as the integrity job).
-    pub const LABELLED: [JobKind; 3] = [JobKind::Sweep, JobKind::Repair, JobKind::Integrity];
+    pub const LABELLED: [JobKind; 4] = [
+        JobKind::Sweep,
+        JobKind::Repair,
+        JobKind::Integrity,
+        JobKind::FullScan,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
             JobKind::Sweep => "sweep",
             JobKind::Repair => "repair",
             JobKind::Integrity | JobKind::IntegrityProbe => "integrity",
+            JobKind::FullScan => "full_scan",
         }
     }
 }
@@ -50,6 +66,7 @@ pub struct Jobs {
     sweep: Mutex<()>,
     repair: Mutex<()>,
     integrity: Mutex<()>,
+    full_scan: Mutex<()>,
 }
 
 impl Jobs {
@@ -58,6 +75,7 @@ impl Jobs {
             JobKind::Sweep => &self.sweep,
             JobKind::Repair => &self.repair,
             JobKind::Integrity | JobKind::IntegrityProbe => &self.integrity,
+            JobKind::FullScan => &self.full_scan,
         }
     }
 }
@@ -102,6 +120,7 @@ async fn execute(shared: &Shared, kind: JobKind) {
             JobKind::Repair => repair(shared).await,
             JobKind::Integrity => check(shared, false).await,
             JobKind::IntegrityProbe => check(shared, true).await,
+            JobKind::FullScan => full_scan(shared, sync::watch::Reason::Scheduled, None).await,
         };
         timer.observe_duration();
         let (label, summary) = match outcome {
@@ -159,21 +178,56 @@ async fn policy_of(
 type Ran = (Outcome, String);
 
 async fn sweep(shared: &Shared) -> Result<Ran> {
+    let client = shared.db.get().await?;
+    let look = look(shared, &client).await?;
+    drop(client);
+    match look {
+        Some(look) if look.due.is_none() => {
+            let (outcome, summary) = repair(shared).await?;
+            let summary = format!(
+                "nothing changed around the triggers; {} changes they handled; repair queue: {summary}",
+                look.journaled
+            );
+            Ok((outcome, summary))
+        }
+        Some(look) => {
+            let reason = look.due.clone().expect("due");
+            full_scan(shared, reason, Some(look.reading)).await
+        }
+        // Before migration 0004: nothing to look at, every sweep is whole.
+        None => sweep_whole(shared).await,
+    }
+}
+
+/// The cheap look, when migration 0004 is in: counts what the triggers handled.
+async fn look(
+    shared: &Shared,
+    client: &tokio_postgres::Client,
+) -> Result<Option<sync::watch::Look>> {
+    if !sync::watch::installed(client).await? {
+        return Ok(None);
+    }
+    let look = sync::watch::look(client).await?;
+    shared.metrics.changes_seen.inc_by(look.journaled);
+    if let Some(reason) = &look.due {
+        tracing::info!(%reason, "a full scan is due");
+    }
+    Ok(Some(look))
+}
+
+/// The sweep over both whole tables, with the lifecycle statements.
+async fn sweep_whole(shared: &Shared) -> Result<Ran> {
     let m = &shared.metrics;
     let policy = policy_of(shared, &*shared.db.get().await?).await?;
-    let apply_lifecycle = shared.lifecycle_due.swap(false, Ordering::Relaxed);
     let options = sync::Options {
         stop: Some(shared.shutdown.clone()),
-        apply_lifecycle,
+        apply_lifecycle: true,
         ..sync::Options::from_settings(&shared.settings.sync)
     }
     .with_policy(policy);
     let leading = m.leading("sweep");
     let report = sync::run(&shared.db, &options, None).await;
     drop(leading);
-    if report.is_err() && apply_lifecycle {
-        shared.lifecycle_due.store(true, Ordering::Relaxed);
-    }
     let report = report?;
     m.profiles_created
         .with_label_values(&["sweep"])
@@ -194,6 +248,59 @@ async fn sweep(shared: &Shared) -> Result<Ran> {
             report.scanned, report.missing, report.created, report.failed
         ),
     ))
+}
+
+/// The full scan: the whole sweep, then every integrity check, then the baseline the next
+/// looks compare with (read before the sweep started, so that nothing written meanwhile is
+/// taken as seen). One at a time in a process, and across replicas by an advisory lock.
+async fn full_scan(
+    shared: &Shared,
+    reason: sync::watch::Reason,
+    reading: Option<sync::watch::Reading>,
+) -> Result<Ran> {
+    let Ok(_running) = shared.jobs.full_scan.try_lock() else {
+        return Ok((Outcome::Skipped, "a full scan is already running".into()));
+    };
+    let client = shared.db.get().await?;
+    if !db::try_advisory_lock(&client, JOB_LOCK_NAMESPACE, FULL_SCAN_LOCK).await? {
+        return Ok((Outcome::Busy, "another replica is running a full scan".into()));
+    }
+    let scanned = async {
+        let installed = sync::watch::installed(&client).await?;
+        let reading = match reading {
+            Some(reading) => Some(reading),
+            None if installed => Some(sync::watch::read(&client).await?),
+            None => None,
+        };
+        let started = std::time::SystemTime::now();
+        tracing::info!(%reason, "full scan starting");
+        let (outcome, swept) = sweep_whole(shared).await?;
+        let mut checks = shared.db.get().await?;
+        let report = integrity::run(
+            &mut checks,
+            &shared.settings.integrity,
+            &shared.settings.sync.policy(),
+            integrity::Scope::Full,
+            false,
+        )
+        .await?;
+        let findings = serde_json::to_value(report.data_findings()).expect("findings serialize");
+        let summary = publish(shared, report);
+        if let Some(reading) = reading
+            && !shared.shutdown.is_cancelled()
+        {
+            sync::watch::record(&client, &reading, started, &findings).await?;
+        }
+        shared
+            .metrics
+            .full_scans
+            .with_label_values(&[reason.as_str()])
+            .inc();
+        Ok::<_, crate::Error>((outcome, format!("full scan ({reason}): {swept}; {summary}")))
+    }
+    .await;
+    drop(db::release_advisory_lock(client, JOB_LOCK_NAMESPACE, FULL_SCAN_LOCK).await);
+    scanned
 }
 
 /// Failed when a user failed (the run itself went through), else success.
@@ -246,16 +353,47 @@ async fn check(shared: &Shared, probe: bool) -> Result<Ran> {
         return Ok((Outcome::Busy, "another replica is running it".into()));
     }
     let leading = m.leading("integrity");
-    let report = integrity::run(
-        &mut client,
-        &shared.settings.integrity,
-        &shared.settings.sync.policy(),
-        probe,
-    )
+    let checked = async {
+        let look = look(shared, &client).await?;
+        let scope = match &look {
+            Some(look) if look.due.is_some() => None,
+            Some(look) => Some(integrity::Scope::Cycle {
+                users_deleted: look.users_deleted > 0,
+            }),
+            None => Some(integrity::Scope::Full),
+        };
+        let Some(scope) = scope else {
+            return Ok(Err(look.expect("a look")));
+        };
+        let mut report = integrity::run(
+            &mut client,
+            &shared.settings.integrity,
+            &shared.settings.sync.policy(),
+            scope,
+            probe,
+        )
+        .await?;
+        if scope != integrity::Scope::Full {
+            let carried = sync::watch::findings(&client).await?;
+            report.carry(serde_json::from_value(carried).unwrap_or_default());
+        }
+        Ok::<_, crate::Error>(Ok(report))
+    }
     .await;
     drop(leading);
     drop(db::release_advisory_lock(client, JOB_LOCK_NAMESPACE, INTEGRITY_LOCK).await);
-    let report = report?;
+    match checked? {
+        Ok(report) => Ok((Outcome::Success, publish(shared, report))),
+        Err(look) => {
+            let reason = look.due.clone().expect("due");
+            full_scan(shared, reason, Some(look.reading)).await
+        }
+    }
+}
+
+/// Puts a report's findings on the metrics and the status page; returns its summary.
+fn publish(shared: &Shared, report: integrity::Report) -> String {
+    let m = &shared.metrics;
     let values = report.values();
     for (check, value) in &values {
         m.integrity_findings.with_label_values(&[check]).set(*value);
@@ -271,9 +409,6 @@ async fn check(shared: &Shared, probe: bool) -> Result<Ran> {
         "{} findings, {errors} at error level",
         report.findings.len()
     );
-    shared
-        .lifecycle_due
-        .store(report.lifecycle_pending > 0, Ordering::Relaxed);
     shared.board.findings(report.findings, metrics::now());
-    Ok((Outcome::Success, summary))
+    summary
 }

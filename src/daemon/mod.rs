@@ -39,9 +39,6 @@ pub struct Shared {
     pub metrics: Metrics,
     /// The last run of each job and the last findings, for the status page.
     pub board: board::Board,
-    /// Whether the next sweep applies the lifecycle policies to every profile: true at start,
-    /// then as the integrity check last counted (it reads what that takes anyway).
-    pub lifecycle_due: std::sync::atomic::AtomicBool,
     /// The users API's share of the pool: one permit per connection it may hold.
     pub api_permits: tokio::sync::Semaphore,
     /// Cancelled on shutdown: passes stop between batches, every task ends.
@@ -94,7 +91,6 @@ pub async fn run(
         metrics: Metrics::new(),
         api_permits: tokio::sync::Semaphore::new(settings.api.max_db_connections),
         board: board::Board::default(),
-        lifecycle_due: std::sync::atomic::AtomicBool::new(true),
         shutdown: CancellationToken::new(),
         tasks: TaskTracker::new(),
         heartbeat: AtomicU64::new(metrics::now() as u64),
@@ -148,6 +144,7 @@ async fn schedule(shared: &Arc<Shared>) -> Result<JobScheduler> {
         (JobKind::Sweep, s.sync.schedule.clone()),
         (JobKind::Repair, s.sync.repair_schedule.clone()),
         (JobKind::Integrity, s.integrity.schedule.clone()),
+        (JobKind::FullScan, s.sync.full_scan_schedule.clone()),
     ];
     if let Some(probe) = &s.integrity.probe_schedule {
         schedules.push((JobKind::IntegrityProbe, probe.clone()));

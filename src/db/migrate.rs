@@ -55,6 +55,7 @@ pub static MIGRATIONS: &[Migration] = &[
     migration!(1, "0001", "user_profiles"),
     migration!(2, "0002", "hardening"),
     migration!(3, "0003", "lifecycle"),
+    migration!(4, "0004", "watch"),
 ];
 
 /// The latest version this binary knows.

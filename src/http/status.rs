@@ -71,6 +71,7 @@ pub async fn collect(shared: &Shared, detailed: bool) -> Status {
         ("sweep", s.sync.schedule.clone()),
         ("repair", s.sync.repair_schedule.clone()),
         ("integrity", s.integrity.schedule.clone()),
+        ("full_scan", s.sync.full_scan_schedule.clone()),
     ] {
         let mut last_run = board.jobs.get(job).cloned();
         if let Some(run) = last_run.as_mut()

@@ -15,7 +15,7 @@ mod probe;
 use std::collections::BTreeMap;
 use std::time::Instant;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio_postgres::Client;
 
 use crate::config::IntegritySettings;
@@ -24,7 +24,7 @@ use crate::error::Result;
 use crate::sync::policy::Policy;
 
 /// How bad a finding is: `check` exits 1 on any error.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Level {
     Error,
@@ -33,7 +33,7 @@ pub enum Level {
 }
 
 /// One thing that is wrong, with what remedies it.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Finding {
     /// Stable name: `missing_profile`, `orphan_profile`, `foreign_key_not_valid`, ...
     pub check: String,
@@ -83,6 +83,27 @@ pub const CHECKS: &[&str] = &[
 ];
 
 impl Report {
+    /// Its findings of the data checks ([`DATA_CHECKS`]).
+    pub fn data_findings(&self) -> Vec<Finding> {
+        self.findings
+            .iter()
+            .filter(|f| DATA_CHECKS.contains(&f.check.as_str()))
+            .cloned()
+            .collect()
+    }
+
+    /// Adds findings of the data checks carried from the last full scan.
+    pub fn carry(&mut self, findings: Vec<Finding>) {
+        self.findings.extend(
+            findings
+                .into_iter()
+                .filter(|f| DATA_CHECKS.contains(&f.check.as_str())),
+        );
+        self.findings
+            .sort_by(|a, b| (a.level, &a.check, &a.object).cmp(&(b.level, &b.check, &b.object)));
+        self.ok = !self.has_errors();
+    }
+
     /// Whether any finding is at error level.
     pub fn has_errors(&self) -> bool {
         self.findings.iter().any(|f| f.level == Level::Error)
@@ -104,12 +125,33 @@ impl Report {
     }
 }
 
+/// The checks that read the two tables whole (the full scan's); the others read the catalog
+/// and usersync's own small tables.
+pub const DATA_CHECKS: &[&str] = &[
+    "missing_profile",
+    "orphan_profile",
+    "stale_email",
+    "soft_deleted_personal_data",
+];
+
+/// How much one run reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scope {
+    /// Every check: `usersync check`, and the daemon's full scan.
+    Full,
+    /// The daemon's cycle between full scans: the catalog, the queue, and the configured
+    /// user-id columns only when users were deleted since the last cycle. The data checks'
+    /// findings are the last full scan's, which nothing has changed since (crate::sync::watch).
+    Cycle { users_deleted: bool },
+}
+
 /// Runs every check once. Reads only; with `probe`, also the delete probe, rolled back.
 #[tracing::instrument(skip_all, fields(probe))]
 pub async fn run(
     client: &mut Client,
     settings: &IntegritySettings,
     configured: &Policy,
+    scope: Scope,
     probe: bool,
 ) -> Result<Report> {
     let started = Instant::now();
@@ -147,11 +189,18 @@ pub async fn run(
                 }
                 None => *configured,
             };
-            lifecycle_pending =
-                checks::one_to_one(client, settings, &policy, &mut findings).await?;
+            if scope == Scope::Full {
+                lifecycle_pending =
+                    checks::one_to_one(client, settings, &policy, &mut findings).await?;
+            }
             checks::repair_queue(client, settings, &mut findings).await?;
             checks::foreign_keys(client, &mut findings).await?;
-            checks::user_id_columns(client, settings, &mut findings).await
+            match scope {
+                Scope::Full | Scope::Cycle { users_deleted: true } => {
+                    checks::user_id_columns(client, settings, &mut findings).await
+                }
+                Scope::Cycle { .. } => Ok(()),
+            }
         }
         .await;
         crate::db::end_scan(client).await?;

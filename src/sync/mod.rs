@@ -14,6 +14,7 @@ pub mod apply;
 pub mod plan;
 pub mod policy;
 pub mod repair;
+pub mod watch;
 mod report;
 
 use crate::db::RowExt;

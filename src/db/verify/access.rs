@@ -77,6 +77,12 @@ pub const RUNTIME_PRIVILEGES: &[Privilege] = &[
     p(Kind::Table, "usersync.repair_queue", "UPDATE"),
     p(Kind::Table, "usersync.repair_queue", "DELETE"),
     p(Kind::Table, "usersync.schema_migrations", "SELECT"),
+    // The cheap path: the journal emptied each cycle, the last full scan's baseline.
+    p(Kind::Table, "usersync.journal", "SELECT"),
+    p(Kind::Table, "usersync.journal", "DELETE"),
+    p(Kind::Table, "usersync.scan_state", "SELECT"),
+    p(Kind::Table, "usersync.scan_state", "INSERT"),
+    p(Kind::Table, "usersync.scan_state", "UPDATE"),
     p(
         Kind::Function,
         "usersync.build_profile(uuid, text, jsonb, timestamp with time zone)",

@@ -35,7 +35,7 @@ pub struct Finding {
 
 /// Whether a fix is SQL, to run as printed (schema-qualified, identifiers quoted by
 /// PostgreSQL), or a command or step for a person, never to be pasted into psql.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum FixKind {
     Sql,

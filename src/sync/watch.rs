@@ -1,0 +1,429 @@
+//! The cheap path: whether anything reached `auth.users` or `public.user_profiles` around
+//! usersync's triggers since the last full scan, read from PostgreSQL's statistics and catalog
+//! without reading either table.
+//!
+//! The statistics count every row inserted into or deleted from a table, whoever wrote it and
+//! however: COPY, aborted transactions, disabled triggers, `session_replication_role = replica`.
+//! usersync's triggers (migration 0004) add a row to `usersync.journal` for each user inserted
+//! or deleted and each profile deleted that they see, and the statistics count those rows too,
+//! flushed by the writing backend together with the others. So since the last full scan
+//!
+//! ```text
+//!     users inserted + users deleted + profiles deleted  =  rows journaled
+//! ```
+//!
+//! holds exactly when every such change went through a trigger, which made, queued or released
+//! its profile. More counted than journaled is a write the triggers did not see: a full scan.
+//!
+//! What the counters cannot vouch for hands to the full scan too: no baseline yet (a new
+//! install, a restore of the `usersync` schema into another database), a server restart or a
+//! failover (the statistics of a crash are lost, a promoted replica's count from its own start),
+//! a statistics reset, a counter that went backwards, either table rewritten (TRUNCATE, VACUUM
+//! FULL, a restore), a trigger or foreign key of either table altered (disabled and enabled
+//! again leaves the catalog row's version changed), the policies changed, `track_counts` off.
+//! Updates are not counted (a sign-in would pay for it): an UPDATE under `replica` that
+//! soft-deletes, restores or re-addresses a user waits for the scheduled full scan.
+
+use serde::{Deserialize, Serialize};
+use tokio_postgres::Client;
+
+use crate::db::RowExt;
+use crate::error::{DbContext, Result};
+
+/// What the statistics and the catalog say now.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reading {
+    /// `pg_postmaster_start_time()`: a restart, a crash or a failover changes it.
+    pub server_started: String,
+    pub database: u32,
+    /// The two tables and their files: a TRUNCATE, a rewrite or a restore changes them.
+    pub users_table: u32,
+    pub users_file: u32,
+    pub profiles_table: u32,
+    pub profiles_file: u32,
+    /// When this database's statistics were last reset, if ever.
+    pub stats_reset: Option<String>,
+    /// The version of every trigger and constraint on the two tables and of the policies.
+    pub catalog: String,
+    pub users_inserted: i64,
+    pub users_deleted: i64,
+    pub profiles_deleted: i64,
+    pub journaled: i64,
+    /// `track_counts`: without it the counters stand still.
+    pub track_counts: bool,
+}
+
+impl Reading {
+    /// Changes counted by the statistics that no trigger journaled, since `base`.
+    fn unseen_since(&self, base: &Reading) -> i64 {
+        (self.users_inserted - base.users_inserted)
+            + (self.users_deleted - base.users_deleted)
+            + (self.profiles_deleted - base.profiles_deleted)
+            - (self.journaled - base.journaled)
+    }
+
+    fn went_backwards(&self, base: &Reading) -> bool {
+        self.users_inserted < base.users_inserted
+            || self.users_deleted < base.users_deleted
+            || self.profiles_deleted < base.profiles_deleted
+            || self.journaled < base.journaled
+    }
+}
+
+/// Why a full scan is due.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "reason")]
+pub enum Reason {
+    /// No full scan recorded yet (or before migration 0004).
+    NoBaseline,
+    /// The server restarted, crashed or failed over since the last full scan.
+    ServerRestarted,
+    /// Statistics were reset, or a counter went backwards.
+    StatisticsReset,
+    /// A table's file changed: TRUNCATE, VACUUM FULL, a restore.
+    TableRewritten,
+    /// A trigger, a constraint or the policies changed.
+    CatalogChanged,
+    /// Rows written around the triggers.
+    Unseen { changes: i64 },
+    /// `track_counts` is off: the statistics cannot vouch for anything.
+    NoStatistics,
+    /// The full scan's own schedule, or a request.
+    Scheduled,
+}
+
+impl Reason {
+    /// A metric label.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Reason::NoBaseline => "no_baseline",
+            Reason::ServerRestarted => "server_restarted",
+            Reason::StatisticsReset => "statistics_reset",
+            Reason::TableRewritten => "table_rewritten",
+            Reason::CatalogChanged => "catalog_changed",
+            Reason::Unseen { .. } => "unseen_changes",
+            Reason::NoStatistics => "no_statistics",
+            Reason::Scheduled => "scheduled",
+        }
+    }
+
+    pub const LABELS: [&'static str; 8] = [
+        "no_baseline",
+        "server_restarted",
+        "statistics_reset",
+        "table_rewritten",
+        "catalog_changed",
+        "unseen_changes",
+        "no_statistics",
+        "scheduled",
+    ];
+}
+
+impl std::fmt::Display for Reason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Reason::NoBaseline => f.write_str("no full scan recorded yet"),
+            Reason::ServerRestarted => f.write_str("the server restarted or failed over"),
+            Reason::StatisticsReset => f.write_str("the statistics were reset"),
+            Reason::TableRewritten => f.write_str("auth.users or the profiles were rewritten"),
+            Reason::CatalogChanged => {
+                f.write_str("a trigger, a constraint or the policies changed")
+            }
+            Reason::Unseen { changes } => {
+                write!(f, "{changes} rows changed around usersync's triggers")
+            }
+            Reason::NoStatistics => f.write_str("track_counts is off"),
+            Reason::Scheduled => f.write_str("its schedule"),
+        }
+    }
+}
+
+/// What one look found.
+#[derive(Clone, Debug)]
+pub struct Look {
+    /// None: nothing changed around the triggers since the last full scan.
+    pub due: Option<Reason>,
+    /// Journal rows emptied by this look: the changes the triggers handled since the last.
+    pub journaled: u64,
+    /// Of them, users deleted: rows of other tables may now point at no user.
+    pub users_deleted: u64,
+    /// Where a full scan that starts now should record it started from.
+    pub reading: Reading,
+}
+
+const READ: &str = "
+    SELECT pg_catalog.pg_postmaster_start_time()::pg_catalog.text,
+           d.oid, u.oid, u.relfilenode, p.oid, p.relfilenode,
+           pg_catalog.pg_stat_get_db_stat_reset_time(d.oid)::pg_catalog.text,
+           pg_catalog.md5(concat_ws('/',
+               (SELECT pg_catalog.string_agg(t.oid::pg_catalog.text || ':' || t.xmin::pg_catalog.text
+                                             || t.tgenabled::pg_catalog.text, ',' ORDER BY t.oid)
+                FROM pg_catalog.pg_trigger t WHERE t.tgrelid IN (u.oid, p.oid)),
+               (SELECT pg_catalog.string_agg(c.oid::pg_catalog.text || ':' || c.xmin::pg_catalog.text,
+                                             ',' ORDER BY c.oid)
+                FROM pg_catalog.pg_constraint c WHERE c.conrelid IN (u.oid, p.oid)),
+               (SELECT concat_ws(',', x.include_anonymous, x.follow_email, x.soft_deleted)
+                FROM usersync.policy x))),
+           pg_catalog.pg_stat_get_tuples_inserted(u.oid),
+           pg_catalog.pg_stat_get_tuples_deleted(u.oid),
+           pg_catalog.pg_stat_get_tuples_deleted(p.oid),
+           pg_catalog.pg_stat_get_tuples_inserted(j.oid),
+           pg_catalog.current_setting('track_counts')::pg_catalog.bool
+    FROM pg_catalog.pg_database d, pg_catalog.pg_class u, pg_catalog.pg_class p,
+         pg_catalog.pg_class j
+    WHERE d.datname = pg_catalog.current_database()
+      AND u.oid = 'auth.users'::pg_catalog.regclass
+      AND p.oid = 'public.user_profiles'::pg_catalog.regclass
+      AND j.oid = 'usersync.journal'::pg_catalog.regclass";
+
+/// Reads the statistics and the catalog: a few rows of catalogs, no table.
+pub async fn read(client: &Client) -> Result<Reading> {
+    // A fresh view of the statistics, not one cached earlier in this session.
+    client
+        .batch_execute("SELECT pg_catalog.pg_stat_clear_snapshot()")
+        .await
+        .context("reading the statistics")?;
+    let row = client
+        .query_one(READ, &[])
+        .await
+        .context("reading the statistics")?;
+    let oid = |i: usize| -> Result<u32> { row.value(i) };
+    Ok(Reading {
+        server_started: row.value(0)?,
+        database: oid(1)?,
+        users_table: oid(2)?,
+        users_file: oid(3)?,
+        profiles_table: oid(4)?,
+        profiles_file: oid(5)?,
+        stats_reset: row.value(6)?,
+        catalog: row.value(7)?,
+        users_inserted: row.value(8)?,
+        users_deleted: row.value(9)?,
+        profiles_deleted: row.value(10)?,
+        journaled: row.value(11)?,
+        track_counts: row.value(12)?,
+    })
+}
+
+/// Whether migration 0004 is in: without it there is nothing to compare.
+pub async fn installed(client: &Client) -> Result<bool> {
+    client
+        .query_one(
+            "SELECT pg_catalog.to_regclass('usersync.scan_state') IS NOT NULL
+                AND pg_catalog.to_regclass('usersync.journal') IS NOT NULL",
+            &[],
+        )
+        .await
+        .context("looking for usersync.scan_state")?
+        .value(0)
+}
+
+/// Where the last full scan started from, if one is recorded.
+pub async fn baseline(client: &Client) -> Result<Option<Reading>> {
+    let row = client
+        .query_opt("SELECT s.baseline FROM usersync.scan_state s", &[])
+        .await
+        .context("reading usersync.scan_state")?;
+    Ok(match row {
+        // A baseline an older or newer usersync wrote differently is no baseline.
+        Some(row) => serde_json::from_value(row.value(0)?).ok(),
+        None => None,
+    })
+}
+
+/// What the last full scan's data checks found (JSON findings), if one is recorded.
+pub async fn findings(client: &Client) -> Result<serde_json::Value> {
+    let row = client
+        .query_opt("SELECT s.findings FROM usersync.scan_state s", &[])
+        .await
+        .context("reading usersync.scan_state")?;
+    Ok(match row {
+        Some(row) => row.value(0)?,
+        None => serde_json::Value::Array(Vec::new()),
+    })
+}
+
+/// Records that a full scan which started from `reading` at `started` has finished, and what
+/// its data checks found.
+pub async fn record(
+    client: &Client,
+    reading: &Reading,
+    started: std::time::SystemTime,
+    findings: &serde_json::Value,
+) -> Result<()> {
+    let baseline = serde_json::to_value(reading).expect("a reading serializes");
+    client
+        .execute(
+            "INSERT INTO usersync.scan_state AS s (id, baseline, findings, started_at, finished_at)
+             VALUES (true, $1, $3, $2, pg_catalog.now())
+             ON CONFLICT (id) DO UPDATE
+                 SET baseline = EXCLUDED.baseline, findings = EXCLUDED.findings,
+                     started_at = EXCLUDED.started_at, finished_at = EXCLUDED.finished_at",
+            &[&baseline, &started, findings],
+        )
+        .await
+        .context("recording the full scan in usersync.scan_state")?;
+    Ok(())
+}
+
+/// How long a count the statistics show but the journal does not gets to settle before it
+/// counts as a write around the triggers: a backend flushes its counters one table after the
+/// other, so a reader can catch it halfway.
+pub const SETTLE: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Compares now with the last full scan's baseline, and empties the journal.
+pub async fn look(client: &Client) -> Result<Look> {
+    let base = baseline(client).await?;
+    let mut reading = read(client).await?;
+    let mut due = verdict(base.as_ref(), &reading);
+    if matches!(due, Some(Reason::Unseen { .. })) {
+        tokio::time::sleep(SETTLE).await;
+        reading = read(client).await?;
+        due = verdict(base.as_ref(), &reading);
+    }
+    let row = client
+        .query_one(
+            "WITH gone AS (DELETE FROM usersync.journal RETURNING kind)
+             SELECT count(*), count(*) FILTER (WHERE kind = 'd') FROM gone",
+            &[],
+        )
+        .await
+        .context("emptying usersync.journal")?;
+    Ok(Look {
+        due,
+        journaled: row.value::<i64>(0)? as u64,
+        users_deleted: row.value::<i64>(1)? as u64,
+        reading,
+    })
+}
+
+/// Why `now` needs a full scan after `base`, if it does.
+pub fn verdict(base: Option<&Reading>, now: &Reading) -> Option<Reason> {
+    let Some(base) = base else {
+        return Some(Reason::NoBaseline);
+    };
+    if !now.track_counts {
+        return Some(Reason::NoStatistics);
+    }
+    if now.server_started != base.server_started || now.database != base.database {
+        return Some(Reason::ServerRestarted);
+    }
+    if now.users_table != base.users_table
+        || now.users_file != base.users_file
+        || now.profiles_table != base.profiles_table
+        || now.profiles_file != base.profiles_file
+    {
+        return Some(Reason::TableRewritten);
+    }
+    if now.stats_reset != base.stats_reset || now.went_backwards(base) {
+        return Some(Reason::StatisticsReset);
+    }
+    if now.catalog != base.catalog {
+        return Some(Reason::CatalogChanged);
+    }
+    match now.unseen_since(base) {
+        changes if changes > 0 => Some(Reason::Unseen { changes }),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reading() -> Reading {
+        Reading {
+            server_started: "2026-11-30 06:00:00+00".into(),
+            database: 5,
+            users_table: 16400,
+            users_file: 16400,
+            profiles_table: 16500,
+            profiles_file: 16500,
+            stats_reset: None,
+            catalog: "abc".into(),
+            users_inserted: 1000,
+            users_deleted: 10,
+            profiles_deleted: 20,
+            journaled: 1030,
+            track_counts: true,
+        }
+    }
+
+    #[test]
+    fn changes_the_triggers_journaled_are_quiet_and_any_other_is_a_full_scan() {
+        let base = reading();
+        assert_eq!(verdict(None, &base), Some(Reason::NoBaseline));
+        assert_eq!(verdict(Some(&base), &base), None);
+        let through_triggers = Reading {
+            users_inserted: 1500,
+            profiles_deleted: 25,
+            journaled: 1535,
+            ..base.clone()
+        };
+        assert_eq!(verdict(Some(&base), &through_triggers), None);
+        // The journal flushed before the table: not yet a verdict either way.
+        let halfway = Reading {
+            journaled: 1040,
+            ..base.clone()
+        };
+        assert_eq!(verdict(Some(&base), &halfway), None);
+        let around = Reading {
+            users_inserted: 1003,
+            ..base.clone()
+        };
+        assert_eq!(
+            verdict(Some(&base), &around),
+            Some(Reason::Unseen { changes: 3 })
+        );
+        let cases: [(Reading, Reason); 6] = [
+            (
+                Reading {
+                    server_started: "later".into(),
+                    ..base.clone()
+                },
+                Reason::ServerRestarted,
+            ),
+            (
+                Reading {
+                    profiles_file: 1,
+                    ..base.clone()
+                },
+                Reason::TableRewritten,
+            ),
+            (
+                Reading {
+                    stats_reset: Some("now".into()),
+                    ..base.clone()
+                },
+                Reason::StatisticsReset,
+            ),
+            (
+                Reading {
+                    users_inserted: 0,
+                    users_deleted: 0,
+                    profiles_deleted: 0,
+                    journaled: 0,
+                    ..base.clone()
+                },
+                Reason::StatisticsReset,
+            ),
+            (
+                Reading {
+                    catalog: "abd".into(),
+                    ..base.clone()
+                },
+                Reason::CatalogChanged,
+            ),
+            (
+                Reading {
+                    track_counts: false,
+                    ..base.clone()
+                },
+                Reason::NoStatistics,
+            ),
+        ];
+        for (now, reason) in cases {
+            assert_eq!(verdict(Some(&base), &now), Some(reason));
+        }
+    }
+}
