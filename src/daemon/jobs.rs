@@ -66,6 +66,8 @@ pub struct Jobs {
     sweep: Mutex<()>,
     repair: Mutex<()>,
     integrity: Mutex<()>,
+    full_scan_job: Mutex<()>,
+    /// Held by whichever job runs a full scan (its own, the sweep, the integrity check).
     full_scan: Mutex<()>,
 }
 
@@ -75,7 +77,7 @@ impl Jobs {
             JobKind::Sweep => &self.sweep,
             JobKind::Repair => &self.repair,
             JobKind::Integrity | JobKind::IntegrityProbe => &self.integrity,
-            JobKind::FullScan => &self.full_scan,
+            JobKind::FullScan => &self.full_scan_job,
         }
     }
 }
@@ -355,15 +357,19 @@ async fn check(shared: &Shared, probe: bool) -> Result<Ran> {
     let leading = m.leading("integrity");
     let checked = async {
         let look = look(shared, &client).await?;
-        let scope = match &look {
-            Some(look) if look.due.is_some() => None,
-            Some(look) => Some(integrity::Scope::Cycle {
-                users_deleted: look.users_deleted > 0,
-            }),
-            None => Some(integrity::Scope::Full),
+        let carried: Vec<integrity::Finding> = match &look {
+            Some(look) if look.due.is_some() => return Ok(Err(look.clone())),
+            Some(_) => serde_json::from_value(sync::watch::findings(&client).await?)
+                .unwrap_or_default(),
+            None => Vec::new(),
         };
-        let Some(scope) = scope else {
-            return Ok(Err(look.expect("a look")));
+        let scope = match &look {
+            Some(look) => integrity::Scope::Cycle {
+                users_deleted: look.users_deleted > 0,
+                orphans: look.profiles_deleted > 0
+                    && carried.iter().any(|f| f.check == "orphan_profile"),
+            },
+            None => integrity::Scope::Full,
         };
         let mut report = integrity::run(
             &mut client,
@@ -374,8 +380,12 @@ async fn check(shared: &Shared, probe: bool) -> Result<Ran> {
         )
         .await?;
         if scope != integrity::Scope::Full {
-            let carried = sync::watch::findings(&client).await?;
-            report.carry(serde_json::from_value(carried).unwrap_or_default());
+            report.carry(carried, scope);
+            if let integrity::Scope::Cycle { orphans: true, .. } = scope {
+                let findings =
+                    serde_json::to_value(report.data_findings()).expect("findings serialize");
+                sync::watch::store_findings(&client, &findings).await?;
+            }
         }
         Ok::<_, crate::Error>(Ok(report))
     }

@@ -51,6 +51,34 @@ pub struct Shared {
 }
 
 impl Shared {
+    /// The daemon's state, its pool not yet connected.
+    pub fn new(settings: Settings) -> Result<Arc<Shared>> {
+        let db = db::pool(&settings.database)?;
+        Ok(Arc::new(Shared {
+            db,
+            metrics: Metrics::new(),
+            api_permits: tokio::sync::Semaphore::new(settings.api.max_db_connections),
+            board: board::Board::default(),
+            shutdown: CancellationToken::new(),
+            tasks: TaskTracker::new(),
+            heartbeat: AtomicU64::new(metrics::now() as u64),
+            jobs: jobs::Jobs::default(),
+            settings,
+        }))
+    }
+
+    /// Runs one job now, as its schedule would, and returns how it went (what the status page
+    /// shows): for tests and benchmarks that step the daemon cycle by cycle.
+    pub async fn run_job(self: &Arc<Shared>, kind: JobKind) -> board::LastRun {
+        jobs::run(self.clone(), kind).await;
+        self.board
+            .snapshot()
+            .jobs
+            .get(kind.name())
+            .cloned()
+            .expect("the job recorded its run")
+    }
+
     /// Whether the process and its scheduler are alive: the heartbeat job ran lately.
     pub fn alive(&self) -> bool {
         let last = self.heartbeat.load(Ordering::Relaxed) as f64;
@@ -85,18 +113,7 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> Result<()> {
-    let db = db::pool(&settings.database)?;
-    let shared = Arc::new(Shared {
-        db,
-        metrics: Metrics::new(),
-        api_permits: tokio::sync::Semaphore::new(settings.api.max_db_connections),
-        board: board::Board::default(),
-        shutdown: CancellationToken::new(),
-        tasks: TaskTracker::new(),
-        heartbeat: AtomicU64::new(metrics::now() as u64),
-        jobs: jobs::Jobs::default(),
-        settings,
-    });
+    let shared = Shared::new(settings)?;
     let grace = shared.settings.daemon.shutdown_grace;
     tracing::info!(
         listen = %listener.local_addr().io_context("reading the listen address")?,

@@ -43,7 +43,12 @@ pub async fn one_to_one(
             fix_kind: FixKind::Command,
         });
     }
+    orphans(client, findings).await?;
+    Ok(census.lifecycle_pending)
+}
 
+/// Profiles without a user: one anti-join of the profiles against auth.users's key.
+pub async fn orphans(client: &Client, findings: &mut Vec<Finding>) -> Result<()> {
     let row = client
         .query_one(
             "SELECT count(*), COALESCE((array_agg(p.id::text))[1:$1], '{}')
@@ -71,7 +76,7 @@ pub async fn one_to_one(
             fix_kind: FixKind::Sql,
         });
     }
-    Ok(census.lifecycle_pending)
+    Ok(())
 }
 
 /// Items waiting too long, and items that keep failing.

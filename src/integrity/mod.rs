@@ -92,13 +92,13 @@ impl Report {
             .collect()
     }
 
-    /// Adds findings of the data checks carried from the last full scan.
-    pub fn carry(&mut self, findings: Vec<Finding>) {
-        self.findings.extend(
-            findings
-                .into_iter()
-                .filter(|f| DATA_CHECKS.contains(&f.check.as_str())),
-        );
+    /// Adds the findings of the data checks carried from the last full scan, but for those of
+    /// the checks this run made again.
+    pub fn carry(&mut self, findings: Vec<Finding>, scope: Scope) {
+        let again = |check: &str| matches!(scope, Scope::Cycle { orphans: true, .. }) && check == "orphan_profile";
+        self.findings.extend(findings.into_iter().filter(|f| {
+            DATA_CHECKS.contains(&f.check.as_str()) && !again(&f.check)
+        }));
         self.findings
             .sort_by(|a, b| (a.level, &a.check, &a.object).cmp(&(b.level, &b.check, &b.object)));
         self.ok = !self.has_errors();
@@ -142,7 +142,12 @@ pub enum Scope {
     /// The daemon's cycle between full scans: the catalog, the queue, and the configured
     /// user-id columns only when users were deleted since the last cycle. The data checks'
     /// findings are the last full scan's, which nothing has changed since (crate::sync::watch).
-    Cycle { users_deleted: bool },
+    Cycle {
+        users_deleted: bool,
+        /// Count the profiles without a user again: the last full scan found some and
+        /// profiles were deleted since.
+        orphans: bool,
+    },
 }
 
 /// Runs every check once. Reads only; with `probe`, also the delete probe, rolled back.
@@ -189,14 +194,24 @@ pub async fn run(
                 }
                 None => *configured,
             };
-            if scope == Scope::Full {
-                lifecycle_pending =
-                    checks::one_to_one(client, settings, &policy, &mut findings).await?;
+            match scope {
+                Scope::Full => {
+                    lifecycle_pending =
+                        checks::one_to_one(client, settings, &policy, &mut findings).await?;
+                }
+                Scope::Cycle { orphans: true, .. } => {
+                    checks::orphans(client, &mut findings).await?;
+                }
+                Scope::Cycle { .. } => {}
             }
             checks::repair_queue(client, settings, &mut findings).await?;
             checks::foreign_keys(client, &mut findings).await?;
             match scope {
-                Scope::Full | Scope::Cycle { users_deleted: true } => {
+                Scope::Full
+                | Scope::Cycle {
+                    users_deleted: true,
+                    ..
+                } => {
                     checks::user_id_columns(client, settings, &mut findings).await
                 }
                 Scope::Cycle { .. } => Ok(()),

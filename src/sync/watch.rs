@@ -147,6 +147,8 @@ pub struct Look {
     pub journaled: u64,
     /// Of them, users deleted: rows of other tables may now point at no user.
     pub users_deleted: u64,
+    /// Of them, profiles deleted: an orphan the last full scan found may be gone.
+    pub profiles_deleted: u64,
     /// Where a full scan that starts now should record it started from.
     pub reading: Reading,
 }
@@ -243,6 +245,15 @@ pub async fn findings(client: &Client) -> Result<serde_json::Value> {
     })
 }
 
+/// Replaces the last full scan's findings (JSON) with ones a cycle made again.
+pub async fn store_findings(client: &Client, findings: &serde_json::Value) -> Result<()> {
+    client
+        .execute("UPDATE usersync.scan_state SET findings = $1", &[findings])
+        .await
+        .context("recording findings in usersync.scan_state")?;
+    Ok(())
+}
+
 /// Records that a full scan which started from `reading` at `started` has finished, and what
 /// its data checks found.
 pub async fn record(
@@ -284,7 +295,9 @@ pub async fn look(client: &Client) -> Result<Look> {
     let row = client
         .query_one(
             "WITH gone AS (DELETE FROM usersync.journal RETURNING kind)
-             SELECT count(*), count(*) FILTER (WHERE kind = 'd') FROM gone",
+             SELECT count(*), count(*) FILTER (WHERE kind = 'd'),
+                    count(*) FILTER (WHERE kind = 'p')
+             FROM gone",
             &[],
         )
         .await
@@ -293,6 +306,7 @@ pub async fn look(client: &Client) -> Result<Look> {
         due,
         journaled: row.value::<i64>(0)? as u64,
         users_deleted: row.value::<i64>(1)? as u64,
+        profiles_deleted: row.value::<i64>(2)? as u64,
         reading,
     })
 }

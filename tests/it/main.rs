@@ -17,3 +17,4 @@ mod sync;
 mod tls;
 mod users;
 mod verify;
+mod watch;
