@@ -91,7 +91,9 @@ impl Server {
         ]
         .map(String::from)
         .to_vec();
-        let mut command = cluster.server(port, &settings).expect("the postgres command");
+        let mut command = cluster
+            .server(port, &settings)
+            .expect("the postgres command");
         let thread = std::thread::spawn(move || {
             let mut child = command.spawn().expect("starting postgres");
             let _ = child.wait();
@@ -150,10 +152,7 @@ impl Server {
         if built {
             let db = connect(&self.config(&name)).await;
             let done: bool = db
-                .query_one(
-                    "SELECT to_regclass('public.bench_built') IS NOT NULL",
-                    &[],
-                )
+                .query_one("SELECT to_regclass('public.bench_built') IS NOT NULL", &[])
                 .await
                 .unwrap()
                 .get(0);

@@ -265,7 +265,10 @@ async fn full_scan(
     };
     let client = shared.db.get().await?;
     if !db::try_advisory_lock(&client, JOB_LOCK_NAMESPACE, FULL_SCAN_LOCK).await? {
-        return Ok((Outcome::Busy, "another replica is running a full scan".into()));
+        return Ok((
+            Outcome::Busy,
+            "another replica is running a full scan".into(),
+        ));
     }
     let scanned = async {
         let installed = sync::watch::installed(&client).await?;
@@ -359,8 +362,9 @@ async fn check(shared: &Shared, probe: bool) -> Result<Ran> {
         let look = look(shared, &client).await?;
         let carried: Vec<integrity::Finding> = match &look {
             Some(look) if look.due.is_some() => return Ok(Err(look.clone())),
-            Some(_) => serde_json::from_value(sync::watch::findings(&client).await?)
-                .unwrap_or_default(),
+            Some(_) => {
+                serde_json::from_value(sync::watch::findings(&client).await?).unwrap_or_default()
+            }
             None => Vec::new(),
         };
         let scope = match &look {

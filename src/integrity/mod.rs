@@ -95,10 +95,14 @@ impl Report {
     /// Adds the findings of the data checks carried from the last full scan, but for those of
     /// the checks this run made again.
     pub fn carry(&mut self, findings: Vec<Finding>, scope: Scope) {
-        let again = |check: &str| matches!(scope, Scope::Cycle { orphans: true, .. }) && check == "orphan_profile";
-        self.findings.extend(findings.into_iter().filter(|f| {
-            DATA_CHECKS.contains(&f.check.as_str()) && !again(&f.check)
-        }));
+        let again = |check: &str| {
+            matches!(scope, Scope::Cycle { orphans: true, .. }) && check == "orphan_profile"
+        };
+        self.findings.extend(
+            findings
+                .into_iter()
+                .filter(|f| DATA_CHECKS.contains(&f.check.as_str()) && !again(&f.check)),
+        );
         self.findings
             .sort_by(|a, b| (a.level, &a.check, &a.object).cmp(&(b.level, &b.check, &b.object)));
         self.ok = !self.has_errors();
@@ -211,9 +215,7 @@ pub async fn run(
                 | Scope::Cycle {
                     users_deleted: true,
                     ..
-                } => {
-                    checks::user_id_columns(client, settings, &mut findings).await
-                }
+                } => checks::user_id_columns(client, settings, &mut findings).await,
                 Scope::Cycle { .. } => Ok(()),
             }
         }

@@ -14,8 +14,8 @@ pub mod apply;
 pub mod plan;
 pub mod policy;
 pub mod repair;
-pub mod watch;
 mod report;
+pub mod watch;
 
 use crate::db::RowExt;
 use std::collections::HashSet;

@@ -20,9 +20,15 @@ fn settings(test_db: &TestDb) -> IntegritySettings {
 
 async fn check(test_db: &TestDb, settings: &IntegritySettings) -> Report {
     let mut app = test_db.app().await;
-    integrity::run(&mut app, settings, &Default::default(), integrity::Scope::Full, false)
-        .await
-        .unwrap()
+    integrity::run(
+        &mut app,
+        settings,
+        &Default::default(),
+        integrity::Scope::Full,
+        false,
+    )
+    .await
+    .unwrap()
 }
 
 fn findings<'a>(report: &'a Report, check: &str) -> Vec<&'a Finding> {

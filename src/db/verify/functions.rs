@@ -172,6 +172,86 @@ pub(super) async fn check_trigger(client: &Client, report: &mut Report) -> Resul
     Ok(())
 }
 
+/// The triggers later migrations add beside the sign-up trigger: the lifecycle's (0003) and
+/// the two that count deletions for the cheap path (0004). Present and firing, once their
+/// migration is applied; while one is off, what it handles waits for a full scan.
+pub(super) async fn check_companion_triggers(client: &Client, report: &mut Report) -> Result<()> {
+    const COMPANIONS: [(i32, &str, &str, &str); 3] = [
+        (
+            3,
+            "auth.users",
+            "usersync_on_auth_user_updated",
+            "trigger.updated",
+        ),
+        (
+            4,
+            "auth.users",
+            "usersync_on_auth_users_deleted",
+            "trigger.users_deleted",
+        ),
+        (
+            4,
+            "public.user_profiles",
+            "usersync_on_profiles_deleted",
+            "trigger.profiles_deleted",
+        ),
+    ];
+    let recorded: bool = client
+        .query_one(
+            "SELECT pg_catalog.to_regclass('usersync.schema_migrations') IS NOT NULL",
+            &[],
+        )
+        .await
+        .context("looking for usersync.schema_migrations")?
+        .value(0)?;
+    if !recorded {
+        return Ok(());
+    }
+    let applied: i32 = client
+        .query_one(
+            "SELECT COALESCE(max(m.version), 0)::pg_catalog.int4
+             FROM usersync.schema_migrations m",
+            &[],
+        )
+        .await
+        .context("reading usersync.schema_migrations")?
+        .value(0)?;
+    for (version, table, name, check) in COMPANIONS {
+        if applied < version {
+            continue;
+        }
+        let enabled: Option<String> = client
+            .query_opt(
+                "SELECT t.tgenabled::pg_catalog.text FROM pg_catalog.pg_trigger t
+                 WHERE t.tgrelid = pg_catalog.to_regclass($1) AND t.tgname = $2",
+                &[&table, &name],
+            )
+            .await
+            .context("verifying usersync's triggers")?
+            .map(|r| r.value(0))
+            .transpose()?;
+        match enabled.as_deref() {
+            None => report.push(
+                check,
+                &format!("trigger {name} on {table}, enabled"),
+                "missing",
+                Fix::command(format!(
+                    "usersync migrate down --to {}, then usersync migrate up: migration {version:04} creates it",
+                    version - 1
+                )),
+            ),
+            Some("D") | Some("R") => report.push(
+                check,
+                "enabled",
+                "disabled",
+                format!("ALTER TABLE {table} ENABLE TRIGGER {name};"),
+            ),
+            Some(_) => {}
+        }
+    }
+    Ok(())
+}
+
 /// Deleting a user takes its profile and its repair queue row along, read from the catalog:
 /// both foreign keys present, validated and ON DELETE CASCADE, and the triggers PostgreSQL
 /// enforces them with not disabled (`ALTER TABLE … DISABLE TRIGGER ALL`, which restores use).

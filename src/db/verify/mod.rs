@@ -223,6 +223,8 @@ pub async fn verify(client: &Client) -> Result<Report> {
     check_execute_grants(client, &mut report).await?;
     report.checks += 1;
     check_trigger(client, &mut report).await?;
+    report.checks += 3;
+    check_companion_triggers(client, &mut report).await?;
     report.checks += 1;
     check_repair_queue(client, &mut report).await?;
 

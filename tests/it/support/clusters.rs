@@ -101,7 +101,8 @@ pub struct OwnCluster {
     cluster: ClusterDir,
     pub port: u16,
     settings: Vec<String>,
-    server: Option<(std::sync::mpsc::Sender<()>, std::thread::JoinHandle<()>)>,
+    /// The running server: a channel that takes the signal to stop it with, and its thread.
+    server: Option<(std::sync::mpsc::Sender<i32>, std::thread::JoinHandle<()>)>,
 }
 
 impl OwnCluster {
@@ -160,9 +161,18 @@ impl OwnCluster {
     }
 
     /// Stops the server (fast shutdown) and waits for it to exit.
+    /// Stops the server as a crash would (immediate shutdown: no checkpoint, recovery at the
+    /// next start, the statistics lost) and waits for it to exit.
+    pub fn crash(&mut self) {
+        if let Some((stop, thread)) = self.server.take() {
+            let _ = stop.send(libc::SIGQUIT);
+            let _ = thread.join();
+        }
+    }
+
     pub fn pause(&mut self) {
         if let Some((stop, thread)) = self.server.take() {
-            let _ = stop.send(());
+            let _ = stop.send(libc::SIGINT);
             let _ = thread.join();
         }
     }
@@ -173,13 +183,13 @@ impl OwnCluster {
             .cluster
             .server(self.port, &self.settings)
             .expect("the postgres command");
-        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        let (stop, stopped) = std::sync::mpsc::channel::<i32>();
         let (started, up) = std::sync::mpsc::channel::<std::io::Result<()>>();
         let thread = std::thread::spawn(move || match command.spawn() {
             Ok(mut child) => {
                 let _ = started.send(Ok(()));
-                let _ = stopped.recv();
-                unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+                let signal = stopped.recv().unwrap_or(libc::SIGINT);
+                unsafe { libc::kill(child.id() as i32, signal) };
                 let _ = child.wait();
             }
             Err(e) => {
