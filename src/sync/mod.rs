@@ -2,23 +2,25 @@
 //! batches, idempotently. The daemon, the CLI and the tests all call [`run`] and get a
 //! [`Report`].
 //!
-//! The repair queue is drained first. Then [`plan::detect`] finds the missing users, split
-//! into ranges of `auth.users`'s pages (see [`plan`] for why pages and not ids).
-//! `sync.workers` workers take ranges from a shared counter and claim each with a PostgreSQL
-//! advisory lock held while they work on it, so workers in one process and in several replicas
-//! never do the same range at once; a range another process holds is left to it. Within a
-//! range, [`apply::create`] creates the profiles in batches of `sync.batch_size` users in heap
-//! order, each batch its own short transaction.
+//! The repair queue is drained first. Then one statement counts the missing users. When a few
+//! are missing (up to [`plan::LIST_LIMIT`]), they are listed, sorted into ranges of
+//! `auth.users`'s pages (see [`plan`] for why pages and not ids), and [`apply::create`] makes
+//! their profiles in batches of `sync.batch_size` users. When many are (a backfill, which the
+//! planner's statistics announce, so that not even the count runs first), [`ranges`] sweeps the
+//! table range by range, each batch one statement over a few hundred pages. Either way
+//! `sync.workers` workers claim each range with a PostgreSQL advisory lock held while they work
+//! on it, so workers in one process and in several replicas never do the same range at once; a
+//! range another process holds is left to it. Each batch is its own short transaction.
 
 pub mod apply;
 pub mod plan;
 pub mod policy;
+mod ranges;
 pub mod repair;
 mod report;
 pub mod watch;
 
 use crate::db::RowExt;
-use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -58,9 +60,9 @@ pub struct Options {
     /// that each join both tables). The CLI always does; the daemon when its integrity check
     /// last counted work for them, so that its sweep of an unchanged database stays one join.
     pub apply_lifecycle: bool,
-    /// Most missing users one round lists ([`plan::ROUND_LIMIT`]); a larger backfill runs in
-    /// rounds. Tests lower it to exercise the rounds.
-    pub round_limit: i32,
+    /// Most missing users a pass lists ([`plan::LIST_LIMIT`]); with more, it sweeps the table
+    /// by page range instead. Tests lower it to exercise both.
+    pub list_limit: u64,
     /// When it turns true the pass stops between batches: every batch is either committed
     /// or untouched. The daemon's shutdown.
     pub stop: Option<tokio_util::sync::CancellationToken>,
@@ -88,7 +90,7 @@ impl Options {
             policy: s.policy(),
             retry_queue_now: false,
             apply_lifecycle: true,
-            round_limit: plan::ROUND_LIMIT,
+            list_limit: plan::LIST_LIMIT,
             stop: None,
         }
     }
@@ -143,39 +145,33 @@ pub async fn run(db: &Db, options: &Options, progress: Option<Arc<Progress>>) ->
     report.repair = Some(repaired);
     analyze_if_stale(&client).await?;
 
-    // In a backfill, the missing users are listed (and created) while they are counted, on a
-    // second connection; otherwise they are counted first and listed only if there are some.
-    let mut listing = db.get().await?;
-    // Users left missing on purpose (deferred, failed) are not handled twice in one pass.
-    let mut handled = HashSet::new();
-    let (counts, mut more) = if plan::looks_like_backfill(&client).await? {
-        let policy = options.policy;
-        let (counts, round) = tokio::try_join!(
-            plan::count(&mut client, &policy),
-            sweep_round(db, options, &mut listing, &handled, &progress)
-        )?;
-        progress
-            .total
-            .store(counts.missing_total, Ordering::Relaxed);
-        (counts, report.absorb_round(round, &mut handled))
-    } else {
-        let counts = plan::count(&mut client, &options.policy).await?;
-        progress
-            .total
-            .store(counts.missing_total, Ordering::Relaxed);
-        let more = if counts.missing_total > 0 {
-            let round = sweep_round(db, options, &mut listing, &handled, &progress).await?;
-            report.absorb_round(round, &mut handled)
-        } else {
-            false
-        };
-        (counts, more)
+    // A backfill goes straight to the ranges; otherwise the count says how many are missing.
+    let backfill = plan::looks_like_backfill(&client).await?;
+    let counts = match backfill {
+        Some(_) => None,
+        None => Some(plan::count(&mut client, &options.policy).await?),
     };
-    report.note_detection(&counts);
-    // A backfill beyond one round's limit goes on.
-    while more && !options.stopped() {
-        let round = sweep_round(db, options, &mut listing, &handled, &progress).await?;
-        more = report.absorb_round(round, &mut handled);
+    match counts {
+        Some(counts) if counts.missing_total <= options.list_limit => {
+            report.note_detection(&counts);
+            progress
+                .total
+                .store(counts.missing_total, Ordering::Relaxed);
+            if counts.missing_total > 0 {
+                let users = plan::list(&mut client, &options.policy, counts.missing_total).await?;
+                for range in sweep_listed(db, options, users, &progress).await? {
+                    report.absorb(range);
+                }
+            }
+        }
+        _ => {
+            let extent = ranges::extent(&client).await?;
+            let expected = counts.map_or(backfill.unwrap_or(0), |c| c.missing_total);
+            progress.total.store(expected, Ordering::Relaxed);
+            for range in ranges::sweep(db, options, extent, &progress).await? {
+                report.absorb(range);
+            }
+        }
     }
     // What the triggers missed of the rest of the lifecycle.
     if options.apply_lifecycle && !options.stopped() {
@@ -198,88 +194,33 @@ pub async fn run(db: &Db, options: &Options, progress: Option<Arc<Progress>>) ->
     Ok(report)
 }
 
-/// What one round of a sweep did: whether it listed as many users as a round may (another
-/// is due), and what each range made of them.
-#[derive(Debug, Default)]
-struct Round {
-    full: bool,
-    ranges: Vec<RangeReport>,
-}
-
-/// One round: the missing users (up to `options.round_limit`) streamed in heap order from
-/// `listing`, cut into ranges as each is complete, and handed to `options.workers` workers
-/// that claim each range's lock and create its profiles in batches.
-// Long on purpose: the listing and the workers it feeds run concurrently in this one scope, which
-// owns the queue between them.
-async fn sweep_round(
+/// The listed users' profiles: their ranges handed to `options.workers` workers that claim
+/// each range's lock and create its profiles in batches.
+async fn sweep_listed(
     db: &Db,
     options: &Options,
-    listing: &mut deadpool_postgres::Object,
-    skip: &HashSet<Uuid>,
+    users: Vec<plan::Missing>,
     progress: &Arc<Progress>,
-) -> Result<Round> {
-    use futures_util::TryStreamExt;
-
-    let (units, queue) =
-        tokio::sync::mpsc::channel::<(u32, Vec<plan::Missing>)>(options.workers as usize * 2);
-    let queue = Arc::new(tokio::sync::Mutex::new(queue));
+) -> Result<Vec<RangeReport>> {
+    let mut units: std::collections::VecDeque<(u32, Vec<plan::Missing>)> = Default::default();
+    for user in users {
+        match units.back_mut() {
+            Some((range, unit)) if *range == user.range() => unit.push(user),
+            _ => units.push_back((user.range(), vec![user])),
+        }
+    }
+    let queue = Arc::new(std::sync::Mutex::new(units));
     let mut workers = JoinSet::new();
     for _ in 0..options.workers.max(1) {
         let (db, options, queue, progress) =
             (db.clone(), options.clone(), queue.clone(), progress.clone());
         workers.spawn(async move { worker(&db, &options, &queue, &progress).await });
     }
-    drop(queue);
-
-    let produced: Result<u64> = async {
-        let tx = listing
-            .transaction()
-            .await
-            .context("starting to list missing users")?;
-        let mut listed = 0u64;
-        {
-            let stream =
-                plan::stream_missing(&tx, options.policy.include_anonymous, options.round_limit)
-                    .await?;
-            let mut stream = std::pin::pin!(stream);
-            let mut unit: Option<(u32, Vec<plan::Missing>)> = None;
-            while let Some(user) = stream.try_next().await? {
-                if options.stopped() {
-                    break;
-                }
-                listed += 1;
-                if skip.contains(&user.id) {
-                    continue;
-                }
-                match &mut unit {
-                    Some((range, users)) if *range == user.range() => users.push(user),
-                    _ => {
-                        if let Some(done) = unit.replace((user.range(), vec![user]))
-                            && units.send(done).await.is_err()
-                        {
-                            break; // the workers stopped: their error says why
-                        }
-                    }
-                }
-            }
-            if let Some(done) = unit {
-                let _ = units.send(done).await;
-            }
-            drop(units);
-        }
-        tx.commit()
-            .await
-            .context("finishing the list of missing users")?;
-        Ok(listed)
-    }
-    .await;
-
-    let mut round = Round::default();
-    // The listing's own error, if any, wins below; otherwise the first worker's.
+    let mut done = Vec::new();
     let mut first_error: Option<Error> = None;
     while let Some(joined) = workers.join_next().await {
         match joined {
-            Ok(Ok(done)) => round.ranges.extend(done),
+            Ok(Ok(ranges)) => done.extend(ranges),
             Ok(Err(e)) => {
                 first_error.get_or_insert(e);
             }
@@ -288,13 +229,9 @@ async fn sweep_round(
             }
         }
     }
-    match (produced, first_error) {
-        (Err(e), _) => Err(e),
-        (_, Some(e)) => Err(e),
-        (Ok(listed), None) => {
-            round.full = listed >= options.round_limit as u64;
-            Ok(round)
-        }
+    match first_error {
+        Some(e) => Err(e),
+        None => Ok(done),
     }
 }
 
@@ -302,6 +239,10 @@ async fn sweep_round(
 #[derive(Debug, Default)]
 struct RangeReport {
     busy: bool,
+    /// Users examined (the page-range sweep counts them; a listed pass has the count's).
+    scanned: u64,
+    skipped_deleted: u64,
+    skipped_anonymous: u64,
     /// Missing users handed to the range.
     users: u64,
     created: u64,
@@ -314,19 +255,23 @@ struct RangeReport {
     left_missing: Vec<Uuid>,
 }
 
-/// Takes ranges off the queue until it is closed, claiming each with its advisory lock.
+/// Takes ranges off the queue until it is empty, claiming each with its advisory lock.
 async fn worker(
     db: &Db,
     options: &Options,
-    queue: &tokio::sync::Mutex<tokio::sync::mpsc::Receiver<(u32, Vec<plan::Missing>)>>,
+    queue: &std::sync::Mutex<std::collections::VecDeque<(u32, Vec<plan::Missing>)>>,
     progress: &Progress,
 ) -> Result<Vec<RangeReport>> {
     let mut client: Option<deadpool_postgres::Object> = None;
     let mut done = Vec::new();
     loop {
-        let Some((range, users)) = queue.lock().await.recv().await else {
+        let next = queue.lock().expect("not poisoned").pop_front();
+        let Some((range, users)) = next else {
             return Ok(done);
         };
+        if options.stopped() {
+            return Ok(done);
+        }
         let mut conn = match client.take() {
             Some(c) => c,
             None => db.get().await?,

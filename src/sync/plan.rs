@@ -38,9 +38,9 @@ macro_rules! should_have_profile {
 /// worker of every replica means the same users by the same range lock.
 pub const RANGE_BLOCKS: u32 = 1024;
 
-/// Most users one detection hands to the client (24 bytes each): a backfill larger than this
-/// runs in rounds, each detecting again, so memory stays bounded whatever the table size.
-pub const ROUND_LIMIT: i32 = 1_000_000;
+/// Most missing users a pass lists (24 bytes each); with more, it sweeps the table by page
+/// range ([`crate::sync::ranges`]), which holds one batch's counts at a time.
+pub const LIST_LIMIT: u64 = 100_000;
 
 /// A user without a profile, and where its row lives.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -160,8 +160,8 @@ pub async fn count(client: &mut Client, policy: &Policy) -> Result<Plan> {
 }
 
 /// Whether the planner's statistics say over a tenth of the users lack a profile: a backfill,
-/// worth listing the missing users while they are counted.
-pub async fn looks_like_backfill(client: &Client) -> Result<bool> {
+/// which goes straight to the page-range sweep. Some(how many, as estimated).
+pub async fn looks_like_backfill(client: &Client) -> Result<Option<u64>> {
     let row = client
         .query_one(
             "SELECT greatest(u.reltuples, 0)::float8, greatest(p.reltuples, 0)::float8
@@ -172,45 +172,26 @@ pub async fn looks_like_backfill(client: &Client) -> Result<bool> {
         .await
         .context("reading table statistics")?;
     let (users, profiles): (f64, f64) = (row.value(0)?, row.value(1)?);
-    Ok(users >= 1000.0 && users - profiles > users / 10.0)
+    let backfill = users >= 1000.0 && users - profiles > users / 10.0;
+    Ok(backfill.then_some((users - profiles) as u64))
 }
 
-/// Up to `limit` live users without a profile as a stream in heap order, as PostgreSQL finds
-/// them: a sweep starts creating the first range's profiles while the rest are still being
-/// found. Runs in a transaction of the caller's, since it turns parallel workers off (their
-/// interleaved rows would not be in heap order) with SET LOCAL.
-pub async fn stream_missing<'a>(
-    tx: &'a tokio_postgres::Transaction<'_>,
-    include_anonymous: bool,
-    limit: i32,
-) -> Result<impl futures_util::Stream<Item = Result<Missing>> + 'a> {
-    use futures_util::TryStreamExt;
-    tx.batch_execute(&format!(
-        "{WHOLE_TABLE}; SET LOCAL max_parallel_workers_per_gather = 0"
-    ))
-    .await
-    .context("listing users without a profile")?;
-    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] =
-        [&include_anonymous, &i64::from(limit)];
-    let rows = tx
-        .query_raw(MISSING, params)
+/// The live users without a profile, sorted in heap order (the anti-join hands them back in
+/// hash-batch order once the profiles outgrow `work_mem`). `expected`: how many the count found.
+pub async fn list(client: &mut Client, policy: &Policy, expected: u64) -> Result<Vec<Missing>> {
+    let tx = client
+        .transaction()
         .await
         .context("listing users without a profile")?;
-    Ok(rows
-        .and_then(|row| async move {
-            Ok(Missing {
-                tid: row.try_get(0)?,
-                id: row.try_get(1)?,
-            })
-        })
-        .map_err(|source| crate::error::Error::Db {
-            context: "listing users without a profile".into(),
-            source: crate::error::DbError(source),
-        }))
+    let users = missing(&tx, policy.include_anonymous, i32::MAX, expected).await?;
+    tx.commit()
+        .await
+        .context("listing users without a profile")?;
+    Ok(users)
 }
 
 /// Up to `limit` live users without a profile, in heap order. Streamed row by row into a
-/// vector sized once, so a round costs its 24 bytes per user and little more.
+/// vector sized once, so a pass costs its 24 bytes per user and little more.
 async fn missing(
     tx: &tokio_postgres::Transaction<'_>,
     include_anonymous: bool,
@@ -218,10 +199,26 @@ async fn missing(
     expected: u64,
 ) -> Result<Vec<Missing>> {
     use futures_util::TryStreamExt;
-    let mut stream = std::pin::pin!(stream_missing(tx, include_anonymous, limit).await?);
+    tx.batch_execute(WHOLE_TABLE)
+        .await
+        .context("listing users without a profile")?;
+    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] =
+        [&include_anonymous, &i64::from(limit)];
+    let rows = tx
+        .query_raw(MISSING, params)
+        .await
+        .context("listing users without a profile")?;
+    let mut stream = std::pin::pin!(rows);
     let mut users = Vec::with_capacity(expected.min(limit as u64) as usize);
-    while let Some(user) = stream.try_next().await? {
-        users.push(user);
+    while let Some(row) = stream
+        .try_next()
+        .await
+        .context("listing users without a profile")?
+    {
+        users.push(Missing {
+            tid: row.try_get(0).context("reading a user's address")?,
+            id: row.try_get(1).context("reading a user's id")?,
+        });
     }
     users.sort_unstable();
     Ok(users)

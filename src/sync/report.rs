@@ -1,11 +1,9 @@
 //! What a pass reports: every count of users, and how the ranges' reports add up.
 
-use std::collections::HashSet;
-
 use serde::Serialize;
 use uuid::Uuid;
 
-use super::{Failure, RangeReport, RepairReport, Round, plan, policy};
+use super::{Failure, RangeReport, RepairReport, plan, policy};
 
 /// What a pass found and did. Each count is of users.
 #[derive(Clone, Debug, Default, Serialize)]
@@ -13,8 +11,7 @@ pub struct Report {
     pub dry_run: bool,
     /// Auth users examined.
     pub scanned: u64,
-    /// Live users without a profile that this pass handled (all that were detected, unless a
-    /// backfill beyond one round found more meanwhile).
+    /// Live users without a profile that this pass handled.
     pub missing: u64,
     /// Profiles this pass created (besides the repair pass's).
     pub created: u64,
@@ -62,19 +59,11 @@ impl Report {
         self.skipped_anonymous = plan.skipped_anonymous;
     }
 
-    /// Adds a round's ranges; the users they left missing on purpose (deferred, failed) join
-    /// `handled`. True when another round is due: this one was full and made progress.
-    pub(super) fn absorb_round(&mut self, round: Round, handled: &mut HashSet<Uuid>) -> bool {
-        let created: u64 = round.ranges.iter().map(|r| r.created).sum();
-        for mut r in round.ranges {
-            handled.extend(r.left_missing.drain(..));
-            self.absorb(r);
-        }
-        round.full && created > 0
-    }
-
-    fn absorb(&mut self, other: RangeReport) {
+    pub(super) fn absorb(&mut self, other: RangeReport) {
         self.ranges += 1;
+        self.scanned += other.scanned;
+        self.skipped_deleted += other.skipped_deleted;
+        self.skipped_anonymous += other.skipped_anonymous;
         self.missing += other.users;
         self.created += other.created;
         self.raced += other.raced;

@@ -110,6 +110,13 @@ async fn the_repair_queue_is_drained_first_and_a_failing_item_never_blocks_the_o
 
 #[tokio::test]
 async fn a_failing_batch_creates_the_rest_and_queues_each_failure_with_its_reason() {
+    // Listed users in batches, and the page-range sweep of a backfill.
+    for list_limit in [usersync::sync::plan::LIST_LIMIT, 0] {
+        a_failing_batch(list_limit).await;
+    }
+}
+
+async fn a_failing_batch(list_limit: u64) {
     let test_db = TestDb::migrated().await;
     let admin = test_db.admin().await;
     let mut users = emails(30, "batch");
@@ -126,12 +133,13 @@ async fn a_failing_batch_creates_the_rest_and_queues_each_failure_with_its_reaso
         .unwrap();
     let options = Options {
         batch_size: 1000,
+        list_limit,
         ..default_options()
     };
     let report = sync::run(&db, &options, None).await.unwrap();
     assert_eq!(
-        (report.missing, report.created, report.failed),
-        (30, 27, 3),
+        (report.missing, report.created, report.failed, report.scanned),
+        (30, 27, 3, 30),
         "{report:#?}"
     );
     let failed: BTreeSet<Uuid> = report.failures.iter().map(|f| f.user_id).collect();
