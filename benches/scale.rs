@@ -202,18 +202,229 @@ impl Server {
 
 mod scale {
     use super::*;
+    use common::{median_of, run_binary, timed};
+    use usersync::daemon::{JobKind, Shared};
+
+    const BARE_INSERT: &str = "
+        INSERT INTO public.user_profiles (id, email, full_name, avatar_url, role, is_active, created_at, updated_at)
+        SELECT p.id, p.email, p.full_name, p.avatar_url, p.role, p.is_active, p.created_at, p.updated_at
+        FROM auth.users u CROSS JOIN LATERAL usersync.build_profile(u.id, u.email::pg_catalog.text, u.raw_user_meta_data, u.created_at) AS p
+        WHERE u.deleted_at IS NULL
+          AND NOT EXISTS (SELECT 1 FROM public.user_profiles x WHERE x.id = u.id)
+        ON CONFLICT (id) DO NOTHING";
+
+    const BARE_ANTI_JOIN: &str = "
+        SELECT count(*) FROM auth.users u
+        WHERE u.deleted_at IS NULL
+          AND NOT EXISTS (SELECT 1 FROM public.user_profiles p WHERE p.id = u.id)";
+
+    /// Changes through the triggers before the last measured cycle.
+    const CHANGES: u64 = 1_000;
 
     pub struct Sized {
         pub users: u64,
+        pub cores: usize,
+        pub bare: Duration,
+        pub many: common::BinaryRun,
+        pub one: common::BinaryRun,
+        pub anti_join: Duration,
+        pub full_scan: Duration,
+        pub cycle: Duration,
+        pub cycle_blocks: (i64, i64, i64),
+        pub changed_cycle: Duration,
     }
 
-    pub async fn measure(_server: &Server, users: u64) -> Sized {
-        Sized { users }
+    pub async fn measure(server: &Server, users: u64) -> Sized {
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let mut db = server.client(users).await;
+        usersync::db::migrate::up(&mut db, Default::default())
+            .await
+            .unwrap();
+        let url = server.url(&Server::dbname(users));
+        eprintln!("{users} users: warming the cache");
+        db.batch_execute("SELECT count(*) FROM auth.users").await.unwrap();
+
+        // Backfill: every profile missing, each run on an emptied table.
+        empty_profiles(&db, false).await;
+        eprintln!("{users} users: the bare statement");
+        let (bare, created) = timed(db.execute(BARE_INSERT, &[])).await;
+        let created = created.unwrap();
+        empty_profiles(&db, true).await;
+        eprintln!("{users} users: usersync sync, {cores} workers");
+        let many = run_binary(&url, cores);
+        assert_eq!(many.created, created, "usersync created what the bare statement did");
+        empty_profiles(&db, true).await;
+        eprintln!("{users} users: usersync sync, 1 worker");
+        let one = run_binary(&url, 1);
+        assert_eq!(one.created, created);
+
+        // Nothing missing.
+        eprintln!("{users} users: the steady state");
+        db.batch_execute("VACUUM ANALYZE public.user_profiles").await.unwrap();
+        db.batch_execute("CHECKPOINT").await.unwrap();
+        let anti_join =
+            median_of(3, || async { timed(db.query_one(BARE_ANTI_JOIN, &[])).await.0 }).await;
+        let settings = settings(&url);
+        let shared = Shared::new(settings.clone()).unwrap();
+        let (full_scan, run) = timed(shared.run_job(JobKind::FullScan)).await;
+        assert!(run.outcome.ran(), "{}", run.summary);
+        close(shared, &db).await;
+        let before = reads_of_auth_users(&db).await;
+        let shared = Shared::new(settings.clone()).unwrap();
+        let unchanged = median_of(5, || async { timed(cycle(&shared)).await.0 }).await;
+        close(shared, &db).await;
+        let after = reads_of_auth_users(&db).await;
+        let cycle_blocks = (after.0 - before.0, after.1 - before.1, after.2 - before.2);
+
+        // Changes through the triggers: sign-ups and deleted profiles, then one cycle.
+        db.batch_execute(&format!(
+            "INSERT INTO auth.users (id, email, created_at)
+             SELECT gen_random_uuid(), 'scale-change-' || gen_random_uuid() || '@bench.invalid', now()
+             FROM generate_series(1, {});
+             DELETE FROM public.user_profiles WHERE id IN
+                 (SELECT id FROM public.user_profiles LIMIT {});
+             SELECT pg_stat_force_next_flush();",
+            CHANGES * 9 / 10,
+            CHANGES / 10
+        ))
+        .await
+        .unwrap();
+        let shared = Shared::new(settings).unwrap();
+        let (changed_cycle, ()) = timed(cycle(&shared)).await;
+        assert_eq!(shared.metrics.changes_seen.get(), CHANGES);
+        close(shared, &db).await;
+        db.batch_execute("DELETE FROM auth.users WHERE email LIKE 'scale-change-%'")
+            .await
+            .unwrap();
+        Sized {
+            users,
+            cores,
+            bare,
+            many,
+            one,
+            anti_join,
+            full_scan,
+            cycle: unchanged,
+            cycle_blocks,
+            changed_cycle,
+        }
+    }
+
+    fn settings(url: &str) -> usersync::config::Settings {
+        usersync::config::Settings::load(&usersync::config::Sources {
+            file: None,
+            env: vec![
+                ("DATABASE_URL".into(), url.into()),
+                ("USERSYNC__LOG__LEVEL".into(), "warn".into()),
+            ],
+        })
+        .unwrap()
+    }
+
+    /// One daemon cycle: the integrity check and the sweep, as their schedules run them.
+    async fn cycle(shared: &std::sync::Arc<Shared>) {
+        for kind in [JobKind::Integrity, JobKind::Sweep] {
+            let run = shared.run_job(kind).await;
+            assert!(run.outcome.ran(), "{}: {}", kind.name(), run.summary);
+            assert!(
+                !run.summary.starts_with("full scan"),
+                "an unchanged cycle ran a full scan: {}",
+                run.summary
+            );
+        }
+    }
+
+    /// Closes the daemon's connections and waits for their backends to exit (each flushes its
+    /// statistics as it does).
+    async fn close(shared: std::sync::Arc<Shared>, db: &Client) {
+        shared.db.pool.close();
+        drop(shared);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let others: i64 = db
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity
+                     WHERE datname = current_database() AND pid <> pg_backend_pid()",
+                    &[],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            if others == 0 || Instant::now() > deadline {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn reads_of_auth_users(db: &Client) -> (i64, i64, i64) {
+        db.batch_execute("SELECT pg_stat_clear_snapshot()").await.unwrap();
+        let row = db
+            .query_one(
+                "SELECT io.heap_blks_read + io.heap_blks_hit, io.idx_blks_read + io.idx_blks_hit,
+                        st.seq_scan + st.idx_scan
+                 FROM pg_statio_all_tables io JOIN pg_stat_all_tables st USING (relid)
+                 WHERE relid = 'auth.users'::regclass",
+                &[],
+            )
+            .await
+            .unwrap();
+        (row.get(0), row.get(1), row.get(2))
+    }
+
+    async fn empty_profiles(db: &Client, vacuum: bool) {
+        db.batch_execute("TRUNCATE public.user_profiles, usersync.repair_queue")
+            .await
+            .unwrap();
+        if vacuum {
+            db.batch_execute("VACUUM public.user_profiles").await.unwrap();
+        }
+        db.batch_execute("CHECKPOINT").await.unwrap();
     }
 
     pub fn print(results: &[Sized]) {
+        let Some(first) = results.first() else { return };
+        let cores = first.cores;
+        println!("\nbackfill, every profile missing (target: {cores} workers ≤ 0.8x, 1 worker ≤ 1.1x, batches < 500 ms, RSS ≤ 50 MB):");
+        println!(
+            "    {:>10}  {:>9}  {:>18}  {:>18}  {:>15}  {:>14}",
+            "users", "bare", format!("{cores} workers"), "1 worker", "longest batch", "peak RSS"
+        );
         for r in results {
-            println!("{}", r.users);
+            let a = r.bare.as_secs_f64();
+            println!(
+                "    {:>10}  {:>8.1}s  {:>8.1}s {:>6.2}x   {:>8.1}s {:>6.2}x   {:>5.0} / {:>4.0} ms  {:>4.1} / {:>4.1} MB",
+                r.users,
+                a,
+                r.many.elapsed.as_secs_f64(),
+                r.many.elapsed.as_secs_f64() / a,
+                r.one.elapsed.as_secs_f64(),
+                r.one.elapsed.as_secs_f64() / a,
+                r.many.longest_batch_ms,
+                r.one.longest_batch_ms,
+                r.many.peak_rss_mb,
+                r.one.peak_rss_mb,
+            );
+        }
+        println!("\nsteady state, nothing missing (target: an unchanged cycle ≤ 0.05x the bare anti-join, no block of auth.users read):");
+        println!(
+            "    {:>10}  {:>14}  {:>20}  {:>24}  {:>22}  {:>18}",
+            "users", "bare anti-join", "unchanged cycle", "auth.users heap/index/scans", format!("after {CHANGES} changes"), "full scan"
+        );
+        for r in results {
+            let a = r.anti_join.as_secs_f64();
+            println!(
+                "    {:>10}  {:>13.3}s  {:>9.1} ms {:>7.4}x  {:>24}  {:>11.1} ms {:>7.4}x  {:>8.2}s {:>6.2}x",
+                r.users,
+                a,
+                r.cycle.as_secs_f64() * 1e3,
+                r.cycle.as_secs_f64() / a,
+                format!("{}/{}/{}", r.cycle_blocks.0, r.cycle_blocks.1, r.cycle_blocks.2),
+                r.changed_cycle.as_secs_f64() * 1e3,
+                r.changed_cycle.as_secs_f64() / a,
+                r.full_scan.as_secs_f64(),
+                r.full_scan.as_secs_f64() / a,
+            );
         }
     }
 }

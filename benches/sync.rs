@@ -15,10 +15,9 @@
 
 mod common;
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{BenchDb, arg_value, median_of, populate, row, timed};
+use common::{BenchDb, arg_value, median_of, populate, row, run_binary, timed};
 use tokio_postgres::Client;
 use uuid::Uuid;
 
@@ -222,43 +221,3 @@ async fn per_row_sample(db: &Client) -> Duration {
     started.elapsed() / ids.len().max(1) as u32
 }
 
-struct BinaryRun {
-    elapsed: Duration,
-    created: u64,
-    longest_batch_ms: f64,
-    peak_rss_mb: f64,
-}
-
-/// Runs `usersync sync --json` and reads its peak resident memory from wait4's rusage.
-#[allow(clippy::zombie_processes)] // reaped by wait4, which std's wait cannot replace here
-fn run_binary(url: &str, workers: usize) -> BinaryRun {
-    let started = Instant::now();
-    let child = Command::new(env!("CARGO_BIN_EXE_usersync"))
-        .args(["sync", "--json"])
-        .env("DATABASE_URL", url)
-        .env("USERSYNC__SYNC__WORKERS", workers.to_string())
-        .env("USERSYNC__LOG__LEVEL", "warn")
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("running usersync");
-    let pid = child.id() as libc::pid_t;
-    let mut stdout = child.stdout.expect("stdout");
-    let mut json = String::new();
-    std::io::Read::read_to_string(&mut stdout, &mut json).unwrap();
-    let mut status = 0;
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    let waited = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
-    assert_eq!(waited, pid, "wait4");
-    let elapsed = started.elapsed();
-    assert!(
-        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
-        "usersync sync failed: {json}"
-    );
-    let report: serde_json::Value = serde_json::from_str(&json).expect("a JSON report");
-    BinaryRun {
-        elapsed,
-        created: report["created"].as_u64().unwrap(),
-        longest_batch_ms: report["longest_batch_ms"].as_f64().unwrap(),
-        peak_rss_mb: usage.ru_maxrss as f64 / 1024.0,
-    }
-}

@@ -175,3 +175,44 @@ pub async fn connect(config: &Config) -> Client {
     tokio::spawn(connection);
     client
 }
+
+pub struct BinaryRun {
+    pub elapsed: Duration,
+    pub created: u64,
+    pub longest_batch_ms: f64,
+    pub peak_rss_mb: f64,
+}
+
+/// Runs `usersync sync --json` and reads its peak resident memory from wait4's rusage.
+#[allow(clippy::zombie_processes)] // reaped by wait4, which std's wait cannot replace here
+pub fn run_binary(url: &str, workers: usize) -> BinaryRun {
+    let started = Instant::now();
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_usersync"))
+        .args(["sync", "--json"])
+        .env("DATABASE_URL", url)
+        .env("USERSYNC__SYNC__WORKERS", workers.to_string())
+        .env("USERSYNC__LOG__LEVEL", "warn")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("running usersync");
+    let pid = child.id() as libc::pid_t;
+    let mut stdout = child.stdout.expect("stdout");
+    let mut json = String::new();
+    std::io::Read::read_to_string(&mut stdout, &mut json).unwrap();
+    let mut status = 0;
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    let waited = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    assert_eq!(waited, pid, "wait4");
+    let elapsed = started.elapsed();
+    assert!(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "usersync sync failed: {json}"
+    );
+    let report: serde_json::Value = serde_json::from_str(&json).expect("a JSON report");
+    BinaryRun {
+        elapsed,
+        created: report["created"].as_u64().unwrap(),
+        longest_batch_ms: report["longest_batch_ms"].as_f64().unwrap(),
+        peak_rss_mb: usage.ru_maxrss as f64 / 1024.0,
+    }
+}
