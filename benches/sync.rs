@@ -220,4 +220,3 @@ async fn per_row_sample(db: &Client) -> Duration {
     }
     started.elapsed() / ids.len().max(1) as u32
 }
-

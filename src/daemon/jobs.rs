@@ -277,6 +277,13 @@ async fn full_scan(
             None if installed => Some(sync::watch::read(&client).await?),
             None => None,
         };
+        if installed {
+            // What the triggers journaled until now, the full scan sees for itself.
+            shared
+                .metrics
+                .changes_seen
+                .inc_by(sync::watch::purge(&client).await?);
+        }
         let started = std::time::SystemTime::now();
         tracing::info!(%reason, "full scan starting");
         let (outcome, swept) = sweep_whole(shared).await?;

@@ -63,6 +63,9 @@ pub struct Options {
     /// Most missing users a pass lists ([`plan::LIST_LIMIT`]); with more, it sweeps the table
     /// by page range instead. Tests lower it to exercise both.
     pub list_limit: u64,
+    /// Set by [`run`] when the repair queue was empty after its drain: the page-range sweep
+    /// then looks no user up in it.
+    pub queue_empty: bool,
     /// When it turns true the pass stops between batches: every batch is either committed
     /// or untouched. The daemon's shutdown.
     pub stop: Option<tokio_util::sync::CancellationToken>,
@@ -91,6 +94,7 @@ impl Options {
             retry_queue_now: false,
             apply_lifecycle: true,
             list_limit: plan::LIST_LIMIT,
+            queue_empty: false,
             stop: None,
         }
     }
@@ -145,37 +149,25 @@ pub async fn run(db: &Db, options: &Options, progress: Option<Arc<Progress>>) ->
     report.repair = Some(repaired);
     analyze_if_stale(&client).await?;
 
-    // A backfill goes straight to the ranges; otherwise the count says how many are missing.
-    let backfill = plan::looks_like_backfill(&client).await?;
-    let counts = match backfill {
-        Some(_) => None,
-        None => Some(plan::count(&mut client, &options.policy).await?),
+    // What the triggers missed of the rest of the lifecycle, on a connection of its own while
+    // the missing profiles are created: the two touch different profiles (existing ones
+    // against new ones built from the user as it is), and a backfill with one worker leaves a
+    // core to it.
+    let lifecycle = async {
+        if !options.apply_lifecycle || options.stopped() {
+            return Ok(None);
+        }
+        let client = db.get().await?;
+        policy::apply(&client, &options.policy, None)
+            .await
+            .map(Some)
     };
-    match counts {
-        Some(counts) if counts.missing_total <= options.list_limit => {
-            report.note_detection(&counts);
-            progress
-                .total
-                .store(counts.missing_total, Ordering::Relaxed);
-            if counts.missing_total > 0 {
-                let users = plan::list(&mut client, &options.policy, counts.missing_total).await?;
-                for range in sweep_listed(db, options, users, &progress).await? {
-                    report.absorb(range);
-                }
-            }
-        }
-        _ => {
-            let extent = ranges::extent(&client).await?;
-            let expected = counts.map_or(backfill.unwrap_or(0), |c| c.missing_total);
-            progress.total.store(expected, Ordering::Relaxed);
-            for range in ranges::sweep(db, options, extent, &progress).await? {
-                report.absorb(range);
-            }
-        }
-    }
-    // What the triggers missed of the rest of the lifecycle.
-    if options.apply_lifecycle && !options.stopped() {
-        report.applied = policy::apply(&client, &options.policy, None).await?;
+    let (applied, ()) = tokio::try_join!(
+        lifecycle,
+        create(db, options, &mut client, &mut report, &progress)
+    )?;
+    if let Some(applied) = applied {
+        report.applied = applied;
     }
     drop(client);
     report.failures.truncate(MAX_LISTED_FAILURES);
@@ -192,6 +184,51 @@ pub async fn run(db: &Db, options: &Options, progress: Option<Arc<Progress>>) ->
         "sync pass finished"
     );
     Ok(report)
+}
+
+/// Counts the missing users, unless a backfill makes it pointless, and creates their profiles:
+/// listed, or by page range.
+async fn create(
+    db: &Db,
+    options: &Options,
+    client: &mut deadpool_postgres::Object,
+    report: &mut Report,
+    progress: &Arc<Progress>,
+) -> Result<()> {
+    // A backfill goes straight to the ranges; otherwise the count says how many are missing.
+    let backfill = plan::looks_like_backfill(client).await?;
+    let counts = match backfill {
+        Some(_) => None,
+        None => Some(plan::count(client, &options.policy).await?),
+    };
+    match counts {
+        Some(counts) if counts.missing_total <= options.list_limit => {
+            report.note_detection(&counts);
+            progress
+                .total
+                .store(counts.missing_total, Ordering::Relaxed);
+            if counts.missing_total > 0 {
+                let users = plan::list(client, &options.policy, counts.missing_total).await?;
+                for range in sweep_listed(db, options, users, progress).await? {
+                    report.absorb(range);
+                }
+            }
+        }
+        _ => {
+            let extent = ranges::extent(client).await?;
+            let queue_empty = report.repair.as_ref().is_some_and(|r| r.remaining == 0);
+            let options = &Options {
+                queue_empty,
+                ..options.clone()
+            };
+            let expected = counts.map_or(backfill.unwrap_or(0), |c| c.missing_total);
+            progress.total.store(expected, Ordering::Relaxed);
+            for range in ranges::sweep(db, options, extent, progress).await? {
+                report.absorb(range);
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The listed users' profiles: their ranges handed to `options.workers` workers that claim

@@ -68,47 +68,63 @@ pub(super) async fn extent(client: &tokio_postgres::Client) -> Result<Extent> {
     })
 }
 
-// One batch of pages ($1 <= ctid < $2), $3 include_anonymous: the users who should have a
-// profile and have none, each looked up in the profiles' primary key (SET LOCAL below rules
-// out hashing the whole profile table for a few pages), created unless they wait out a repair
-// backoff. The bare statement, cut to a few hundred pages.
-const BATCH: &str = concat!(
-    "
-    INSERT INTO public.user_profiles
-        (id, email, full_name, avatar_url, role, is_active, created_at, updated_at)
-    SELECT p.id, p.email, p.full_name, p.avatar_url, p.role, p.is_active, p.created_at,
-           p.updated_at
-    FROM auth.users u CROSS JOIN LATERAL usersync.build_profile(u.id, u.email::pg_catalog.text,
-                                                               u.raw_user_meta_data, u.created_at) AS p
-    WHERE u.ctid >= $1 AND u.ctid < $2 AND ",
-    crate::should_have_profile!("$3"),
-    "
-      AND NOT EXISTS (SELECT 1 FROM public.user_profiles x WHERE x.id = u.id)
-      AND NOT EXISTS (SELECT 1 FROM usersync.repair_queue q
-                      WHERE q.user_id = u.id AND q.next_attempt_at > now())
-    ON CONFLICT (id) DO NOTHING"
-);
-
-// Then, in the same transaction, its counts: a second look at the same pages (in shared buffers
-// by now) that looks up only the deleted and anonymous users (never given a profile), and the
-// users of the batch left waiting out a backoff, found from the queue's side. Measured: the
-// counts cost 3% of a batch where one statement that also counts its candidates costs 30%
-// (benches/scale.rs, 1M users).
-const COUNTS: &str = concat!(
-    "
-    SELECT count(*),
+/// One batch of pages ($1 <= ctid < $2), $3 include_anonymous, in one statement: the users who
+/// should have a profile, inserted (with `$waiting`, unless they wait out a repair backoff);
+/// those who have one already are skipped by ON CONFLICT, whose look into the primary key is
+/// the one a NOT EXISTS would repeat for every user (measured: 5% of a backfill). The bare
+/// statement, cut to a few hundred pages. Then
+/// its counts, from a second look at the same pages (in shared buffers by now) that looks up
+/// only the deleted and anonymous users, never given a profile, and (with `$queue`) the users
+/// of the batch left waiting out a backoff, found from the queue's side. Measured: the counts
+/// cost 3% of a batch where a statement that also counts its candidates costs 30%
+/// (benches/scale.rs, 1M users). A macro, so that both forms stay string constants.
+macro_rules! batch_statement {
+    ($waiting:literal, $deferred:literal) => {
+        concat!(
+            "
+    WITH made AS (
+        INSERT INTO public.user_profiles
+            (id, email, full_name, avatar_url, role, is_active, created_at, updated_at)
+        SELECT p.id, p.email, p.full_name, p.avatar_url, p.role, p.is_active, p.created_at,
+               p.updated_at
+        FROM auth.users u CROSS JOIN LATERAL usersync.build_profile(u.id, u.email::pg_catalog.text,
+                                                                   u.raw_user_meta_data, u.created_at) AS p
+        WHERE u.ctid >= $1 AND u.ctid < $2 AND ",
+            crate::should_have_profile!("$3"),
+            $waiting,
+            "
+        ON CONFLICT (id) DO NOTHING
+        RETURNING 1
+    )
+    SELECT (SELECT count(*) FROM made), count(*),
            count(*) FILTER (WHERE u.deleted_at IS NOT NULL
                AND NOT EXISTS (SELECT 1 FROM public.user_profiles p WHERE p.id = u.id)),
            count(*) FILTER (WHERE u.deleted_at IS NULL AND u.is_anonymous AND NOT $3
                AND NOT EXISTS (SELECT 1 FROM public.user_profiles p WHERE p.id = u.id)),
-           (SELECT count(*) FROM usersync.repair_queue q JOIN auth.users u ON u.id = q.user_id
-            WHERE q.next_attempt_at > now() AND u.ctid >= $1 AND u.ctid < $2 AND ",
-    crate::should_have_profile!("$3"),
-    "
-              AND NOT EXISTS (SELECT 1 FROM public.user_profiles p WHERE p.id = u.id))
+           ",
+            $deferred,
+            "
     FROM auth.users u
     WHERE u.ctid >= $1 AND u.ctid < $2"
+        )
+    };
+}
+
+/// A batch that leaves users in a repair backoff alone.
+const BATCH: &str = batch_statement!(
+    "
+          AND NOT EXISTS (SELECT 1 FROM usersync.repair_queue q
+                          WHERE q.user_id = u.id AND q.next_attempt_at > now())",
+    "(SELECT count(*) FROM usersync.repair_queue q JOIN auth.users w ON w.id = q.user_id
+        WHERE q.next_attempt_at > now() AND w.ctid >= $1 AND w.ctid < $2
+          AND w.deleted_at IS NULL AND ($3 OR NOT w.is_anonymous)
+          AND NOT EXISTS (SELECT 1 FROM public.user_profiles p WHERE p.id = w.id))"
 );
+
+/// A batch of a pass that found the repair queue empty after draining it: no user waits out a
+/// backoff (a failure recorded meanwhile is at worst tried once more), so no user is looked up
+/// in the queue.
+const BATCH_NO_QUEUE: &str = batch_statement!("", "0::pg_catalog.int8");
 
 // The same batch's users without a profile, for the one-by-one retry of a batch that failed:
 // whether each is deleted, anonymous.
@@ -245,24 +261,28 @@ async fn batch(
 ) -> Result<()> {
     let started = Instant::now();
     let include = options.policy.include_anonymous;
+    let statement = if options.queue_empty {
+        BATCH_NO_QUEUE
+    } else {
+        BATCH
+    };
     let result = async {
         let tx = client.transaction().await?;
         tx.batch_execute(PLAN).await?;
-        let made = tx.execute(BATCH, &[&lower, &upper, &include]).await?;
-        let counts = tx.query_one(COUNTS, &[&lower, &upper, &include]).await?;
+        let row = tx.query_one(statement, &[&lower, &upper, &include]).await?;
         tx.commit().await?;
-        Ok::<_, tokio_postgres::Error>((made, counts))
+        Ok::<_, tokio_postgres::Error>(row)
     }
     .await;
     let counts = match result {
-        Ok((made, row)) => {
+        Ok(row) => {
             let count = |i: usize| -> Result<u64> { Ok(row.value::<i64>(i)? as u64) };
-            let waiting = count(3)?;
-            report.scanned += count(0)?;
-            report.skipped_deleted += count(1)?;
-            report.skipped_anonymous += count(2)?;
+            let (made, waiting) = (count(0)?, count(4)?);
+            report.scanned += count(1)?;
+            report.skipped_deleted += count(2)?;
+            report.skipped_anonymous += count(3)?;
             // A profile that appeared while the batch ran (ON CONFLICT) is neither missing
-            // nor raced here: the batch does not count its candidates (see COUNTS).
+            // nor raced here: the batch does not count its candidates.
             report.users += made + waiting;
             report.created += made;
             report.deferred += waiting;

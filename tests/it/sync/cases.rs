@@ -138,7 +138,12 @@ async fn a_failing_batch(list_limit: u64) {
     };
     let report = sync::run(&db, &options, None).await.unwrap();
     assert_eq!(
-        (report.missing, report.created, report.failed, report.scanned),
+        (
+            report.missing,
+            report.created,
+            report.failed,
+            report.scanned
+        ),
         (30, 27, 3, 30),
         "{report:#?}"
     );

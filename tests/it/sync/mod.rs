@@ -176,6 +176,7 @@ fn options(case: &Case, dry_run: bool) -> Options {
         retry_queue_now: false,
         apply_lifecycle: false,
         list_limit: case.list_limit,
+        queue_empty: false,
         stop: None,
     }
 }
@@ -283,6 +284,7 @@ fn default_options() -> Options {
         retry_queue_now: false,
         apply_lifecycle: false,
         list_limit: usersync::sync::plan::LIST_LIMIT,
+        queue_empty: false,
         stop: None,
     }
 }
