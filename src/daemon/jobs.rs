@@ -303,11 +303,12 @@ async fn full_scan(
         {
             sync::watch::record(&client, &reading, started, &findings).await?;
         }
-        shared
-            .metrics
-            .full_scans
-            .with_label_values(&[reason.as_str()])
-            .inc();
+        let m = &shared.metrics;
+        m.full_scans.with_label_values(&[reason.as_str()]).inc();
+        // Whichever job ran it: the full scan's own staleness alert watches this.
+        m.last_success
+            .with_label_values(&[JobKind::FullScan.name()])
+            .set(metrics::now());
         Ok::<_, crate::Error>((outcome, format!("full scan ({reason}): {swept}; {summary}")))
     }
     .await;

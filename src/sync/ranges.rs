@@ -19,7 +19,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::task::JoinSet;
 use uuid::Uuid;
@@ -45,6 +45,33 @@ impl Extent {
     /// Pages per batch for about `batch_size` users.
     pub fn batch_pages(&self, batch_size: u32) -> u32 {
         ((f64::from(batch_size) / self.per_page) as u32).clamp(1, RANGE_BLOCKS)
+    }
+}
+
+/// What a batch should take: long enough that its fixed costs (a transaction, a plan) stay a
+/// few percent, short enough that a stall (a checkpoint, a backend writing out dirty buffers for
+/// itself) keeps it well under half a second. At 10M users a batch of 10,000 took 215 ms on
+/// average and up to 647 ms with two workers (benches/scale.rs).
+const BATCH_TARGET: Duration = Duration::from_millis(150);
+
+/// Pages per batch: at most what `sync.batch_size` users fill, adjusted after each batch
+/// toward [`BATCH_TARGET`] by at most half or half again.
+#[derive(Clone, Copy, Debug)]
+struct Pacer {
+    pages: u32,
+    most: u32,
+}
+
+impl Pacer {
+    fn new(extent: Extent, batch_size: u32) -> Pacer {
+        let most = extent.batch_pages(batch_size);
+        Pacer { pages: most, most }
+    }
+
+    fn after(&mut self, took: Duration) {
+        let ratio = BATCH_TARGET.as_secs_f64() / took.as_secs_f64().max(1e-3);
+        let pages = (f64::from(self.pages) * ratio.clamp(0.5, 1.5)).round() as u32;
+        self.pages = pages.clamp(1, self.most);
     }
 }
 
@@ -186,6 +213,7 @@ async fn worker(
 ) -> Result<Vec<RangeReport>> {
     let mut done = Vec::new();
     let mut client = db.get().await?;
+    let mut pacer = Pacer::new(extent, options.batch_size);
     loop {
         let range = next.fetch_add(1, Ordering::Relaxed);
         if range >= extent.ranges() || options.stopped() {
@@ -200,7 +228,7 @@ async fn worker(
             });
             continue;
         }
-        let result = sweep_range(&mut client, options, extent, range, progress).await;
+        let result = sweep_range(&mut client, options, extent, range, &mut pacer, progress).await;
         client = match db::release_advisory_lock(client, RANGE_LOCK_NAMESPACE, key).await {
             Some(c) => c,
             None => {
@@ -219,16 +247,16 @@ async fn sweep_range(
     options: &Options,
     extent: Extent,
     range: u32,
+    pacer: &mut Pacer,
     progress: &Progress,
 ) -> Result<RangeReport> {
     let mut report = RangeReport::default();
     let first = range * RANGE_BLOCKS;
     let last_range = range + 1 >= extent.ranges();
     let end = first.saturating_add(RANGE_BLOCKS);
-    let step = extent.batch_pages(options.batch_size);
     let mut from = first;
     while from < end && !options.stopped() {
-        let to = from.saturating_add(step).min(end);
+        let to = from.saturating_add(pacer.pages).min(end);
         let lower = Tid {
             block: from,
             offset: 0,
@@ -245,7 +273,7 @@ async fn sweep_range(
                 offset: 0,
             }
         };
-        batch(client, options, lower, upper, &mut report, progress).await?;
+        pacer.after(batch(client, options, lower, upper, &mut report, progress).await?);
         from = to;
     }
     Ok(report)
@@ -258,7 +286,7 @@ async fn batch(
     upper: Tid,
     report: &mut RangeReport,
     progress: &Progress,
-) -> Result<()> {
+) -> Result<Duration> {
     let started = Instant::now();
     let include = options.policy.include_anonymous;
     let statement = if options.queue_empty {
@@ -299,8 +327,9 @@ async fn batch(
     progress.done.fetch_add(counts.0, Ordering::Relaxed);
     progress.created.fetch_add(counts.1, Ordering::Relaxed);
     report.batches += 1;
-    report.longest_batch = report.longest_batch.max(started.elapsed());
-    Ok(())
+    let took = started.elapsed();
+    report.longest_batch = report.longest_batch.max(took);
+    Ok(took)
 }
 
 /// The batch's users through [`apply::create`], which isolates the one that fails.
@@ -348,4 +377,33 @@ async fn one_by_one(
     report.left_missing.extend(outcome.left_missing);
     report.failures.extend(outcome.failures);
     Ok((ids.len() as u64, outcome.created))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_shrink_when_slow_grow_back_when_fast_and_stay_within_the_configured_size() {
+        let extent = Extent {
+            blocks: 100_000,
+            per_page: 25.0,
+        };
+        let mut pacer = Pacer::new(extent, 10_000);
+        assert_eq!(pacer.pages, 400);
+        pacer.after(Duration::from_millis(600));
+        assert_eq!(pacer.pages, 200, "at most halved");
+        pacer.after(Duration::from_millis(150));
+        assert_eq!(pacer.pages, 200, "on target");
+        pacer.after(Duration::from_millis(100));
+        assert_eq!(pacer.pages, 300);
+        for _ in 0..10 {
+            pacer.after(Duration::from_millis(10));
+        }
+        assert_eq!(pacer.pages, 400, "never past sync.batch_size users");
+        for _ in 0..20 {
+            pacer.after(Duration::from_secs(5));
+        }
+        assert_eq!(pacer.pages, 1, "at least a page");
+    }
 }
