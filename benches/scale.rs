@@ -387,6 +387,9 @@ mod scale {
         (row.get(0), row.get(1), row.get(2))
     }
 
+    /// Every profile gone, and auth.users as the build left it: each backfill's foreign-key
+    /// checks lock every user row (FOR KEY SHARE), which leaves the next backfill pages to
+    /// clean up, so each of the three starts from frozen pages.
     async fn empty_profiles(db: &Client, vacuum: bool) {
         db.batch_execute("TRUNCATE public.user_profiles, usersync.repair_queue")
             .await
@@ -396,6 +399,7 @@ mod scale {
                 .await
                 .unwrap();
         }
+        db.batch_execute("VACUUM (FREEZE) auth.users").await.unwrap();
         db.batch_execute("CHECKPOINT").await.unwrap();
     }
 
