@@ -113,7 +113,7 @@ async fn check_reports_stale_emails_and_personal_data_left_by_soft_deletes() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_daemon_scrubs_what_the_triggers_missed_once_its_check_counts_it() {
+async fn the_daemon_scrubs_what_the_triggers_missed_once_a_cycle_sees_the_trigger_toggled() {
     use std::time::Duration;
     let db = TestDb::migrated().await;
     let admin = db.admin().await;
@@ -126,8 +126,9 @@ async fn the_daemon_scrubs_what_the_triggers_missed_once_its_check_counts_it() {
         ("USERSYNC__INTEGRITY__SCHEDULE", "* * * * * *"),
     ]))
     .await;
-    // Let the first sweep (which applies the lifecycle at start) pass, then soft-delete the
-    // user behind the update trigger's back.
+    // Let the first cycle (a full scan: no baseline yet) pass, then soft-delete the user
+    // behind the update trigger's back: the trigger's catalog row changes, so the next cycle
+    // runs a full scan, which applies the lifecycle.
     tokio::time::sleep(Duration::from_millis(2500)).await;
     admin
         .batch_execute(&format!(
