@@ -399,7 +399,9 @@ mod scale {
                 .await
                 .unwrap();
         }
-        db.batch_execute("VACUUM (FREEZE) auth.users").await.unwrap();
+        db.batch_execute("VACUUM (FREEZE) auth.users")
+            .await
+            .unwrap();
         db.batch_execute("CHECKPOINT").await.unwrap();
     }
 
