@@ -202,21 +202,8 @@ impl Server {
 
 mod scale {
     use super::*;
-    use common::{median_of, run_binary, timed};
+    use common::{BARE_COUNT, BARE_INSERT, median_of, run_binary, timed};
     use usersync::daemon::{JobKind, Shared};
-
-    const BARE_INSERT: &str = "
-        INSERT INTO public.user_profiles (id, email, full_name, avatar_url, role, is_active, created_at, updated_at)
-        SELECT p.id, p.email, p.full_name, p.avatar_url, p.role, p.is_active, p.created_at, p.updated_at
-        FROM auth.users u CROSS JOIN LATERAL usersync.build_profile(u.id, u.email::pg_catalog.text, u.raw_user_meta_data, u.created_at) AS p
-        WHERE u.deleted_at IS NULL
-          AND NOT EXISTS (SELECT 1 FROM public.user_profiles x WHERE x.id = u.id)
-        ON CONFLICT (id) DO NOTHING";
-
-    const BARE_ANTI_JOIN: &str = "
-        SELECT count(*) FROM auth.users u
-        WHERE u.deleted_at IS NULL
-          AND NOT EXISTS (SELECT 1 FROM public.user_profiles p WHERE p.id = u.id)";
 
     /// Changes through the triggers before the last measured cycle.
     const CHANGES: u64 = 1_000;
@@ -269,10 +256,8 @@ mod scale {
             .await
             .unwrap();
         db.batch_execute("CHECKPOINT").await.unwrap();
-        let anti_join = median_of(3, || async {
-            timed(db.query_one(BARE_ANTI_JOIN, &[])).await.0
-        })
-        .await;
+        let anti_join =
+            median_of(3, || async { timed(db.query_one(BARE_COUNT, &[])).await.0 }).await;
         let settings = settings(&url);
         let shared = Shared::new(settings.clone()).unwrap();
         let (full_scan, run) = timed(shared.run_job(JobKind::FullScan)).await;

@@ -17,24 +17,13 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{BenchDb, arg_value, median_of, populate, row, run_binary, timed};
+use common::{
+    BARE_COUNT, BARE_INSERT, BenchDb, arg_value, median_of, populate, row, run_binary, timed,
+};
 use tokio_postgres::Client;
 use uuid::Uuid;
 
 const SAMPLE: usize = 5_000;
-
-const BARE_INSERT: &str = "
-    INSERT INTO public.user_profiles (id, email, full_name, avatar_url, role, is_active, created_at, updated_at)
-    SELECT p.id, p.email, p.full_name, p.avatar_url, p.role, p.is_active, p.created_at, p.updated_at
-    FROM auth.users u CROSS JOIN LATERAL usersync.build_profile(u.id, u.email::pg_catalog.text, u.raw_user_meta_data, u.created_at) AS p
-    WHERE u.deleted_at IS NULL
-      AND NOT EXISTS (SELECT 1 FROM public.user_profiles x WHERE x.id = u.id)
-    ON CONFLICT (id) DO NOTHING";
-
-const BARE_COUNT: &str = "
-    SELECT count(*) FROM auth.users u
-    WHERE u.deleted_at IS NULL
-      AND NOT EXISTS (SELECT 1 FROM public.user_profiles p WHERE p.id = u.id)";
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() {

@@ -73,6 +73,21 @@ impl BenchDb {
     }
 }
 
+/// The bare backfill: one statement, a hash anti-join, the builder usersync shares.
+pub const BARE_INSERT: &str = "
+    INSERT INTO public.user_profiles (id, email, full_name, avatar_url, role, is_active, created_at, updated_at)
+    SELECT p.id, p.email, p.full_name, p.avatar_url, p.role, p.is_active, p.created_at, p.updated_at
+    FROM auth.users u CROSS JOIN LATERAL usersync.build_profile(u.id, u.email::pg_catalog.text, u.raw_user_meta_data, u.created_at) AS p
+    WHERE u.deleted_at IS NULL
+      AND NOT EXISTS (SELECT 1 FROM public.user_profiles x WHERE x.id = u.id)
+    ON CONFLICT (id) DO NOTHING";
+
+/// The bare detection: the anti-join, counted.
+pub const BARE_COUNT: &str = "
+    SELECT count(*) FROM auth.users u
+    WHERE u.deleted_at IS NULL
+      AND NOT EXISTS (SELECT 1 FROM public.user_profiles p WHERE p.id = u.id)";
+
 /// Users shaped like GoTrue's: e-mail sign-ups, some OAuth metadata, 5% soft-deleted,
 /// 3% anonymous. The trigger is off, as for users from before it existed.
 pub async fn populate(db: &Client, users: u64) {

@@ -270,6 +270,7 @@ async fn full_scan(
             "another replica is running a full scan".into(),
         ));
     }
+    let begun = Instant::now();
     let scanned = async {
         let installed = sync::watch::installed(&client).await?;
         let reading = match reading {
@@ -305,10 +306,20 @@ async fn full_scan(
         }
         let m = &shared.metrics;
         m.full_scans.with_label_values(&[reason.as_str()]).inc();
-        // Whichever job ran it: the full scan's own staleness alert watches this.
+        // Whichever job ran it: the full scan's own staleness alert watches this, and the
+        // status page shows it as the full scan's last run.
         m.last_success
             .with_label_values(&[JobKind::FullScan.name()])
             .set(metrics::now());
+        shared.board.record(
+            JobKind::FullScan.name(),
+            super::board::LastRun {
+                outcome,
+                finished_at: metrics::now(),
+                duration_ms: begun.elapsed().as_secs_f64() * 1e3,
+                summary: format!("({reason}) {swept}; {summary}"),
+            },
+        );
         Ok::<_, crate::Error>((outcome, format!("full scan ({reason}): {swept}; {summary}")))
     }
     .await;

@@ -253,6 +253,12 @@ async fn sweep_listed(
             (db.clone(), options.clone(), queue.clone(), progress.clone());
         workers.spawn(async move { worker(&db, &options, &queue, &progress).await });
     }
+    join_workers(workers).await
+}
+
+/// Every worker's ranges, or the first error one of them met (the others still finish: each
+/// batch is committed or untouched).
+async fn join_workers(mut workers: JoinSet<Result<Vec<RangeReport>>>) -> Result<Vec<RangeReport>> {
     let mut done = Vec::new();
     let mut first_error: Option<Error> = None;
     while let Some(joined) = workers.join_next().await {

@@ -185,23 +185,7 @@ pub(super) async fn sweep(
             (db.clone(), options.clone(), next.clone(), progress.clone());
         workers.spawn(async move { worker(&db, &options, extent, &next, &progress).await });
     }
-    let mut done = Vec::new();
-    let mut first_error = None;
-    while let Some(joined) = workers.join_next().await {
-        match joined {
-            Ok(Ok(ranges)) => done.extend(ranges),
-            Ok(Err(e)) => {
-                first_error.get_or_insert(e);
-            }
-            Err(join) => {
-                first_error.get_or_insert(Error::Worker(join));
-            }
-        }
-    }
-    match first_error {
-        Some(e) => Err(e),
-        None => Ok(done),
-    }
+    super::join_workers(workers).await
 }
 
 async fn worker(

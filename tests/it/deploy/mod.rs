@@ -118,7 +118,7 @@ fn the_alert_rules_check_and_their_unit_tests_pass() {
         .lines()
         .filter_map(|l| l.trim().strip_prefix("- alert: "))
         .collect();
-    assert_eq!(alerts.len(), 6);
+    assert_eq!(alerts.len(), 8);
     for alert in alerts {
         assert!(
             runbook.contains(&format!("## {alert}")),
