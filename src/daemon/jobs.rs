@@ -381,9 +381,7 @@ async fn check(shared: &Shared, probe: bool) -> Result<Ran> {
         let look = look(shared, &client).await?;
         let carried: Vec<integrity::Finding> = match &look {
             Some(look) if look.due.is_some() => return Ok(Err(look.clone())),
-            Some(_) => {
-                serde_json::from_value(sync::watch::findings(&client).await?).unwrap_or_default()
-            }
+            Some(look) => serde_json::from_value(look.findings.clone()).unwrap_or_default(),
             None => Vec::new(),
         };
         let scope = match &look {

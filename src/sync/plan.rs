@@ -92,32 +92,23 @@ const COUNT: &str = concat!("
     FROM auth.users u
     LEFT JOIN public.user_profiles p ON p.id = u.id");
 
-// The missing users, only when there are some: the bare anti-join, stopped at the limit,
-// with the page each row is on.
+// The missing users, only when there are some: the bare anti-join, with the page each row is
+// on.
 const MISSING: &str = concat!(
     "
     SELECT u.ctid, u.id FROM auth.users u
     WHERE ",
     should_have_profile!("$1"),
     "
-      AND NOT EXISTS (SELECT 1 FROM public.user_profiles p WHERE p.id = u.id)
-    LIMIT $2"
+      AND NOT EXISTS (SELECT 1 FROM public.user_profiles p WHERE p.id = u.id)"
 );
 
 /// Detects the missing users, all of them, in heap order: what the dry-run shows. With
 /// nothing missing (the steady state) this is one statement, as cheap as the bare anti-join.
 pub async fn detect(client: &mut Client, policy: &Policy) -> Result<Plan> {
-    let include_anonymous = policy.include_anonymous;
     let mut plan = count(client, policy).await?;
     if plan.missing_total > 0 {
-        let tx = client
-            .transaction()
-            .await
-            .context("listing users without a profile")?;
-        plan.missing = missing(&tx, include_anonymous, i32::MAX, plan.missing_total).await?;
-        tx.commit()
-            .await
-            .context("listing users without a profile")?;
+        plan.missing = list(client, policy, plan.missing_total).await?;
     }
     Ok(plan)
 }
@@ -183,33 +174,31 @@ pub async fn list(client: &mut Client, policy: &Policy, expected: u64) -> Result
         .transaction()
         .await
         .context("listing users without a profile")?;
-    let users = missing(&tx, policy.include_anonymous, i32::MAX, expected).await?;
+    let users = missing(&tx, policy.include_anonymous, expected).await?;
     tx.commit()
         .await
         .context("listing users without a profile")?;
     Ok(users)
 }
 
-/// Up to `limit` live users without a profile, in heap order. Streamed row by row into a
-/// vector sized once, so a pass costs its 24 bytes per user and little more.
+/// The live users without a profile, in heap order. Streamed row by row into a vector sized
+/// once, so a pass costs its 24 bytes per user and little more.
 async fn missing(
     tx: &tokio_postgres::Transaction<'_>,
     include_anonymous: bool,
-    limit: i32,
     expected: u64,
 ) -> Result<Vec<Missing>> {
     use futures_util::TryStreamExt;
     tx.batch_execute(WHOLE_TABLE)
         .await
         .context("listing users without a profile")?;
-    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] =
-        [&include_anonymous, &i64::from(limit)];
+    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&include_anonymous];
     let rows = tx
         .query_raw(MISSING, params)
         .await
         .context("listing users without a profile")?;
     let mut stream = std::pin::pin!(rows);
-    let mut users = Vec::with_capacity(expected.min(limit as u64) as usize);
+    let mut users = Vec::with_capacity(expected.min(LIST_LIMIT) as usize);
     while let Some(row) = stream
         .try_next()
         .await

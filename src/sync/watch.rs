@@ -151,6 +151,8 @@ pub struct Look {
     pub profiles_deleted: u64,
     /// Where a full scan that starts now should record it started from.
     pub reading: Reading,
+    /// What the last full scan's data checks found (JSON findings).
+    pub findings: serde_json::Value,
 }
 
 const READ: &str = "
@@ -220,16 +222,20 @@ pub async fn installed(client: &Client) -> Result<bool> {
         .value(0)
 }
 
-/// Where the last full scan started from, if one is recorded.
-pub async fn baseline(client: &Client) -> Result<Option<Reading>> {
+/// Where the last full scan started from, if one is recorded, and what its data checks found
+/// (JSON findings, an empty array without one).
+async fn last_scan(client: &Client) -> Result<(Option<Reading>, serde_json::Value)> {
     let row = client
-        .query_opt("SELECT s.baseline FROM usersync.scan_state s", &[])
+        .query_opt(
+            "SELECT s.baseline, s.findings FROM usersync.scan_state s",
+            &[],
+        )
         .await
         .context("reading usersync.scan_state")?;
     Ok(match row {
         // A baseline an older or newer usersync wrote differently is no baseline.
-        Some(row) => serde_json::from_value(row.value(0)?).ok(),
-        None => None,
+        Some(row) => (serde_json::from_value(row.value(0)?).ok(), row.value(1)?),
+        None => (None, serde_json::Value::Array(Vec::new())),
     })
 }
 
@@ -239,18 +245,6 @@ pub async fn purge(client: &Client) -> Result<u64> {
         .execute("DELETE FROM usersync.journal", &[])
         .await
         .context("emptying usersync.journal")
-}
-
-/// What the last full scan's data checks found (JSON findings), if one is recorded.
-pub async fn findings(client: &Client) -> Result<serde_json::Value> {
-    let row = client
-        .query_opt("SELECT s.findings FROM usersync.scan_state s", &[])
-        .await
-        .context("reading usersync.scan_state")?;
-    Ok(match row {
-        Some(row) => row.value(0)?,
-        None => serde_json::Value::Array(Vec::new()),
-    })
 }
 
 /// Replaces the last full scan's findings (JSON) with ones a cycle made again.
@@ -292,7 +286,7 @@ pub const SETTLE: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// Compares now with the last full scan's baseline, and empties the journal.
 pub async fn look(client: &Client) -> Result<Look> {
-    let base = baseline(client).await?;
+    let (base, findings) = last_scan(client).await?;
     let mut reading = read(client).await?;
     let mut due = verdict(base.as_ref(), &reading);
     if matches!(due, Some(Reason::Unseen { .. })) {
@@ -316,6 +310,7 @@ pub async fn look(client: &Client) -> Result<Look> {
         users_deleted: row.value::<i64>(1)? as u64,
         profiles_deleted: row.value::<i64>(2)? as u64,
         reading,
+        findings,
     })
 }
 
