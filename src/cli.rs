@@ -95,9 +95,9 @@ pub enum Migrate {
         output: Output,
     },
     /// Grant a runtime role exactly what `run`, `sync`, `check` and the API need (run as the
-    /// migration role, after `migrate up`).
+    /// migration role, after `migrate up`), then read it back: exit 1 naming what is missing.
     Grant {
-        /// The role the daemon connects as; it must exist and have BYPASSRLS.
+        /// The role the daemon connects as; it must exist (CREATE ROLE … LOGIN PASSWORD …).
         role: String,
         #[command(flatten)]
         output: Output,
@@ -107,6 +107,11 @@ pub enum Migrate {
         /// Also run a sign-up probe inside a transaction that is rolled back.
         #[arg(long)]
         e2e: bool,
+        /// Also check that this role (the daemon's) holds everything `migrate grant` gives it,
+        /// can log in and sees auth.users' rows: a release step that fails instead of a pod
+        /// that never gets ready.
+        #[arg(long, value_name = "ROLE")]
+        runtime_role: Option<String>,
         #[command(flatten)]
         output: Output,
     },

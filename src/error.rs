@@ -102,6 +102,26 @@ impl Error {
         }
     }
 
+    /// What a `permission denied` (SQLSTATE 42501) names, as `schema auth` or `table x`: the
+    /// object only, never the rest of the server's message.
+    pub fn permission_denied(&self) -> Option<String> {
+        let Error::Db { source, .. } = self else {
+            return None;
+        };
+        let db = source.0.as_db_error()?;
+        if db.code() != &tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE {
+            return None;
+        }
+        let object = db.message().strip_prefix("permission denied for ")?;
+        Some(
+            object
+                .chars()
+                .filter(|c| !c.is_control())
+                .take(200)
+                .collect(),
+        )
+    }
+
     /// Whether a statement or lock timeout ended it (SQLSTATE 57014 or 55P03).
     pub fn is_timeout(&self) -> bool {
         matches!(self, Error::Db { source, .. } if is_timeout(&source.0))

@@ -17,7 +17,8 @@
 //!   page, the users API) and what a client can make it hold; [`metrics`] every metric.
 //! - [`demo`]: `usersync demo`, a throwaway database and the daemon against it;
 //!   [`pgcluster`] starts such a database (the tests use it too).
-//! - [`error`]: the crate-wide error and its exit codes.
+//! - [`error`]: the crate-wide error and its exit codes; [`sql`] the SQL rules every layer
+//!   shares.
 //! - [`telemetry`]: tracing to stderr, text or JSON.
 //! - [`cli`]: the command line definitions; [`commands`] runs them.
 
@@ -32,6 +33,7 @@ pub mod http;
 pub mod integrity;
 pub mod metrics;
 pub mod pgcluster;
+pub mod sql;
 pub mod sync;
 pub mod telemetry;
 

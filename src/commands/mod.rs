@@ -239,23 +239,25 @@ async fn run_migrate(command: Migrate, settings: &Settings) -> Result<u8> {
             if output.json {
                 print_json(&granted)?;
             } else {
-                let mut out = String::new();
-                for sql in &granted.statements {
-                    out.push_str(sql);
-                    out.push_str(";\n");
-                }
-                out.push_str(&format!(
-                    "granted: {} may now run usersync run, sync, check and the users API\n",
-                    granted.role
-                ));
-                write_stdout(&out)?;
+                write_stdout(&render::grant_text(&granted))?;
             }
-            Ok(exit::OK)
+            Ok(if granted.complete() {
+                exit::OK
+            } else {
+                exit::FAILED
+            })
         }
-        Migrate::Verify { e2e, output } => {
+        Migrate::Verify {
+            e2e,
+            runtime_role,
+            output,
+        } => {
             let mut report = verify::verify(client).await?;
             if e2e {
                 probe::run(client, &mut report).await?;
+            }
+            if let Some(role) = &runtime_role {
+                verify::access::runtime_role(client, role, &mut report).await?;
             }
             if output.json {
                 print_json(&report)?;

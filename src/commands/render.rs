@@ -173,6 +173,40 @@ pub(super) fn verify_text(report: &verify::Report, e2e: bool) -> String {
 }
 
 /// How a fix is introduced: SQL to run as printed, or a step.
+/// `migrate grant`: the statements it ran, then either what the role may now do or each
+/// privilege it still lacks, with the reason.
+pub(super) fn grant_text(g: &crate::db::grant::Granted) -> String {
+    let mut out = String::new();
+    for sql in &g.statements {
+        out.push_str(sql);
+        out.push_str(";\n");
+    }
+    if g.statements.is_empty() {
+        out.push_str(&format!(
+            "{} already held every privilege usersync needs\n",
+            g.role
+        ));
+    }
+    if !g.user_id_columns.is_empty() {
+        out.push_str(&format!(
+            "registered for the integrity check: {}\n",
+            g.user_id_columns.join(", ")
+        ));
+    }
+    if g.complete() {
+        out.push_str(&format!(
+            "granted: {} may now run usersync run, sync, check and the users API\n",
+            g.role
+        ));
+    } else {
+        out.push_str(&format!("NOT COMPLETE: {} still lacks\n", g.role));
+        for gap in &g.missing {
+            out.push_str(&format!("  {}: {}\n", gap.what, gap.why));
+        }
+    }
+    out
+}
+
 pub(super) fn fix_label(kind: verify::FixKind) -> &'static str {
     match kind {
         verify::FixKind::Sql => "fix (SQL): ",

@@ -29,10 +29,14 @@ pub async fn missing_auth_columns(client: &Client) -> Result<Vec<String>> {
     let columns: Vec<&str> = AUTH_COLUMNS.to_vec();
     client
         .query(
-            "SELECT c FROM pg_catalog.unnest($1::pg_catalog.text[]) AS c
-             WHERE NOT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute a
-                               WHERE a.attrelid = 'auth.users'::pg_catalog.regclass
-                                 AND a.attname = c AND NOT a.attisdropped)",
+            concat!(
+                "SELECT c FROM pg_catalog.unnest($1::pg_catalog.text[]) AS c
+                 WHERE NOT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute a
+                                   WHERE a.attrelid = ",
+                crate::auth_users_oid!(),
+                "
+                                     AND a.attname = c AND NOT a.attisdropped)"
+            ),
             &[&columns],
         )
         .await

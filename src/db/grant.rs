@@ -1,31 +1,46 @@
 //! `usersync migrate grant ROLE`: gives the runtime role exactly [`RUNTIME_PRIVILEGES`], run
-//! by the migration role after `migrate up`.
+//! by the migration role after `migrate up`, then reads back what the role holds.
+//!
+//! Everything on the list can be granted by hosted Supabase's `postgres`, which owns what
+//! `migrate up` created and holds nothing in schema `auth` it could pass on. A GRANT the
+//! connecting role cannot make is only a WARNING in PostgreSQL ("no privileges were granted"),
+//! so success is never read off the statements: [`access::gaps`] asks PostgreSQL what the role
+//! holds afterwards, and each gap is named with its reason.
 //!
 //! The role's name reaches the statements only as PostgreSQL's own `quote_ident` of it; every
-//! other word is a constant. All of it is one transaction: a failure grants nothing.
+//! other word is a constant. The grants and the registration of the configured user-id columns
+//! are one transaction: a failure changes nothing.
 
-use crate::db::RowExt;
 use serde::Serialize;
 use tokio_postgres::Client;
 
 use crate::config::UserIdColumn;
-use crate::db::verify::access::{Kind, RUNTIME_PRIVILEGES};
+use crate::db::RowExt;
+use crate::db::verify::access::{self, Gap, Privilege};
 use crate::error::{DbContext, Error, Result};
 
-/// What `grant` did.
+/// What `grant` did, and what the role still lacks (nothing, when it can run usersync).
 #[derive(Clone, Debug, Serialize)]
 pub struct Granted {
     pub role: String,
     pub statements: Vec<String>,
+    /// The `integrity.user_id_columns` registered for counting.
+    pub user_id_columns: Vec<String>,
+    pub missing: Vec<Gap>,
 }
 
-/// Grants `role` what the runtime needs, and SELECT on the configured user-id columns (so the
-/// integrity check can count their orphans). The role must exist and bypass row level
-/// security: auth.users has RLS on and no policy, so without it usersync sees no users.
+impl Granted {
+    pub fn complete(&self) -> bool {
+        self.missing.is_empty()
+    }
+}
+
+/// Grants `role` what the runtime needs that it does not hold yet, registers `columns` as the
+/// user-id columns the integrity check counts, and reads back what the role holds.
 pub async fn grant(client: &mut Client, role: &str, columns: &[UserIdColumn]) -> Result<Granted> {
     let row = client
         .query_opt(
-            "SELECT pg_catalog.quote_ident(r.rolname::pg_catalog.text), r.rolsuper, r.rolbypassrls
+            "SELECT pg_catalog.quote_ident(r.rolname::pg_catalog.text), r.rolsuper
              FROM pg_catalog.pg_roles r WHERE r.rolname = $1",
             &[&role],
         )
@@ -33,111 +48,136 @@ pub async fn grant(client: &mut Client, role: &str, columns: &[UserIdColumn]) ->
         .context("looking up the runtime role")?;
     let Some(row) = row else {
         return Err(Error::NotFound(format!(
-            "role {role:?} does not exist; create it first, e.g. CREATE ROLE usersync_runtime \
-             LOGIN BYPASSRLS PASSWORD '…' (as a superuser)"
+            "role {role:?} does not exist; create it first, as the migration role (on hosted \
+             Supabase: postgres, in the SQL editor): CREATE ROLE usersync_runtime LOGIN PASSWORD '…';"
         )));
     };
-    let (quoted, superuser, bypass): (String, bool, bool) =
-        (row.value(0)?, row.value(1)?, row.value(2)?);
+    let (quoted, superuser): (String, bool) = (row.value(0)?, row.value(1)?);
     if superuser {
         return Err(Error::Migration(format!(
             "role {quoted} is a superuser: the runtime role should be an ordinary one"
         )));
     }
-    if !bypass {
-        return Err(Error::Migration(format!(
-            "role {quoted} lacks BYPASSRLS: auth.users has row level security and no policy, so \
-             it would see no users; ALTER ROLE {quoted} BYPASSRLS; (as a superuser), then grant again"
-        )));
+    let registered: bool = client
+        .query_one(
+            "SELECT pg_catalog.to_regclass('usersync.user_id_columns') IS NOT NULL",
+            &[],
+        )
+        .await
+        .context("looking for usersync.user_id_columns")?
+        .value(0)?;
+    if !registered {
+        return Err(Error::Migration(
+            "usersync.user_id_columns does not exist: run usersync migrate up first".into(),
+        ));
     }
-    let mut statements = statements_for(&quoted);
-    for column in columns {
-        // PostgreSQL quotes the configured names; a column that does not exist gives nothing.
-        let row = client
-            .query_opt(
-                "SELECT pg_catalog.format('GRANT USAGE ON SCHEMA %I TO %s', $1::pg_catalog.text, $4::pg_catalog.text),
-                        pg_catalog.format('GRANT SELECT (%I) ON TABLE %I.%I TO %s',
-                                          $3::pg_catalog.text, $1::pg_catalog.text,
-                                          $2::pg_catalog.text, $4::pg_catalog.text)
-                 FROM pg_catalog.pg_attribute a
-                 WHERE a.attrelid = pg_catalog.to_regclass(
-                           pg_catalog.format('%I.%I', $1::pg_catalog.text, $2::pg_catalog.text))
-                   AND a.attname = $3 AND NOT a.attisdropped",
-                &[&column.schema, &column.table, &column.column, &quoted],
-            )
-            .await
-            .context(format!("looking up {column}"))?;
-        if let Some(row) = row {
-            statements.push(row.value(0)?);
-            statements.push(row.value(1)?);
-        }
-    }
+    let lacking: Vec<Privilege> = access::standings(client, Some(role))
+        .await?
+        .into_iter()
+        .filter(|s| s.present && !s.held)
+        .map(|s| s.privilege)
+        .collect();
+    let mut statements = statements_for(&quoted, &lacking);
     let tx = client.transaction().await.context("starting the grants")?;
     for sql in &statements {
         tx.batch_execute(sql)
             .await
             .context(format!("granting: {sql}"))?;
     }
+    if !access::sees_every_profile(&tx, Some(role)).await? {
+        // PostgreSQL quotes both names; the policy lets the role through row level security,
+        // which public.user_profiles has on for the API roles.
+        let create: String = tx
+            .query_one(
+                "SELECT pg_catalog.format('CREATE POLICY %I ON public.user_profiles AS PERMISSIVE \
+                     FOR ALL TO %I USING (true) WITH CHECK (true)', $1::pg_catalog.text || $2, $2)",
+                &[&access::PROFILE_POLICY_PREFIX, &role],
+            )
+            .await
+            .context("naming the runtime role's policy")?
+            .value(0)?;
+        tx.batch_execute(&create)
+            .await
+            .context(format!("granting: {create}"))?;
+        statements.push(create);
+    }
+    tx.execute("DELETE FROM usersync.user_id_columns", &[])
+        .await
+        .context("registering integrity.user_id_columns")?;
+    for c in columns {
+        tx.execute(
+            "INSERT INTO usersync.user_id_columns (schema_name, table_name, column_name)
+             VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+            &[&c.schema, &c.table, &c.column],
+        )
+        .await
+        .context("registering integrity.user_id_columns")?;
+    }
     tx.commit().await.context("committing the grants")?;
-    tracing::info!(role = %quoted, statements = statements.len(), "runtime role granted");
+    let missing = access::gaps(client, role).await?;
+    tracing::info!(role = %quoted, statements = statements.len(), missing = missing.len(),
+        "runtime role granted");
     Ok(Granted {
         role: quoted,
         statements,
+        user_id_columns: columns.iter().map(ToString::to_string).collect(),
+        missing,
     })
 }
 
-/// The GRANT statements of [`RUNTIME_PRIVILEGES`], one per object.
-fn statements_for(role: &str) -> Vec<String> {
-    let mut out: Vec<String> = Vec::new();
-    let mut objects: Vec<(Kind, &str)> = Vec::new();
-    for p in RUNTIME_PRIVILEGES {
-        if !objects.contains(&(p.kind, p.object)) {
-            objects.push((p.kind, p.object));
+/// The GRANT statements for `lacking`, one per object, in the list's order.
+fn statements_for(role: &str, lacking: &[Privilege]) -> Vec<String> {
+    let mut objects: Vec<&Privilege> = Vec::new();
+    for p in lacking {
+        if !objects
+            .iter()
+            .any(|o| o.kind == p.kind && o.object == p.object)
+        {
+            objects.push(p);
         }
     }
-    for (kind, object) in objects {
-        let of_object = RUNTIME_PRIVILEGES
-            .iter()
-            .filter(|p| p.kind == kind && p.object == object);
-        let (what, on) = match kind {
-            Kind::Column => {
-                let columns: Vec<&str> = of_object.filter_map(|p| p.column).collect();
-                (format!("SELECT ({})", columns.join(", ")), "TABLE")
-            }
-            _ => {
-                let privileges: Vec<&str> = of_object.map(|p| p.privilege).collect();
-                let on = match kind {
-                    Kind::Schema => "SCHEMA",
-                    Kind::Function => "FUNCTION",
-                    _ => "TABLE",
-                };
-                (privileges.join(", "), on)
-            }
-        };
-        out.push(format!("GRANT {what} ON {on} {object} TO {role}"));
-    }
-    out
+    objects
+        .into_iter()
+        .map(|o| {
+            let privileges: Vec<&str> = lacking
+                .iter()
+                .filter(|p| p.kind == o.kind && p.object == o.object)
+                .map(|p| p.privilege)
+                .collect();
+            format!(
+                "GRANT {} ON {} {} TO {role}",
+                privileges.join(", "),
+                o.kind.keyword(),
+                o.object
+            )
+        })
+        .collect()
 }
 
 #[cfg(test)]
 mod tests {
+    use crate::db::verify::access::RUNTIME_PRIVILEGES;
+
     #[test]
-    fn one_statement_per_object_with_its_columns() {
-        let statements = super::statements_for("\"Run Time\"");
-        assert!(statements.contains(&"GRANT USAGE ON SCHEMA auth TO \"Run Time\"".to_string()));
-        assert!(statements.iter().any(|s| {
-            s.starts_with("GRANT SELECT (id, email, phone, raw_user_meta_data, created_at")
-                && s.ends_with("ON TABLE auth.users TO \"Run Time\"")
-        }));
+    fn one_statement_per_object_and_nothing_in_schema_auth() {
+        let statements = super::statements_for("\"Run Time\"", RUNTIME_PRIVILEGES);
+        assert!(statements.contains(&"GRANT USAGE ON SCHEMA usersync TO \"Run Time\"".to_string()));
         assert!(statements.contains(
-            &"GRANT SELECT, INSERT, UPDATE, DELETE ON TABLE public.user_profiles TO \"Run Time\"".to_string()
+            &"GRANT SELECT, INSERT, UPDATE, DELETE ON TABLE public.user_profiles TO \"Run Time\""
+                .to_string()
         ));
-        assert_eq!(
-            statements
-                .iter()
-                .filter(|s| s.contains("auth.users"))
-                .count(),
-            1
+        assert!(
+            statements.iter().all(|s| !s.contains("auth.")),
+            "{statements:?}"
         );
+        assert!(
+            statements.iter().all(|s| !s.contains("SCHEMA auth")),
+            "{statements:?}"
+        );
+        let objects = RUNTIME_PRIVILEGES
+            .iter()
+            .map(|p| (p.kind, p.object))
+            .collect::<std::collections::BTreeSet<_>>();
+        assert_eq!(statements.len(), objects.len());
     }
 }

@@ -56,11 +56,33 @@ pub static MIGRATIONS: &[Migration] = &[
     migration!(2, "0002", "hardening"),
     migration!(3, "0003", "lifecycle"),
     migration!(4, "0004", "watch"),
+    migration!(5, "0005", "runtime_access"),
 ];
 
 /// The latest version this binary knows.
 pub fn latest() -> i32 {
     MIGRATIONS.last().map_or(0, |m| m.version)
+}
+
+/// `CREATE TRIGGER name …` as the newest migration up to `applied` that creates (or replaces)
+/// the trigger wrote it, whitespace folded, without its semicolon: what `migrate verify` offers
+/// to put a missing or disabled trigger back.
+pub fn trigger_definition(name: &str, applied: i32) -> Option<String> {
+    MIGRATIONS
+        .iter()
+        .rev()
+        .filter(|m| m.version <= applied)
+        .find_map(|m| {
+            let sql = m.up.split_whitespace().collect::<Vec<_>>().join(" ");
+            ["CREATE TRIGGER ", "CREATE OR REPLACE TRIGGER "]
+                .iter()
+                .find_map(|verb| {
+                    let start = sql.find(&format!("{verb}{name} "))?;
+                    let body = &sql[start + verb.len()..];
+                    let end = body.find(';')?;
+                    Some(format!("CREATE TRIGGER {}", &body[..end]))
+                })
+        })
 }
 
 /// Migrations run with nothing but the catalog on the path, whatever the session had: a
@@ -209,7 +231,7 @@ pub async fn status(client: &Client) -> Result<Vec<MigrationStatus>> {
 pub async fn require_auth_users(client: &Client) -> Result<()> {
     let present: bool = client
         .query_one(
-            "SELECT pg_catalog.to_regclass('auth.users') IS NOT NULL",
+            concat!("SELECT ", crate::auth_users_oid!(), " IS NOT NULL"),
             &[],
         )
         .await
@@ -234,17 +256,21 @@ pub struct ForeignTrigger {
 pub async fn foreign_profile_triggers(client: &Client) -> Result<Vec<ForeignTrigger>> {
     let rows = client
         .query(
-            "SELECT t.tgname::text, p.oid::regprocedure::text
+            concat!(
+                "SELECT t.tgname::text, p.oid::regprocedure::text
              FROM pg_catalog.pg_trigger t
              JOIN pg_catalog.pg_proc p ON p.oid = t.tgfoid
              JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
-             WHERE t.tgrelid = 'auth.users'::regclass
+             WHERE t.tgrelid = ",
+                crate::auth_users_oid!(),
+                "
                AND NOT t.tgisinternal
                AND n.nspname <> 'usersync'
                AND (t.tgname = 'on_auth_user_created'
                     OR p.proname = 'handle_new_user'
                     OR p.prosrc ILIKE '%profile%')
-             ORDER BY 1",
+             ORDER BY 1"
+            ),
             &[],
         )
         .await

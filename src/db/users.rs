@@ -86,7 +86,7 @@ const SELECT: &str = "
            pg_catalog.left(CASE WHEN p.id IS NULL THEN b.role ELSE p.role END, 16384) AS role,
            CASE WHEN p.id IS NULL THEN b.is_active ELSE p.is_active END AS is_active,
            p.created_at AS profile_created_at, p.updated_at AS profile_updated_at
-    FROM auth.users u
+    FROM usersync.auth_users u
     LEFT JOIN public.user_profiles p ON p.id = u.id AND ($1::uuid IS NULL OR p.id > $1)
     CROSS JOIN LATERAL usersync.build_profile(u.id, u.email::pg_catalog.text, u.raw_user_meta_data, u.created_at) AS b";
 

@@ -204,6 +204,7 @@ async fn route(
                     "ready": false,
                     "reason": not_ready.reason,
                     "checks": not_ready.checks,
+                    "permission": not_ready.permission,
                     "database": shared.db.target(),
                 })
                 .to_string(),
@@ -224,7 +225,7 @@ async fn route(
                 .token
                 .as_ref()
                 .is_some_and(|t| users::authorized(request.headers(), t.expose()));
-            let status = status::collect(shared, detailed).await;
+            let status = status::collect(shared, readiness, detailed).await;
             if path == "/status" {
                 json(
                     StatusCode::OK,
@@ -259,25 +260,42 @@ pub(crate) fn json(status: StatusCode, body: String) -> Response<Body> {
 /// Readiness: the database answers and `migrate verify` holds. Remembered for two seconds, so
 /// probes from several kubelets or load balancers cost one check.
 #[derive(Default)]
-struct Readiness {
+pub struct Readiness {
     last: Mutex<Option<(std::time::Instant, Result<(), NotReady>)>>,
 }
 
-/// Why `/readyz` says 503: a stable reason code, and for `schema` the failed checks. Never the
-/// server's own messages (they can name the user and the authentication method): the log has
-/// those.
+/// Why `/readyz` says 503: a stable reason code, for `schema` the failed checks, for
+/// `permission` what the role lacks. Never the server's own messages (they can name the user
+/// and the authentication method): the log has those.
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
-struct NotReady {
+pub struct NotReady {
     /// `unreachable`: no connection could be opened; `busy`: every pooled connection stayed in
     /// use; `timeout`: the database did not answer in time; `schema`: `migrate verify` fails;
-    /// `error`: a statement failed otherwise.
-    reason: &'static str,
+    /// `permission`: the role usersync runs as lacks a privilege (`migrate grant`); `error`: a
+    /// statement failed otherwise.
+    pub reason: &'static str,
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    checks: Vec<String>,
+    pub checks: Vec<String>,
+    /// With `permission`: each privilege or object, as `SELECT ON TABLE usersync.auth_users`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub permission: Vec<String>,
 }
 
+impl NotReady {
+    fn because(reason: &'static str) -> NotReady {
+        NotReady {
+            reason,
+            checks: Vec::new(),
+            permission: Vec::new(),
+        }
+    }
+}
+
+/// The checks whose failure means a missing privilege rather than a broken schema.
+const PERMISSION_CHECKS: [&str; 2] = ["runtime_grants", "auth_view"];
+
 impl Readiness {
-    async fn check(&self, shared: &Shared) -> Result<(), NotReady> {
+    pub async fn check(&self, shared: &Shared) -> Result<(), NotReady> {
         let mut last = self.last.lock().await;
         if let Some((at, result)) = last.as_ref()
             && at.elapsed() < Duration::from_secs(2)
@@ -292,10 +310,7 @@ impl Readiness {
                     timeout_secs = limit.as_secs(),
                     "readiness: the database did not answer in time"
                 );
-                Err(NotReady {
-                    reason: "timeout",
-                    checks: Vec::new(),
-                })
+                Err(NotReady::because("timeout"))
             }
         };
         if let Err(reason) = &result {
@@ -309,10 +324,7 @@ impl Readiness {
 async fn probe(shared: &Shared, limit: Duration) -> Result<(), NotReady> {
     let not_ready = |reason: &'static str, e: &crate::Error| {
         tracing::warn!(error = %crate::error::Chain(e), reason, "readiness check failed");
-        NotReady {
-            reason,
-            checks: Vec::new(),
-        }
+        NotReady::because(reason)
     };
     let client = shared.db.get_within(limit).await.map_err(|e| match &e {
         crate::Error::Busy { .. } => not_ready("busy", &e),
@@ -326,21 +338,46 @@ async fn probe(shared: &Shared, limit: Duration) -> Result<(), NotReady> {
             not_ready("timeout", &e)
         } else if e.is_unreachable() {
             not_ready("unreachable", &e)
+        } else if let Some(object) = e.permission_denied() {
+            NotReady {
+                permission: vec![object],
+                ..not_ready("permission", &e)
+            }
         } else {
             not_ready("error", &e)
         }
     })?;
     if report.ok {
-        Ok(())
-    } else {
-        Err(NotReady {
-            reason: "schema",
-            checks: report
-                .findings
-                .iter()
-                .filter(|f| f.level == verify::Level::Error)
-                .map(|f| f.check.clone())
-                .collect(),
-        })
+        return Ok(());
     }
+    let checks: Vec<String> = report
+        .findings
+        .iter()
+        .filter(|f| f.level == verify::Level::Error)
+        .map(|f| f.check.clone())
+        .collect();
+    if !checks
+        .iter()
+        .all(|c| PERMISSION_CHECKS.contains(&c.as_str()))
+    {
+        return Err(NotReady {
+            checks,
+            ..NotReady::because("schema")
+        });
+    }
+    let mut permission: Vec<String> = verify::access::standings(&client, None)
+        .await
+        .map_err(|e| not_ready("error", &e))?
+        .iter()
+        .filter(|s| s.present && !s.held)
+        .map(|s| s.privilege.describe())
+        .collect();
+    if checks.iter().any(|c| c == "auth_view") {
+        permission.push("rows of usersync.auth_users (its owner cannot see auth.users)".into());
+    }
+    Err(NotReady {
+        checks,
+        permission,
+        ..NotReady::because("permission")
+    })
 }

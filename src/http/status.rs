@@ -25,6 +25,9 @@ pub struct Status {
     pub version: &'static str,
     pub uptime_secs: u64,
     pub database_up: bool,
+    /// What `/readyz` says: None when ready, else why not (for `permission`, what the role
+    /// lacks).
+    pub not_ready: Option<super::NotReady>,
     /// Live users without a profile, as last observed by a sweep or the integrity check.
     pub users_missing_profile: i64,
     pub jobs: Vec<Job>,
@@ -63,7 +66,7 @@ pub struct QueueError {
 }
 
 /// Everything the page shows, now.
-pub async fn collect(shared: &Shared, detailed: bool) -> Status {
+pub async fn collect(shared: &Shared, readiness: &super::Readiness, detailed: bool) -> Status {
     let board = shared.board.snapshot();
     let s = &shared.settings;
     let mut jobs = Vec::new();
@@ -105,10 +108,12 @@ pub async fn collect(shared: &Shared, detailed: bool) -> Status {
         .await
         .ok()
         .flatten();
+    let not_ready = readiness.check(shared).await.err();
     Status {
         version: env!("CARGO_PKG_VERSION"),
         uptime_secs: (crate::metrics::now() - shared.metrics.start_time.get()).max(0.0) as u64,
         database_up: shared.metrics.database_up.get() == 1,
+        not_ready,
         users_missing_profile: shared.metrics.users_missing_profile.get(),
         jobs,
         findings,
@@ -236,6 +241,31 @@ pub fn html(status: &Status) -> String {
         esc(status.version),
         duration(status.uptime_secs),
     );
+    if let Some(not_ready) = &status.not_ready {
+        let _ = write!(
+            p,
+            "<section><h2>Not ready</h2><p class=error>/readyz answers 503: {}</p>",
+            esc(not_ready.reason)
+        );
+        if !not_ready.permission.is_empty() {
+            p.push_str("<p>The role usersync runs as lacks:</p><ul>");
+            for what in &not_ready.permission {
+                let _ = write!(p, "<li><code>{}</code></li>", esc(what));
+            }
+            p.push_str(
+                "</ul><p>Run <code>usersync migrate grant ROLE</code> as the migration role.</p>",
+            );
+        }
+        if !not_ready.checks.is_empty() {
+            let _ = write!(
+                p,
+                "<p>Failed checks: <code>{}</code> (<code>usersync migrate verify</code> has \
+                 each fix)</p>",
+                esc(&not_ready.checks.join(", "))
+            );
+        }
+        p.push_str("</section>");
+    }
     let missing_class = if status.users_missing_profile > 0 {
         "error"
     } else {

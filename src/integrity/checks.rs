@@ -53,7 +53,7 @@ pub async fn orphans(client: &Client, findings: &mut Vec<Finding>) -> Result<()>
         .query_one(
             "SELECT count(*), COALESCE((array_agg(p.id::text))[1:$1], '{}')
              FROM public.user_profiles p
-             WHERE NOT EXISTS (SELECT 1 FROM auth.users u WHERE u.id = p.id)",
+             WHERE NOT EXISTS (SELECT 1 FROM usersync.auth_users u WHERE u.id = p.id)",
             &[&SAMPLES],
         )
         .await
@@ -148,54 +148,62 @@ pub async fn repair_queue(
     Ok(())
 }
 
+// Every single-column foreign key into auth.users(id) or public.user_profiles(id) but the
+// profile's own, with the statement that counts its orphans (reading auth.users through
+// usersync.auth_users, which the runtime role may read) and the fixes. Every name is quoted by
+// PostgreSQL (%I) and schema-qualified, so each fix runs as printed whatever the search_path.
+const FOREIGN_KEYS: &str = concat!(
+    "WITH k AS (
+         SELECT c.oid, c.conname, c.convalidated, c.confdeltype, a.attname,
+                pg_catalog.format('%I.%I', tn.nspname, t.relname) AS tbl,
+                pg_catalog.format('%I.%I', rn.nspname, r.relname) AS target,
+                CASE WHEN c.confrelid = a_u.oid THEN 'usersync.auth_users'
+                     ELSE pg_catalog.format('%I.%I', rn.nspname, r.relname) END AS source,
+                tn.nspname AS schema
+         FROM pg_catalog.pg_constraint c
+         JOIN pg_catalog.pg_class t ON t.oid = c.conrelid
+         JOIN pg_catalog.pg_namespace tn ON tn.oid = t.relnamespace
+         JOIN pg_catalog.pg_class r ON r.oid = c.confrelid
+         JOIN pg_catalog.pg_namespace rn ON rn.oid = r.relnamespace
+         JOIN pg_catalog.pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = c.conkey[1]
+         JOIN pg_catalog.pg_attribute ra ON ra.attrelid = c.confrelid AND ra.attnum = c.confkey[1]
+         CROSS JOIN (SELECT ",
+    crate::auth_users_oid!(),
+    " AS oid) a_u
+         WHERE c.contype = 'f'
+           AND (c.confrelid = a_u.oid
+                OR c.confrelid = 'public.user_profiles'::pg_catalog.regclass)
+           AND pg_catalog.cardinality(c.conkey) = 1 AND ra.attname = 'id'
+           AND NOT (c.conrelid = 'public.user_profiles'::pg_catalog.regclass
+                    AND c.confrelid = a_u.oid)
+     )
+     SELECT k.tbl, k.conname::pg_catalog.text, k.target, k.convalidated,
+            k.confdeltype::pg_catalog.text, pg_catalog.pg_get_constraintdef(k.oid),
+            pg_catalog.format('SELECT pg_catalog.count(*), COALESCE((pg_catalog.array_agg(t.%1$I::pg_catalog.text))[1:10], ''{}'')
+                    FROM %2$s t WHERE t.%1$I IS NOT NULL AND NOT EXISTS
+                    (SELECT 1 FROM %3$s r WHERE r.id OPERATOR(pg_catalog.=) t.%1$I)',
+                   k.attname, k.tbl, k.source),
+            pg_catalog.format('ALTER TABLE %s DROP CONSTRAINT %I, ADD CONSTRAINT %I FOREIGN KEY (%I) \
+                    REFERENCES %s(id) ON DELETE CASCADE%s;',
+                   k.tbl, k.conname, k.conname, k.attname, k.target,
+                   CASE WHEN k.convalidated THEN '' ELSE ' NOT VALID' END),
+            pg_catalog.format('DELETE FROM %s t WHERE t.%I IS NOT NULL AND NOT EXISTS \
+                    (SELECT 1 FROM %s r WHERE r.id = t.%I); ALTER TABLE %s VALIDATE CONSTRAINT %I;',
+                   k.tbl, k.attname, k.target, k.attname, k.tbl, k.conname),
+            pg_catalog.format('GRANT USAGE ON SCHEMA %I TO %I; GRANT SELECT (%I) ON TABLE %s TO %I;',
+                   k.schema, current_user, k.attname, k.tbl, current_user)
+     FROM k
+     ORDER BY 1, 2"
+);
+
 /// Every single-column foreign key into `auth.users(id)` or `public.user_profiles(id)` but the
 /// profile's own (which `migrate verify` checks): NOT VALID ones with their orphans, and ones
 /// whose ON DELETE rule would block deleting a user.
 // Long on purpose: one statement builds, for every key, the counting query and the fixes (names
 // quoted by PostgreSQL); then one finding per kind.
 pub async fn foreign_keys(client: &Client, findings: &mut Vec<Finding>) -> Result<()> {
-    // Every name in the statements below is quoted by PostgreSQL (%I) and schema-qualified,
-    // so each fix runs as printed whatever the session's search_path.
     let rows = client
-        .query(
-            "WITH k AS (
-                 SELECT c.oid, c.conname, c.convalidated, c.confdeltype, a.attname,
-                        pg_catalog.format('%I.%I', tn.nspname, t.relname) AS tbl,
-                        pg_catalog.format('%I.%I', rn.nspname, r.relname) AS target,
-                        tn.nspname AS schema
-                 FROM pg_catalog.pg_constraint c
-                 JOIN pg_catalog.pg_class t ON t.oid = c.conrelid
-                 JOIN pg_catalog.pg_namespace tn ON tn.oid = t.relnamespace
-                 JOIN pg_catalog.pg_class r ON r.oid = c.confrelid
-                 JOIN pg_catalog.pg_namespace rn ON rn.oid = r.relnamespace
-                 JOIN pg_catalog.pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = c.conkey[1]
-                 JOIN pg_catalog.pg_attribute ra ON ra.attrelid = c.confrelid AND ra.attnum = c.confkey[1]
-                 WHERE c.contype = 'f'
-                   AND c.confrelid IN ('auth.users'::pg_catalog.regclass,
-                                       'public.user_profiles'::pg_catalog.regclass)
-                   AND pg_catalog.cardinality(c.conkey) = 1 AND ra.attname = 'id'
-                   AND NOT (c.conrelid = 'public.user_profiles'::pg_catalog.regclass
-                            AND c.confrelid = 'auth.users'::pg_catalog.regclass)
-             )
-             SELECT k.tbl, k.conname::pg_catalog.text, k.target, k.convalidated,
-                    k.confdeltype::pg_catalog.text, pg_catalog.pg_get_constraintdef(k.oid),
-                    pg_catalog.format('SELECT pg_catalog.count(*), COALESCE((pg_catalog.array_agg(t.%1$I::pg_catalog.text))[1:10], ''{}'')
-                            FROM %2$s t WHERE t.%1$I IS NOT NULL AND NOT EXISTS
-                            (SELECT 1 FROM %3$s r WHERE r.id OPERATOR(pg_catalog.=) t.%1$I)',
-                           k.attname, k.tbl, k.target),
-                    pg_catalog.format('ALTER TABLE %s DROP CONSTRAINT %I, ADD CONSTRAINT %I FOREIGN KEY (%I) \
-                            REFERENCES %s(id) ON DELETE CASCADE%s;',
-                           k.tbl, k.conname, k.conname, k.attname, k.target,
-                           CASE WHEN k.convalidated THEN '' ELSE ' NOT VALID' END),
-                    pg_catalog.format('DELETE FROM %s t WHERE t.%I IS NOT NULL AND NOT EXISTS \
-                            (SELECT 1 FROM %s r WHERE r.id = t.%I); ALTER TABLE %s VALIDATE CONSTRAINT %I;',
-                           k.tbl, k.attname, k.target, k.attname, k.tbl, k.conname),
-                    pg_catalog.format('GRANT USAGE ON SCHEMA %I TO %I; GRANT SELECT (%I) ON TABLE %s TO %I;',
-                           k.schema, current_user, k.attname, k.tbl, current_user)
-             FROM k
-             ORDER BY 1, 2",
-            &[],
-        )
+        .query(FOREIGN_KEYS, &[])
         .await
         .context("reading the foreign keys into auth.users and public.user_profiles")?;
     for row in rows {
@@ -273,41 +281,57 @@ pub async fn foreign_keys(client: &Client, findings: &mut Vec<Finding>) -> Resul
 }
 
 /// Configured columns that hold user ids without a foreign key: rows whose user is gone.
+/// Counted by `usersync.user_id_column_orphans()` (migration 0005), which reads them with the
+/// migration role's privileges (the runtime role may not even name schema auth, where GoTrue's
+/// such columns live), and only those `usersync migrate grant` registered.
 pub async fn user_id_columns(
     client: &Client,
     settings: &IntegritySettings,
     findings: &mut Vec<Finding>,
 ) -> Result<()> {
+    if settings.user_id_columns.is_empty() {
+        return Ok(());
+    }
+    let counted = client
+        .query(
+            "SELECT o.schema_name, o.table_name, o.column_name, o.present, o.readable, o.orphans,
+                    o.sample,
+                    pg_catalog.format('DELETE FROM %I.%I t WHERE t.%I IS NOT NULL AND NOT EXISTS \
+                        (SELECT 1 FROM auth.users u WHERE u.id::pg_catalog.text = t.%I::pg_catalog.text);',
+                        o.schema_name, o.table_name, o.column_name, o.column_name),
+                    pg_catalog.format('GRANT SELECT (%I) ON TABLE %I.%I TO %I;',
+                        o.column_name, o.schema_name, o.table_name,
+                        (SELECT r.rolname FROM pg_catalog.pg_proc f
+                         JOIN pg_catalog.pg_roles r ON r.oid = f.proowner
+                         WHERE f.oid = 'usersync.user_id_column_orphans(integer)'::pg_catalog.regprocedure))
+             FROM usersync.user_id_column_orphans($1) o",
+            &[&SAMPLES],
+        )
+        .await
+        .context("counting the rows of integrity.user_id_columns whose user is gone")?;
+    let mut rows = Vec::with_capacity(counted.len());
+    for row in &counted {
+        let key: (String, String, String) = (row.value(0)?, row.value(1)?, row.value(2)?);
+        rows.push((key, row));
+    }
     for column in &settings.user_id_columns {
-        // PostgreSQL builds the statement from the configured names, quoting each with %I;
-        // a name that matches no column gives no statement.
-        let sql: Option<(String, String, String)> = client
-            .query_opt(
-                "SELECT pg_catalog.format('SELECT pg_catalog.count(*), COALESCE((pg_catalog.array_agg(t.%3$I::pg_catalog.text))[1:10], ''{}'')
-                                FROM %1$I.%2$I t WHERE t.%3$I IS NOT NULL AND NOT EXISTS
-                                (SELECT 1 FROM auth.users u
-                                 WHERE u.id::pg_catalog.text OPERATOR(pg_catalog.=) t.%3$I::pg_catalog.text)',
-                               $1::pg_catalog.text, $2::pg_catalog.text, $3::pg_catalog.text),
-                        pg_catalog.format('DELETE FROM %1$I.%2$I t WHERE t.%3$I IS NOT NULL AND NOT EXISTS \
-                               (SELECT 1 FROM auth.users u WHERE u.id::text = t.%3$I::text);',
-                               $1::pg_catalog.text, $2::pg_catalog.text, $3::pg_catalog.text),
-                        pg_catalog.format('GRANT USAGE ON SCHEMA %1$I TO %4$I; GRANT SELECT (%3$I) ON TABLE %1$I.%2$I TO %4$I;',
-                               $1::pg_catalog.text, $2::pg_catalog.text, $3::pg_catalog.text, current_user)
-                 FROM pg_catalog.pg_attribute a
-                 WHERE a.attrelid = pg_catalog.to_regclass(
-                           pg_catalog.format('%I.%I', $1::pg_catalog.text, $2::pg_catalog.text))
-                   AND a.attname = $3 AND NOT a.attisdropped",
-                &[&column.schema, &column.table, &column.column],
-            )
-            .await
-            .context(format!("looking up {column}"))?
-            .map(|row| Ok::<_, crate::Error>((row.value(0)?, row.value(1)?, row.value(2)?)))
-        .transpose()?;
-        let Some((sql, delete_sql, grant_sql)) = sql else {
+        let name = column.to_string();
+        let key = (
+            column.schema.clone(),
+            column.table.clone(),
+            column.column.clone(),
+        );
+        let Some((_, row)) = rows.iter().find(|(k, _)| *k == key) else {
+            findings.push(unregistered(client, column).await?);
+            continue;
+        };
+        let (present, readable): (bool, bool) = (row.value(3)?, row.value(4)?);
+        let (count, samples): (i64, Vec<String>) = (row.value(5)?, row.value(6)?);
+        if !present {
             findings.push(Finding {
                 check: "user_id_column_orphans".into(),
                 level: Level::Warning,
-                object: Some(column.to_string()),
+                object: Some(name),
                 title: format!("{column} does not exist"),
                 detail: "integrity.user_id_columns names a column this database does not have"
                     .into(),
@@ -316,38 +340,58 @@ pub async fn user_id_columns(
                 fix: "correct integrity.user_id_columns".into(),
                 fix_kind: FixKind::Command,
             });
-            continue;
-        };
-        let Some(row) = readable(
-            client.query_one(sql.as_str(), &[]).await,
-            format!("counting rows of {column} whose user is gone"),
-        )?
-        else {
+        } else if !readable {
             findings.push(unreadable(
-                &column.to_string(),
+                &name,
                 &format!("{}.{}", column.schema, column.table),
-                grant_sql,
+                row.value(8)?,
             ));
-            continue;
-        };
-        let (count, samples): (i64, Vec<String>) = (row.value(0)?, row.value(1)?);
-        if count > 0 {
+        } else if count > 0 {
             findings.push(Finding {
                 check: "user_id_column_orphans".into(),
                 level: Level::Warning,
-                object: Some(column.to_string()),
+                object: Some(name),
                 title: format!("{count} rows of {column} name a user that does not exist"),
                 detail: "the column carries user ids without a foreign key, so nothing removes \
                          its rows when a user is deleted"
                     .into(),
                 count,
                 samples,
-                fix: delete_sql,
+                fix: row.value(7)?,
                 fix_kind: FixKind::Sql,
             });
         }
     }
     Ok(())
+}
+
+/// A configured column `usersync migrate grant` has not registered: the fix registers it, run
+/// by the migration role (as `migrate grant` would with this configuration).
+async fn unregistered(client: &Client, column: &crate::config::UserIdColumn) -> Result<Finding> {
+    let fix: String = client
+        .query_one(
+            "SELECT pg_catalog.format('INSERT INTO usersync.user_id_columns \
+                 (schema_name, table_name, column_name) VALUES (%L, %L, %L) ON CONFLICT DO NOTHING;',
+                 $1::pg_catalog.text, $2::pg_catalog.text, $3::pg_catalog.text)",
+            &[&column.schema, &column.table, &column.column],
+        )
+        .await
+        .context("quoting a column's name")?
+        .value(0)?;
+    Ok(Finding {
+        check: "unreadable_table".into(),
+        level: Level::Warning,
+        object: Some(column.to_string()),
+        title: format!("{column} is not registered for counting"),
+        detail: "integrity.user_id_columns names it, but usersync migrate grant did not register \
+                 it in usersync.user_id_columns, so its orphan rows are not counted; the fix runs \
+                 as the migration role"
+            .into(),
+        count: 1,
+        samples: Vec::new(),
+        fix,
+        fix_kind: FixKind::Sql,
+    })
 }
 
 /// A query result, or None when usersync's role may not read the table: that is a finding of

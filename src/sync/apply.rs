@@ -57,8 +57,8 @@ const CREATE: &str = concat!("
     INSERT INTO public.user_profiles
         (id, email, full_name, avatar_url, role, is_active, created_at, updated_at)
     SELECT p.id, p.email, p.full_name, p.avatar_url, p.role, p.is_active, p.created_at, p.updated_at
-    FROM auth.users u CROSS JOIN LATERAL usersync.build_profile(u.id, u.email::pg_catalog.text, u.raw_user_meta_data, u.created_at) AS p
-    WHERE u.id = ANY($1) AND ($4::tid[] IS NULL OR u.ctid = ANY($4))
+    FROM usersync.auth_users u CROSS JOIN LATERAL usersync.build_profile(u.id, u.email::pg_catalog.text, u.raw_user_meta_data, u.created_at) AS p
+    WHERE u.id = ANY($1) AND ($4::tid[] IS NULL OR u.row_address = ANY($4))
       AND ", crate::should_have_profile!("$3"), "
       AND ($2 OR NOT EXISTS (SELECT 1 FROM usersync.repair_queue q
                              WHERE q.user_id = u.id AND q.next_attempt_at > now()))
@@ -76,7 +76,7 @@ const RECORD_FAILURE: &str = "
     INSERT INTO usersync.repair_queue AS q (user_id, last_error, last_sqlstate, failures, attempts,
                                             next_attempt_at)
     SELECT $1, $2, $3, 0, 1, now() + interval '10 seconds'
-    WHERE EXISTS (SELECT 1 FROM auth.users WHERE id = $1)
+    WHERE EXISTS (SELECT 1 FROM usersync.auth_users WHERE id = $1)
     ON CONFLICT (user_id) DO UPDATE
         SET last_error = EXCLUDED.last_error,
             last_sqlstate = EXCLUDED.last_sqlstate,
@@ -240,7 +240,7 @@ async fn record_failure(client: &impl GenericClient, f: &Failure) -> Result<()> 
 pub async fn preview(client: &Client, ids: &[Uuid]) -> Result<Vec<serde_json::Value>> {
     let rows = client
         .query(
-            "SELECT pg_catalog.to_jsonb(p) FROM auth.users u
+            "SELECT pg_catalog.to_jsonb(p) FROM usersync.auth_users u
              CROSS JOIN LATERAL usersync.build_profile(u.id, u.email::pg_catalog.text, u.raw_user_meta_data, u.created_at) AS p
              WHERE u.id = ANY($1) ORDER BY u.id",
             &[&ids],

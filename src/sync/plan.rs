@@ -1,7 +1,7 @@
 //! Detection: which live auth users have no profile, and how the work is split.
 //!
-//! One statement joins `auth.users` to `public.user_profiles` as the bare anti-join does and
-//! counts the pass; only when users are missing does a second one list them. The same SQL
+//! One statement joins `auth.users` (through `usersync.auth_users`) to `public.user_profiles` as
+//! the bare anti-join does and counts the pass; only when users are missing does a second one list them. The same SQL
 //! serves the sweep, the dry-run and the integrity check's count, so they never disagree.
 //!
 //! The work is split into ranges of `auth.users`'s heap, [`RANGE_BLOCKS`] pages each, and a
@@ -19,20 +19,6 @@ use uuid::Uuid;
 
 use crate::error::{DbContext, Result};
 use crate::sync::policy::Policy;
-
-/// "A live user who should have a profile", the one definition every statement uses: not
-/// soft-deleted, and not anonymous unless `include` (a parameter or an expression) says so.
-/// A macro, so that the statements stay string constants.
-#[macro_export]
-macro_rules! should_have_profile {
-    ($include:literal) => {
-        concat!(
-            "(u.deleted_at IS NULL AND (",
-            $include,
-            " OR NOT u.is_anonymous))"
-        )
-    };
-}
 
 /// Pages of `auth.users` per range (8 MiB, some 25,000 users). A constant, so that every
 /// worker of every replica means the same users by the same range lock.
@@ -88,17 +74,17 @@ const COUNT: &str = concat!("
     SELECT count(*),
            count(*) FILTER (WHERE p.id IS NULL AND u.deleted_at IS NOT NULL),
            count(*) FILTER (WHERE p.id IS NULL AND u.deleted_at IS NULL AND u.is_anonymous AND NOT $1),
-           count(*) FILTER (WHERE p.id IS NULL AND ", should_have_profile!("$1"), ")
-    FROM auth.users u
+           count(*) FILTER (WHERE p.id IS NULL AND ", crate::should_have_profile!("$1"), ")
+    FROM usersync.auth_users u
     LEFT JOIN public.user_profiles p ON p.id = u.id");
 
 // The missing users, only when there are some: the bare anti-join, with the page each row is
 // on.
 const MISSING: &str = concat!(
     "
-    SELECT u.ctid, u.id FROM auth.users u
+    SELECT u.row_address, u.id FROM usersync.auth_users u
     WHERE ",
-    should_have_profile!("$1"),
+    crate::should_have_profile!("$1"),
     "
       AND NOT EXISTS (SELECT 1 FROM public.user_profiles p WHERE p.id = u.id)"
 );
@@ -155,9 +141,13 @@ pub async fn count(client: &mut Client, policy: &Policy) -> Result<Plan> {
 pub async fn looks_like_backfill(client: &Client) -> Result<Option<u64>> {
     let row = client
         .query_one(
-            "SELECT greatest(u.reltuples, 0)::float8, greatest(p.reltuples, 0)::float8
-             FROM pg_catalog.pg_class u, pg_catalog.pg_class p
-             WHERE u.oid = 'auth.users'::regclass AND p.oid = 'public.user_profiles'::regclass",
+            concat!(
+                "SELECT greatest(u.reltuples, 0)::float8, greatest(p.reltuples, 0)::float8
+                 FROM pg_catalog.pg_class u, pg_catalog.pg_class p
+                 WHERE u.oid = ",
+                crate::auth_users_oid!(),
+                " AND p.oid = 'public.user_profiles'::pg_catalog.regclass"
+            ),
             &[],
         )
         .await
@@ -328,7 +318,7 @@ const CENSUS_FROM: &str = concat!(
     "
     FROM (SELECT u.id,
                  p.id IS NULL AND ",
-    should_have_profile!("$1"),
+    crate::should_have_profile!("$1"),
     "
                      AND (u.created_at IS NULL
                           OR u.created_at < now() - make_interval(secs => $2)) AS missing,
@@ -341,7 +331,7 @@ const CENSUS_FROM: &str = concat!(
                           AND ",
     crate::holds_personal_data!("p"),
     ")) AS left_behind
-          FROM auth.users u LEFT JOIN public.user_profiles p ON p.id = u.id) AS x"
+          FROM usersync.auth_users u LEFT JOIN public.user_profiles p ON p.id = u.id) AS x"
 );
 
 #[cfg(test)]

@@ -20,25 +20,6 @@ use uuid::Uuid;
 use crate::db::RowExt;
 use crate::error::{DbContext, Result};
 
-/// "This profile still holds the person": what `scrub` clears. One definition for the sweep,
-/// its counts and the integrity check; `$p` is the profile's alias.
-#[macro_export]
-macro_rules! holds_personal_data {
-    ($p:literal) => {
-        concat!(
-            "(",
-            $p,
-            ".email IS NOT NULL OR ",
-            $p,
-            ".full_name IS NOT NULL OR ",
-            $p,
-            ".avatar_url IS NOT NULL OR ",
-            $p,
-            ".is_active)"
-        )
-    };
-}
-
 /// What happens to the profile of a soft-deleted user.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -176,7 +157,7 @@ const BATCH: i64 = 10_000;
 // and changes them. `$2::uuid[] IS NULL` folds away in a custom plan.
 const FILL_EMAIL: &str = "
     UPDATE public.user_profiles p SET email = u.email::pg_catalog.text, updated_at = pg_catalog.now()
-    FROM (SELECT u.id, u.email FROM auth.users u JOIN public.user_profiles q ON q.id = u.id
+    FROM (SELECT u.id, u.email FROM usersync.auth_users u JOIN public.user_profiles q ON q.id = u.id
           WHERE ($2::uuid[] IS NULL OR u.id = ANY ($2))
             AND u.deleted_at IS NULL AND NOT u.is_anonymous AND u.email IS NOT NULL
             AND q.email IS NULL
@@ -185,7 +166,7 @@ const FILL_EMAIL: &str = "
 
 const FOLLOW_EMAIL: &str = "
     UPDATE public.user_profiles p SET email = u.email::pg_catalog.text, updated_at = pg_catalog.now()
-    FROM (SELECT u.id, u.email FROM auth.users u JOIN public.user_profiles q ON q.id = u.id
+    FROM (SELECT u.id, u.email FROM usersync.auth_users u JOIN public.user_profiles q ON q.id = u.id
           WHERE ($2::uuid[] IS NULL OR u.id = ANY ($2))
             AND u.deleted_at IS NULL AND u.email IS NOT NULL
             AND q.email IS DISTINCT FROM u.email::pg_catalog.text
@@ -197,11 +178,11 @@ const SCRUB: &str = concat!(
     UPDATE public.user_profiles p
     SET email = NULL, full_name = NULL, avatar_url = NULL, is_active = false,
         updated_at = pg_catalog.now()
-    FROM (SELECT q.id FROM auth.users u JOIN public.user_profiles q ON q.id = u.id
+    FROM (SELECT q.id FROM usersync.auth_users u JOIN public.user_profiles q ON q.id = u.id
           WHERE ($2::uuid[] IS NULL OR u.id = ANY ($2))
             AND u.deleted_at IS NOT NULL
             AND ",
-    holds_personal_data!("q"),
+    crate::holds_personal_data!("q"),
     "
           LIMIT $1) AS u
     WHERE p.id = u.id"
@@ -209,7 +190,7 @@ const SCRUB: &str = concat!(
 
 const DELETE: &str = "
     DELETE FROM public.user_profiles p
-    USING (SELECT q.id FROM auth.users u JOIN public.user_profiles q ON q.id = u.id
+    USING (SELECT q.id FROM usersync.auth_users u JOIN public.user_profiles q ON q.id = u.id
            WHERE ($2::uuid[] IS NULL OR u.id = ANY ($2)) AND u.deleted_at IS NOT NULL
            LIMIT $1) AS u
     WHERE p.id = u.id";
@@ -278,9 +259,9 @@ const PENDING: &str = concat!(
            count(*) FILTER (WHERE u.deleted_at IS NOT NULL
                               AND ($3 = 'delete' OR ($3 = 'scrub'
                                    AND ",
-    holds_personal_data!("p"),
+    crate::holds_personal_data!("p"),
     ")))
-    FROM auth.users u JOIN public.user_profiles p ON p.id = u.id
+    FROM usersync.auth_users u JOIN public.user_profiles p ON p.id = u.id
     WHERE $1::uuid[] IS NULL OR u.id = ANY ($1)"
 );
 

@@ -78,11 +78,14 @@ impl Pacer {
 pub(super) async fn extent(client: &tokio_postgres::Client) -> Result<Extent> {
     let row = client
         .query_one(
-            "SELECT (pg_catalog.pg_relation_size(c.oid)
-                     / pg_catalog.current_setting('block_size')::pg_catalog.int8)::pg_catalog.int8,
-                    CASE WHEN c.relpages > 0 AND c.reltuples > 0
-                         THEN c.reltuples::pg_catalog.float8 / c.relpages ELSE 1 END
-             FROM pg_catalog.pg_class c WHERE c.oid = 'auth.users'::pg_catalog.regclass",
+            concat!(
+                "SELECT (pg_catalog.pg_relation_size(c.oid)
+                         / pg_catalog.current_setting('block_size')::pg_catalog.int8)::pg_catalog.int8,
+                        CASE WHEN c.relpages > 0 AND c.reltuples > 0
+                             THEN c.reltuples::pg_catalog.float8 / c.relpages ELSE 1 END
+                 FROM pg_catalog.pg_class c WHERE c.oid = ",
+                crate::auth_users_oid!()
+            ),
             &[],
         )
         .await
@@ -114,9 +117,9 @@ macro_rules! batch_statement {
             (id, email, full_name, avatar_url, role, is_active, created_at, updated_at)
         SELECT p.id, p.email, p.full_name, p.avatar_url, p.role, p.is_active, p.created_at,
                p.updated_at
-        FROM auth.users u CROSS JOIN LATERAL usersync.build_profile(u.id, u.email::pg_catalog.text,
+        FROM usersync.auth_users u CROSS JOIN LATERAL usersync.build_profile(u.id, u.email::pg_catalog.text,
                                                                    u.raw_user_meta_data, u.created_at) AS p
-        WHERE u.ctid >= $1 AND u.ctid < $2 AND ",
+        WHERE u.row_address >= $1 AND u.row_address < $2 AND ",
             crate::should_have_profile!("$3"),
             $waiting,
             "
@@ -131,8 +134,8 @@ macro_rules! batch_statement {
            ",
             $deferred,
             "
-    FROM auth.users u
-    WHERE u.ctid >= $1 AND u.ctid < $2"
+    FROM usersync.auth_users u
+    WHERE u.row_address >= $1 AND u.row_address < $2"
         )
     };
 }
@@ -142,8 +145,8 @@ const BATCH: &str = batch_statement!(
     "
           AND NOT EXISTS (SELECT 1 FROM usersync.repair_queue q
                           WHERE q.user_id = u.id AND q.next_attempt_at > now())",
-    "(SELECT count(*) FROM usersync.repair_queue q JOIN auth.users w ON w.id = q.user_id
-        WHERE q.next_attempt_at > now() AND w.ctid >= $1 AND w.ctid < $2
+    "(SELECT count(*) FROM usersync.repair_queue q JOIN usersync.auth_users w ON w.id = q.user_id
+        WHERE q.next_attempt_at > now() AND w.row_address >= $1 AND w.row_address < $2
           AND w.deleted_at IS NULL AND ($3 OR NOT w.is_anonymous)
           AND NOT EXISTS (SELECT 1 FROM public.user_profiles p WHERE p.id = w.id))"
 );
@@ -156,12 +159,13 @@ const BATCH_NO_QUEUE: &str = batch_statement!("", "0::pg_catalog.int8");
 // The same batch's users without a profile, for the one-by-one retry of a batch that failed:
 // whether each is deleted, anonymous.
 const LIST: &str = "
-    SELECT u.id, u.deleted_at IS NOT NULL, u.is_anonymous FROM auth.users u
-    WHERE u.ctid >= $1 AND u.ctid < $2
+    SELECT u.id, u.deleted_at IS NOT NULL, u.is_anonymous FROM usersync.auth_users u
+    WHERE u.row_address >= $1 AND u.row_address < $2
       AND NOT EXISTS (SELECT 1 FROM public.user_profiles p WHERE p.id = u.id)";
 
 // Its users, counted.
-const SCANNED: &str = "SELECT count(*) FROM auth.users u WHERE u.ctid >= $1 AND u.ctid < $2";
+const SCANNED: &str =
+    "SELECT count(*) FROM usersync.auth_users u WHERE u.row_address >= $1 AND u.row_address < $2";
 
 // A batch reads a few hundred pages of auth.users (a TID range scan) and looks each user up in
 // the profiles' primary key: never a hash or merge join over the whole profile table, and never

@@ -89,7 +89,7 @@ pub async fn drain(
         let resolved: Vec<Uuid> = tx
             .query(
                 concat!(
-                    "DELETE FROM usersync.repair_queue q USING auth.users u
+                    "DELETE FROM usersync.repair_queue q USING usersync.auth_users u
                      WHERE q.user_id = ANY($1) AND u.id = q.user_id
                        AND (NOT ",
                     crate::should_have_profile!("$2"),

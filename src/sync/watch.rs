@@ -155,7 +155,8 @@ pub struct Look {
     pub findings: serde_json::Value,
 }
 
-const READ: &str = "
+const READ: &str = concat!(
+    "
     SELECT pg_catalog.pg_postmaster_start_time()::pg_catalog.text,
            d.oid, u.oid, u.relfilenode, p.oid, p.relfilenode,
            pg_catalog.pg_stat_get_db_stat_reset_time(d.oid)::pg_catalog.text,
@@ -176,9 +177,12 @@ const READ: &str = "
     FROM pg_catalog.pg_database d, pg_catalog.pg_class u, pg_catalog.pg_class p,
          pg_catalog.pg_class j
     WHERE d.datname = pg_catalog.current_database()
-      AND u.oid = 'auth.users'::pg_catalog.regclass
+      AND u.oid = ",
+    crate::auth_users_oid!(),
+    "
       AND p.oid = 'public.user_profiles'::pg_catalog.regclass
-      AND j.oid = 'usersync.journal'::pg_catalog.regclass";
+      AND j.oid = 'usersync.journal'::pg_catalog.regclass"
+);
 
 /// Reads the statistics and the catalog: a few rows of catalogs, no table.
 pub async fn read(client: &Client) -> Result<Reading> {

@@ -185,15 +185,40 @@ async fn migrate_up_then_verify_e2e_passes_and_a_disabled_trigger_fails_verify_w
         stdout.contains("trigger\n  expected: enabled\n  found:    disabled"),
         "{stdout}"
     );
-    assert!(
-        stdout.contains("ALTER TABLE auth.users ENABLE TRIGGER usersync_on_auth_user_created;"),
-        "{stdout}"
-    );
     let (code, json, _) = usersync(&["migrate", "verify", "--json"], &env);
     assert_eq!(code, 1);
     let report: serde_json::Value = serde_json::from_str(&json).expect("one JSON document");
     assert_eq!(report["ok"], false);
     assert_eq!(report["findings"][0]["check"], "trigger");
+    // The fix runs as printed by the migration role, hosted Supabase's `postgres`, which may
+    // not ALTER auth.users (only its owner may enable a trigger there), but may replace a
+    // trigger: CREATE OR REPLACE TRIGGER needs the TRIGGER privilege and enables it again.
+    let fix = report["findings"][0]["fix"].as_str().unwrap();
+    assert!(
+        fix.starts_with(
+            "CREATE OR REPLACE TRIGGER usersync_on_auth_user_created AFTER INSERT ON auth.users"
+        ),
+        "{fix}"
+    );
+    assert!(stdout.contains(fix), "{stdout}");
+    let denied = db
+        .app()
+        .await
+        .batch_execute("ALTER TABLE auth.users ENABLE TRIGGER usersync_on_auth_user_created")
+        .await
+        .unwrap_err();
+    assert_eq!(
+        denied.code(),
+        Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE)
+    );
+    db.app().await.batch_execute(fix).await.unwrap();
+    let (code, stdout, _) = usersync(&["migrate", "verify"], &env);
+    assert_eq!(code, 0, "{stdout}");
+    db.admin()
+        .await
+        .batch_execute("ALTER TABLE auth.users DISABLE TRIGGER usersync_on_auth_user_created")
+        .await
+        .unwrap();
 
     let (code, stdout, _) = usersync(&["migrate", "status", "--json"], &env);
     assert_eq!(code, 0);

@@ -10,7 +10,7 @@ use usersync::integrity::{self, Finding, Level, Report};
 use uuid::Uuid;
 
 use crate::property;
-use crate::support::{AuthUser, TestDb, insert_users, usersync};
+use crate::support::{AuthUser, RUNTIME_ROLE, TestDb, insert_users, usersync};
 
 fn settings(test_db: &TestDb) -> IntegritySettings {
     let mut settings = test_db.settings().integrity;
@@ -131,6 +131,21 @@ async fn a_configured_column_that_does_not_exist_is_a_warning_not_a_failure() {
             table: "no_such_table".into(),
             column: "user_id".into(),
         });
+    // Unregistered, it cannot be counted: the fix registers it (what `migrate grant` does).
+    let report = check(&test_db, &settings).await;
+    let found = findings(&report, "unreadable_table");
+    assert_eq!(found.len(), 1, "{:#?}", report.findings);
+    assert_eq!(
+        found[0].fix,
+        "INSERT INTO usersync.user_id_columns (schema_name, table_name, column_name) VALUES \
+         ('public', 'no_such_table', 'user_id') ON CONFLICT DO NOTHING;"
+    );
+    test_db
+        .app()
+        .await
+        .batch_execute(&found[0].fix)
+        .await
+        .unwrap();
     let report = check(&test_db, &settings).await;
     let found = findings(&report, "user_id_column_orphans");
     assert_eq!(found.len(), 1);
@@ -167,7 +182,7 @@ async fn check_exits_0_when_clean_and_1_on_an_error_with_one_json_document() {
     let (code, stdout, _) = usersync(&["check"], &env);
     assert_eq!(code, 1);
     assert!(
-        stdout.starts_with("ERRORS (1)") && stdout.contains("ENABLE TRIGGER"),
+        stdout.starts_with("ERRORS (1)") && stdout.contains("CREATE OR REPLACE TRIGGER"),
         "{stdout}"
     );
 }
@@ -350,6 +365,8 @@ fn check_finds_exactly_what_was_broken() {
                 .map_err(property::fail)?;
             usersync::db::migrate::down(&mut app, Some(0)).await.map_err(property::fail)?;
             usersync::db::migrate::up(&mut app, Default::default()).await.map_err(property::fail)?;
+            let columns = test_db.settings().integrity.user_id_columns;
+            usersync::db::grant::grant(&mut app, RUNTIME_ROLE, &columns).await.map_err(property::fail)?;
             let users = emails(n_users);
             insert_users(&admin, &users).await.map_err(property::fail)?;
 

@@ -9,9 +9,13 @@ use crate::error::{DbContext, Result};
 pub(super) async fn check_functions(client: &Client, report: &mut Report) -> Result<()> {
     let builder: bool = client
         .query_one(
-            "SELECT pg_catalog.to_regprocedure('usersync.build_profile(auth.users)') IS NOT NULL
-                AND pg_catalog.to_regprocedure(
-                    'usersync.build_profile(uuid, text, jsonb, timestamp with time zone)') IS NOT NULL",
+            // By name and argument types: `to_regprocedure('…(auth.users)')` needs USAGE on
+            // schema auth, which the runtime role does not have.
+            "SELECT pg_catalog.count(*) = 2 FROM pg_catalog.pg_proc p
+             JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
+             WHERE n.nspname = 'usersync' AND p.proname = 'build_profile'
+               AND pg_catalog.oidvectortypes(p.proargtypes)
+                   IN ('auth.users', 'uuid, text, jsonb, timestamp with time zone')",
             &[],
         )
         .await
@@ -86,10 +90,13 @@ pub(super) async fn check_execute_grants(client: &Client, report: &mut Report) -
     // Who may EXECUTE our functions, from the ACL; PUBLIC is grantee 0.
     let rows = client
         .query(
-            "SELECT f.fn, CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE r.rolname::text END
-             FROM (VALUES ('usersync.on_auth_user_created()'), ('usersync.build_profile(auth.users)'))
-                  AS f(fn)
-             JOIN pg_catalog.pg_proc p ON p.oid = pg_catalog.to_regprocedure(f.fn)
+            "SELECT pg_catalog.format('usersync.%s(%s)', f.name, f.args),
+                    CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE r.rolname::text END
+             FROM (VALUES ('on_auth_user_created', ''), ('build_profile', 'auth.users'))
+                  AS f(name, args)
+             JOIN pg_catalog.pg_namespace n ON n.nspname = 'usersync'
+             JOIN pg_catalog.pg_proc p ON p.pronamespace = n.oid AND p.proname = f.name
+                  AND pg_catalog.oidvectortypes(p.proargtypes) = f.args
              CROSS JOIN LATERAL pg_catalog.aclexplode(
                  COALESCE(p.proacl, pg_catalog.acldefault('f', p.proowner))) AS a
              LEFT JOIN pg_catalog.pg_roles r ON r.oid = a.grantee
@@ -126,35 +133,44 @@ pub(super) async fn check_execute_grants(client: &Client, report: &mut Report) -
     Ok(())
 }
 
+/// How a trigger is made to fire as its migration defined it, by whoever holds the TRIGGER
+/// privilege on its table: `CREATE OR REPLACE TRIGGER` replaces a changed definition and enables
+/// a disabled trigger (on hosted Supabase `postgres` may not `ALTER TABLE auth.users ENABLE
+/// TRIGGER`, which needs the table's owner).
+fn recreate(definition: &str) -> String {
+    format!(
+        "{};",
+        definition.replacen("CREATE TRIGGER", "CREATE OR REPLACE TRIGGER", 1)
+    )
+}
+
 pub(super) async fn check_trigger(client: &Client, report: &mut Report) -> Result<()> {
     let row = client
         .query_opt(
-            "SELECT pg_catalog.pg_get_triggerdef(t.oid), t.tgenabled::text
-             FROM pg_catalog.pg_trigger t
-             WHERE t.tgrelid = 'auth.users'::regclass AND t.tgname = $1",
+            concat!(
+                "SELECT pg_catalog.pg_get_triggerdef(t.oid), t.tgenabled::text
+                 FROM pg_catalog.pg_trigger t
+                 WHERE t.tgrelid = ",
+                crate::auth_users_oid!(),
+                " AND t.tgname = $1"
+            ),
             &[&TRIGGER],
         )
         .await
         .context("verifying the trigger on auth.users")?;
-    let create = format!("{TRIGGER_DEF};");
     let Some(row) = row else {
         report.push(
             "trigger",
             "AFTER INSERT trigger on auth.users, enabled",
             "missing",
-            create,
+            format!("{TRIGGER_DEF};"),
         );
         return Ok(());
     };
     let def: String = row.value(0)?;
     let enabled: String = row.value(1)?;
     if def != TRIGGER_DEF {
-        report.push(
-            "trigger",
-            TRIGGER_DEF,
-            def,
-            format!("DROP TRIGGER {TRIGGER} ON auth.users; {create}"),
-        );
+        report.push("trigger", TRIGGER_DEF, def, recreate(TRIGGER_DEF));
     } else if enabled == "D" || enabled == "R" {
         // 'O' fires in origin and local mode, 'A' always; 'D' never; 'R' only on replicas.
         let found = if enabled == "D" {
@@ -162,12 +178,7 @@ pub(super) async fn check_trigger(client: &Client, report: &mut Report) -> Resul
         } else {
             "fires only in replica mode"
         };
-        report.push(
-            "trigger",
-            "enabled",
-            found,
-            format!("ALTER TABLE auth.users ENABLE TRIGGER {TRIGGER};"),
-        );
+        report.push("trigger", "enabled", found, recreate(TRIGGER_DEF));
     }
     Ok(())
 }
@@ -176,22 +187,25 @@ pub(super) async fn check_trigger(client: &Client, report: &mut Report) -> Resul
 /// the two that count deletions for the cheap path (0004). Present and firing, once their
 /// migration is applied; while one is off, what it handles waits for a full scan.
 pub(super) async fn check_companion_triggers(client: &Client, report: &mut Report) -> Result<()> {
-    const COMPANIONS: [(i32, &str, &str, &str); 3] = [
+    const COMPANIONS: [(i32, &str, &str, &str, &str); 3] = [
         (
             3,
-            "auth.users",
+            "auth",
+            "users",
             "usersync_on_auth_user_updated",
             "trigger.updated",
         ),
         (
             4,
-            "auth.users",
+            "auth",
+            "users",
             "usersync_on_auth_users_deleted",
             "trigger.users_deleted",
         ),
         (
             4,
-            "public.user_profiles",
+            "public",
+            "user_profiles",
             "usersync_on_profiles_deleted",
             "trigger.profiles_deleted",
         ),
@@ -216,36 +230,37 @@ pub(super) async fn check_companion_triggers(client: &Client, report: &mut Repor
         .await
         .context("reading usersync.schema_migrations")?
         .value(0)?;
-    for (version, table, name, check) in COMPANIONS {
+    for (version, schema, table, name, check) in COMPANIONS {
         if applied < version {
             continue;
         }
         let enabled: Option<String> = client
             .query_opt(
-                "SELECT t.tgenabled::pg_catalog.text FROM pg_catalog.pg_trigger t
-                 WHERE t.tgrelid = pg_catalog.to_regclass($1) AND t.tgname = $2",
-                &[&table, &name],
+                concat!(
+                    "SELECT t.tgenabled::pg_catalog.text FROM pg_catalog.pg_trigger t
+                     WHERE t.tgrelid = ",
+                    crate::relation_oid!("$1", "$2"),
+                    " AND t.tgname = $3"
+                ),
+                &[&schema, &table, &name],
             )
             .await
             .context("verifying usersync's triggers")?
             .map(|r| r.value(0))
             .transpose()?;
+        let Some(definition) = migrate::trigger_definition(name, applied) else {
+            continue;
+        };
         match enabled.as_deref() {
             None => report.push(
                 check,
-                &format!("trigger {name} on {table}, enabled"),
+                &format!("trigger {name} on {schema}.{table}, enabled"),
                 "missing",
-                Fix::command(format!(
-                    "usersync migrate down --to {}, then usersync migrate up: migration {version:04} creates it",
-                    version - 1
-                )),
+                format!("{definition};"),
             ),
-            Some("D") | Some("R") => report.push(
-                check,
-                "enabled",
-                "disabled",
-                format!("ALTER TABLE {table} ENABLE TRIGGER {name};"),
-            ),
+            Some("D") | Some("R") => {
+                report.push(check, "enabled", "disabled", recreate(&definition))
+            }
             Some(_) => {}
         }
     }
@@ -259,12 +274,16 @@ pub(super) async fn check_companion_triggers(client: &Client, report: &mut Repor
 pub(super) async fn check_cascade(client: &Client, report: &mut Report) -> Result<()> {
     let queue_key: Option<(bool, String, String)> = client
         .query_opt(
-            "SELECT c.convalidated, c.confdeltype::pg_catalog.text, pg_catalog.quote_ident(c.conname)
-             FROM pg_catalog.pg_constraint c
-             WHERE c.conrelid = pg_catalog.to_regclass('usersync.repair_queue')
-               AND c.contype = 'f' AND c.confrelid = 'auth.users'::pg_catalog.regclass
-             ORDER BY c.convalidated DESC, c.confdeltype = 'c' DESC
-             LIMIT 1",
+            concat!(
+                "SELECT c.convalidated, c.confdeltype::pg_catalog.text, pg_catalog.quote_ident(c.conname)
+                 FROM pg_catalog.pg_constraint c
+                 WHERE c.conrelid = pg_catalog.to_regclass('usersync.repair_queue')
+                   AND c.contype = 'f' AND c.confrelid = ",
+                crate::auth_users_oid!(),
+                "
+                 ORDER BY c.convalidated DESC, c.confdeltype = 'c' DESC
+                 LIMIT 1"
+            ),
             &[],
         )
         .await
@@ -294,14 +313,18 @@ pub(super) async fn check_cascade(client: &Client, report: &mut Report) -> Resul
     }
     let disabled: Vec<String> = client
         .query(
-            "SELECT DISTINCT t.tgrelid::pg_catalog.regclass::pg_catalog.text
+            concat!(
+                "SELECT DISTINCT t.tgrelid::pg_catalog.regclass::pg_catalog.text
              FROM pg_catalog.pg_constraint c
              JOIN pg_catalog.pg_trigger t ON t.tgconstraint = c.oid
-             WHERE c.contype = 'f' AND c.confrelid = 'auth.users'::pg_catalog.regclass
+             WHERE c.contype = 'f' AND c.confrelid = ",
+                crate::auth_users_oid!(),
+                "
                AND c.conrelid IN (pg_catalog.to_regclass('public.user_profiles'),
                                   pg_catalog.to_regclass('usersync.repair_queue'))
                AND t.tgenabled = 'D'
-             ORDER BY 1",
+             ORDER BY 1"
+            ),
             &[],
         )
         .await

@@ -181,15 +181,19 @@ pub(super) async fn check_foreign_key(client: &Client, report: &mut Report) -> R
         "FOREIGN KEY (id) REFERENCES auth.users(id) ON DELETE CASCADE, validated";
     let rows = client
         .query(
-            "SELECT pg_catalog.quote_ident(c.conname), c.convalidated, c.confdeltype::pg_catalog.text,
+            concat!(
+                "SELECT pg_catalog.quote_ident(c.conname), c.convalidated, c.confdeltype::pg_catalog.text,
                     pg_catalog.pg_get_constraintdef(c.oid)
              FROM pg_catalog.pg_constraint c
              WHERE c.conrelid = 'public.user_profiles'::regclass
                AND c.contype = 'f'
-               AND c.confrelid = 'auth.users'::regclass
+               AND c.confrelid = ",
+                crate::auth_users_oid!(),
+                "
                AND c.conkey = ARRAY[(SELECT attnum FROM pg_catalog.pg_attribute
                                      WHERE attrelid = 'public.user_profiles'::regclass
-                                       AND attname = 'id')]",
+                                       AND attname = 'id')]"
+            ),
             &[],
         )
         .await

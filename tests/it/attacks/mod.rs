@@ -235,7 +235,7 @@ async fn overloads_in_public_and_in_the_role_schema_never_capture_a_usersync_cal
     let unpinned = db.runtime().await;
     unpinned
         .query(
-            "SELECT format('%s', 'x'::text), array_agg(id::text) FROM auth.users",
+            "SELECT format('%s', 'x'::text), array_agg(id::text) FROM usersync.auth_users",
             &[],
         )
         .await

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use tokio_postgres::Config;
 use usersync::pgcluster::ClusterDir;
 
-use super::{APP_PASSWORD, APP_ROLE, AUTH_SQL, ROLES_SQL, connect, try_connect};
+use super::{APP_PASSWORD, APP_ROLE, AUTH_SQL, HOSTED_SQL, ROLES_SQL, connect, try_connect};
 
 /// A PostgreSQL cluster in a temporary directory, stopped when the test binary exits.
 pub(super) struct Throwaway {
@@ -124,22 +124,13 @@ impl OwnCluster {
         admin.batch_execute(ROLES_SQL).await.unwrap();
         admin
             .batch_execute(&format!(
-                "CREATE ROLE {APP_ROLE} LOGIN NOSUPERUSER BYPASSRLS PASSWORD '{APP_PASSWORD}';
-                 GRANT supabase_auth_admin TO {APP_ROLE};
-                 GRANT CREATE ON DATABASE postgres TO {APP_ROLE};"
+                "ALTER ROLE {APP_ROLE} PASSWORD '{APP_PASSWORD}';
+                 ALTER DATABASE postgres OWNER TO {APP_ROLE};"
             ))
             .await
             .unwrap();
         admin.batch_execute(AUTH_SQL).await.unwrap();
-        admin
-            .batch_execute(&format!(
-                "GRANT USAGE ON SCHEMA auth TO {APP_ROLE};
-                 GRANT ALL ON ALL TABLES IN SCHEMA auth TO {APP_ROLE};
-                 GRANT ALL ON ALL SEQUENCES IN SCHEMA auth TO {APP_ROLE};
-                 GRANT CREATE ON SCHEMA public TO {APP_ROLE};"
-            ))
-            .await
-            .unwrap();
+        admin.batch_execute(HOSTED_SQL).await.unwrap();
         own
     }
 

@@ -7,10 +7,13 @@
 //! the throwaway cluster.
 //!
 //! Every test database is a copy of a template holding the fixture auth schema, owned by
-//! `supabase_auth_admin`. usersync connects as `usersync_app`: LOGIN, not a superuser,
-//! BYPASSRLS, like the `postgres` role of a hosted project. Hosted projects let that role drop
-//! and alter triggers on `auth.users` through the supautils extension; here membership in
-//! `supabase_auth_admin` stands in for it.
+//! `supabase_auth_admin`, and hosted Supabase's privileges (tests/fixtures: roles.sql,
+//! auth_schema.sql, hosted.sql, each built from supabase/postgres's and supabase/auth's own
+//! files). usersync migrates as `usersync_app`, which plays the hosted project's `postgres`:
+//! not a superuser, BYPASSRLS, the database's owner, USAGE on schema auth without grant
+//! option, SELECT on auth.users with it; where hosted relies on supautils (dropping a trigger
+//! on auth.users), hosted.sql says so and stands in for it. The daemon runs as
+//! `usersync_runtime`: LOGIN and what `usersync migrate grant` gives it, nothing else.
 
 #![allow(dead_code)]
 
@@ -33,12 +36,13 @@ pub use snapshot::{schema_snapshot, snapshot_diff};
 
 pub const APP_ROLE: &str = "usersync_app";
 const APP_PASSWORD: &str = "usersync-test";
-/// The runtime role: what `usersync migrate grant` gives it and BYPASSRLS, nothing else (no
-/// membership in supabase_auth_admin, no write on auth.users).
+/// The runtime role: LOGIN and what `usersync migrate grant` gives it, nothing else (no
+/// BYPASSRLS, nothing in schema auth).
 pub const RUNTIME_ROLE: &str = "usersync_runtime";
 const RUNTIME_PASSWORD: &str = "usersync-runtime-test";
 const ROLES_SQL: &str = include_str!("../../fixtures/roles.sql");
 const AUTH_SQL: &str = include_str!("../../fixtures/auth_schema.sql");
+pub(super) const HOSTED_SQL: &str = include_str!("../../fixtures/hosted.sql");
 
 /// The cluster the whole test binary shares.
 struct Cluster {
@@ -140,18 +144,14 @@ async fn prepare_template(admin: &Config) -> String {
         .batch_execute(&format!(
             "SELECT pg_advisory_lock(7573657273);
              {ROLES_SQL}
-             DO $$ BEGIN
-                 IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '{APP_ROLE}') THEN
-                     CREATE ROLE {APP_ROLE} LOGIN NOSUPERUSER BYPASSRLS PASSWORD '{APP_PASSWORD}';
-                 END IF;
-             END $$;
-             GRANT supabase_auth_admin TO {APP_ROLE};
+             ALTER ROLE {APP_ROLE} PASSWORD '{APP_PASSWORD}';
              DO $$ BEGIN
                  IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '{RUNTIME_ROLE}') THEN
-                     CREATE ROLE {RUNTIME_ROLE} LOGIN NOSUPERUSER BYPASSRLS
-                         PASSWORD '{RUNTIME_PASSWORD}';
+                     CREATE ROLE {RUNTIME_ROLE};
                  END IF;
              END $$;
+             ALTER ROLE {RUNTIME_ROLE} LOGIN NOSUPERUSER NOBYPASSRLS NOCREATEDB NOCREATEROLE
+                 PASSWORD '{RUNTIME_PASSWORD}';
              SELECT pg_advisory_unlock(7573657273);"
         ))
         .await
@@ -175,14 +175,9 @@ async fn prepare_template(admin: &Config) -> String {
     tmpl.batch_execute(AUTH_SQL)
         .await
         .expect("loading tests/fixtures/auth_schema.sql");
-    tmpl.batch_execute(&format!(
-        "GRANT USAGE ON SCHEMA auth TO {APP_ROLE};
-         GRANT ALL ON ALL TABLES IN SCHEMA auth TO {APP_ROLE};
-         GRANT ALL ON ALL SEQUENCES IN SCHEMA auth TO {APP_ROLE};
-         GRANT CREATE ON SCHEMA public TO {APP_ROLE};"
-    ))
-    .await
-    .expect("granting the app role its Supabase privileges");
+    tmpl.batch_execute(HOSTED_SQL)
+        .await
+        .expect("loading tests/fixtures/hosted.sql");
     drop(tmpl);
     template
 }
@@ -229,7 +224,8 @@ impl TestDb {
         );
         let client = connect(&cluster.admin).await;
         let create = format!("CREATE DATABASE {name} TEMPLATE {}", cluster.template);
-        let grant = format!("GRANT CREATE ON DATABASE {name} TO {APP_ROLE}");
+        // Hosted `postgres` owns the project's database, and so schema public.
+        let grant = format!("ALTER DATABASE {name} OWNER TO {APP_ROLE}");
         for sql in [create, grant] {
             client
                 .batch_execute(&sql)
