@@ -102,6 +102,15 @@ pub enum Migrate {
         #[command(flatten)]
         output: Output,
     },
+    /// Write usersync's migrations as Supabase CLI migration files
+    /// (`<timestamp>_usersync_<name>.sql`, each with its history row); only those DIR lacks.
+    Export {
+        /// The Supabase CLI's migrations folder, e.g. supabase/migrations.
+        #[arg(long, value_name = "DIR")]
+        supabase: PathBuf,
+        #[command(flatten)]
+        output: Output,
+    },
     /// Check every object the migrations promise; exit 1 when one is broken.
     Verify {
         /// Also run a sign-up probe inside a transaction that is rolled back.

@@ -184,15 +184,14 @@ pub fn load_settings(cli: &Cli) -> Result<Settings> {
 // would only pass the same arguments around.
 
 async fn run_migrate(command: Migrate, settings: &Settings) -> Result<u8> {
-    let db = db::connect(&settings.database).await?;
-    let mut client = db.get().await?;
-    let client: &mut tokio_postgres::Client = &mut client;
     match command {
         Migrate::Up {
             to,
             allow_existing_trigger,
             output,
         } => {
+            let mut client = migration_client(settings).await?;
+            let client = &mut **client;
             let options = migrate::UpOptions {
                 to,
                 allow_existing_trigger,
@@ -203,12 +202,15 @@ async fn run_migrate(command: Migrate, settings: &Settings) -> Result<u8> {
             Ok(exit::OK)
         }
         Migrate::Down { to, output } => {
+            let mut client = migration_client(settings).await?;
+            let client = &mut **client;
             let steps = migrate::down(client, to).await?;
             print_steps(&steps, output.json, migrate::Direction::Down)?;
             Ok(exit::OK)
         }
         Migrate::Status { output } => {
-            let status = migrate::status(client).await?;
+            let client = migration_client(settings).await?;
+            let status = migrate::status(&client).await?;
             if output.json {
                 print_json(&status)?;
             } else {
@@ -234,6 +236,8 @@ async fn run_migrate(command: Migrate, settings: &Settings) -> Result<u8> {
             Ok(exit::OK)
         }
         Migrate::Grant { role, output } => {
+            let mut client = migration_client(settings).await?;
+            let client = &mut **client;
             let granted =
                 db::grant::grant(client, &role, &settings.integrity.user_id_columns).await?;
             if output.json {
@@ -247,11 +251,23 @@ async fn run_migrate(command: Migrate, settings: &Settings) -> Result<u8> {
                 exit::FAILED
             })
         }
+        // Files only: no database.
+        Migrate::Export { supabase, output } => {
+            let exported = db::export::supabase(&supabase, chrono::Utc::now())?;
+            if output.json {
+                print_json(&exported)?;
+            } else {
+                write_stdout(&render::export_text(&exported))?;
+            }
+            Ok(exit::OK)
+        }
         Migrate::Verify {
             e2e,
             runtime_role,
             output,
         } => {
+            let mut client = migration_client(settings).await?;
+            let client = &mut **client;
             let mut report = verify::verify(client).await?;
             if e2e {
                 probe::run(client, &mut report).await?;
@@ -267,6 +283,11 @@ async fn run_migrate(command: Migrate, settings: &Settings) -> Result<u8> {
             Ok(if report.ok { exit::OK } else { exit::FAILED })
         }
     }
+}
+
+/// A connection for a `migrate` subcommand that needs one.
+async fn migration_client(settings: &Settings) -> Result<deadpool_postgres::Object> {
+    db::connect(&settings.database).await?.get().await
 }
 
 fn print_steps(steps: &[migrate::Step], json: bool, direction: migrate::Direction) -> Result<()> {

@@ -207,6 +207,21 @@ pub(super) fn grant_text(g: &crate::db::grant::Granted) -> String {
     out
 }
 
+/// `migrate export --supabase`: what was written, what was there.
+pub(super) fn export_text(e: &crate::db::export::Exported) -> String {
+    let mut out = String::new();
+    for path in &e.written {
+        out.push_str(&format!("wrote {}\n", path.display()));
+    }
+    if e.written.is_empty() {
+        out.push_str(&format!(
+            "nothing to export: the folder has all {} of usersync's migrations\n",
+            e.present.len()
+        ));
+    }
+    out
+}
+
 pub(super) fn fix_label(kind: verify::FixKind) -> &'static str {
     match kind {
         verify::FixKind::Sql => "fix (SQL): ",

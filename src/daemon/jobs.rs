@@ -108,6 +108,13 @@ async fn execute(shared: &Shared, kind: JobKind) {
     if shared.shutdown.is_cancelled() {
         return;
     }
+    if !shared.may_write() {
+        tracing::debug!(
+            job = kind.name(),
+            "the database has not been reached yet; tick skipped"
+        );
+        return;
+    }
     let run_id = uuid::Uuid::new_v4().simple().to_string()[..8].to_string();
     let span = tracing::info_span!("job", job = kind.name(), run_id = %run_id);
     async {

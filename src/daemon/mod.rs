@@ -48,6 +48,12 @@ pub struct Shared {
     /// Unix time of the scheduler's last heartbeat: liveness.
     heartbeat: AtomicU64,
     jobs: jobs::Jobs,
+    /// What ended the daemon from inside (a transaction-mode pooler behind `database.url`):
+    /// `run` returns it once everything has stopped.
+    fatal: std::sync::Mutex<Option<Error>>,
+    /// Set once the health monitor found `database.url` is not a transaction-mode pooler: no job
+    /// writes before that.
+    pooling_checked: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {
@@ -63,6 +69,8 @@ impl Shared {
             tasks: TaskTracker::new(),
             heartbeat: AtomicU64::new(metrics::now() as u64),
             jobs: jobs::Jobs::default(),
+            fatal: std::sync::Mutex::new(None),
+            pooling_checked: std::sync::atomic::AtomicBool::new(false),
             settings,
         }))
     }
@@ -70,6 +78,11 @@ impl Shared {
     /// Runs one job now, as its schedule would, and returns how it went (what the status page
     /// shows): for tests and benchmarks that step the daemon cycle by cycle.
     pub async fn run_job(self: &Arc<Shared>, kind: JobKind) -> board::LastRun {
+        if !self.may_write()
+            && let Err(e) = self.check_pooling().await
+        {
+            panic!("run_job: {}", crate::error::Chain(&e));
+        }
         jobs::run(self.clone(), kind).await;
         self.board
             .snapshot()
@@ -105,6 +118,25 @@ impl Shared {
     pub fn database_down(&self) {
         self.metrics.database_up.set(0);
     }
+
+    /// Refuses a transaction-mode pooler behind `database.url`; once it has passed, jobs run.
+    async fn check_pooling(&self) -> Result<()> {
+        db::pooler::refuse_transaction_pooler(&self.db).await?;
+        self.pooling_checked.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    /// Whether jobs may run: the connection is known not to be a transaction-mode pooler.
+    fn may_write(&self) -> bool {
+        self.pooling_checked.load(Ordering::Acquire)
+    }
+
+    /// Ends the daemon with `error` (exit code and all), as a signal would end it.
+    fn fail(&self, error: Error) {
+        tracing::error!(error = %crate::error::Chain(&error), "stopping");
+        *self.fatal.lock().expect("not poisoned") = Some(error);
+        self.shutdown.cancel();
+    }
 }
 
 /// Runs the daemon until `shutdown` resolves; returns once everything has stopped.
@@ -128,7 +160,10 @@ pub async fn run(
     shared.until_shutdown(systemd::watchdog(shared.clone()));
     systemd::notify("READY=1");
 
-    shutdown.await;
+    tokio::select! {
+        () = shutdown => {}
+        () = shared.shutdown.cancelled() => {}
+    }
     systemd::notify("STOPPING=1");
     let started = Instant::now();
     tracing::info!(grace_secs = grace.as_secs(), "shutting down");
@@ -151,7 +186,10 @@ pub async fn run(
         elapsed_ms = started.elapsed().as_millis() as u64,
         "usersync daemon stopped"
     );
-    Ok(())
+    match shared.fatal.lock().expect("not poisoned").take() {
+        Some(error) => Err(error),
+        None => Ok(()),
+    }
 }
 
 async fn schedule(shared: &Arc<Shared>) -> Result<JobScheduler> {
@@ -195,6 +233,7 @@ async fn schedule(shared: &Arc<Shared>) -> Result<JobScheduler> {
 /// nothing about whether the database is up.
 async fn monitor_database(shared: Arc<Shared>) {
     let mut backoff = Duration::from_secs(1);
+    let mut pooling_checked = false;
     loop {
         let connected = tokio::time::timeout(
             shared.settings.database.connect_timeout + Duration::from_secs(1),
@@ -206,6 +245,20 @@ async fn monitor_database(shared: Arc<Shared>) {
             if db::pin_session(&client, shared.db.timeouts()).await.is_ok() {
                 if shared.metrics.database_up.get() == 0 {
                     tracing::info!("database reachable");
+                }
+                // Once, at the first contact: a transaction-mode pooler ends the daemon (exit
+                // 78) before its jobs lose their session state to it.
+                if !pooling_checked {
+                    match shared.check_pooling().await {
+                        Ok(()) => pooling_checked = true,
+                        Err(e @ Error::Config { .. }) => {
+                            driver.abort();
+                            shared.fail(e);
+                            return;
+                        }
+                        Err(e) => tracing::debug!(error = %crate::error::Chain(&e),
+                            "checking how the connection is pooled; again at the next contact"),
+                    }
                 }
                 backoff = Duration::from_secs(1);
                 loop {

@@ -58,33 +58,39 @@ pub async fn grant(client: &mut Client, role: &str, columns: &[UserIdColumn]) ->
             "role {quoted} is a superuser: the runtime role should be an ordinary one"
         )));
     }
-    let registered: bool = client
+    let row = client
         .query_one(
-            "SELECT pg_catalog.to_regclass('usersync.user_id_columns') IS NOT NULL",
+            "SELECT pg_catalog.to_regclass('usersync.user_id_columns') IS NOT NULL,
+                    pg_catalog.to_regclass('usersync.user_id_columns') IS NOT NULL
+                    AND pg_catalog.has_table_privilege('usersync.user_id_columns', 'INSERT')
+                    AND pg_catalog.has_table_privilege('usersync.user_id_columns', 'DELETE')",
             &[],
         )
         .await
-        .context("looking for usersync.user_id_columns")?
-        .value(0)?;
-    if !registered {
+        .context("looking for usersync.user_id_columns")?;
+    let (installed, may_register): (bool, bool) = (row.value(0)?, row.value(1)?);
+    if !installed {
         return Err(Error::Migration(
             "usersync.user_id_columns does not exist: run usersync migrate up first".into(),
         ));
     }
-    let lacking: Vec<Privilege> = access::standings(client, Some(role))
+    // Only what this role may grant: a GRANT of a privilege held without grant option is a
+    // mere WARNING, of one not held an error that would undo the rest; both are named by the
+    // read-back instead.
+    let grantable: Vec<Privilege> = access::standings(client, Some(role))
         .await?
         .into_iter()
-        .filter(|s| s.present && !s.held)
+        .filter(|s| s.present && !s.held && s.grantable)
         .map(|s| s.privilege)
         .collect();
-    let mut statements = statements_for(&quoted, &lacking);
+    let mut statements = statements_for(&quoted, &grantable);
     let tx = client.transaction().await.context("starting the grants")?;
     for sql in &statements {
         tx.batch_execute(sql)
             .await
             .context(format!("granting: {sql}"))?;
     }
-    if !access::sees_every_profile(&tx, Some(role)).await? {
+    if !access::sees_every_profile(&tx, Some(role)).await? && owns_profiles(&tx).await? {
         // PostgreSQL quotes both names; the policy lets the role through row level security,
         // which public.user_profiles has on for the API roles.
         let create: String = tx
@@ -101,6 +107,36 @@ pub async fn grant(client: &mut Client, role: &str, columns: &[UserIdColumn]) ->
             .context(format!("granting: {create}"))?;
         statements.push(create);
     }
+    if may_register {
+        register(&tx, columns).await?;
+    }
+    tx.commit().await.context("committing the grants")?;
+    let mut missing = access::gaps(client, role).await?;
+    if !may_register {
+        missing.push(Gap {
+            what: "integrity.user_id_columns registered in usersync.user_id_columns".into(),
+            why: "the connecting role may not write usersync.user_id_columns (the migration \
+                  role owns it)"
+                .into(),
+        });
+    }
+    tracing::info!(role = %quoted, statements = statements.len(), missing = missing.len(),
+        "runtime role granted");
+    Ok(Granted {
+        role: quoted,
+        statements,
+        user_id_columns: if may_register {
+            columns.iter().map(ToString::to_string).collect()
+        } else {
+            Vec::new()
+        },
+        missing,
+    })
+}
+
+/// The configured user-id columns become the registered ones: the integrity check's count
+/// reads those and no other.
+async fn register(tx: &tokio_postgres::Transaction<'_>, columns: &[UserIdColumn]) -> Result<()> {
     tx.execute("DELETE FROM usersync.user_id_columns", &[])
         .await
         .context("registering integrity.user_id_columns")?;
@@ -113,16 +149,21 @@ pub async fn grant(client: &mut Client, role: &str, columns: &[UserIdColumn]) ->
         .await
         .context("registering integrity.user_id_columns")?;
     }
-    tx.commit().await.context("committing the grants")?;
-    let missing = access::gaps(client, role).await?;
-    tracing::info!(role = %quoted, statements = statements.len(), missing = missing.len(),
-        "runtime role granted");
-    Ok(Granted {
-        role: quoted,
-        statements,
-        user_id_columns: columns.iter().map(ToString::to_string).collect(),
-        missing,
-    })
+    Ok(())
+}
+
+/// Whether the session's role owns `public.user_profiles`, as creating a policy on it needs.
+async fn owns_profiles(client: &impl tokio_postgres::GenericClient) -> Result<bool> {
+    client
+        .query_one(
+            "SELECT COALESCE((SELECT pg_catalog.pg_has_role(t.relowner, 'USAGE')
+                              FROM pg_catalog.pg_class t
+                              WHERE t.oid = pg_catalog.to_regclass('public.user_profiles')), false)",
+            &[],
+        )
+        .await
+        .context("reading the owner of public.user_profiles")?
+        .value(0)
 }
 
 /// The GRANT statements for `lacking`, one per object, in the list's order.

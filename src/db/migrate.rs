@@ -415,8 +415,8 @@ async fn preflight_first_install(client: &Client, allow_existing_trigger: bool) 
         let first = &foreign[0].trigger;
         return Err(Error::Migration(format!(
             "auth.users already has a profile trigger ({list}); usersync installs its own: \
-             drop yours (DROP TRIGGER \"{first}\" ON auth.users;) or keep both with \
-             --allow-existing-trigger"
+             drop yours (DROP TRIGGER \"{first}\" ON auth.users;, which hosted Supabase's \
+             postgres may run through supautils) or keep both with --allow-existing-trigger"
         )));
     }
     for f in &foreign {
@@ -466,7 +466,7 @@ pub async fn down(client: &mut Client, to: Option<i32>) -> Result<Vec<Step>> {
                 .context("updating migration history")?;
             tx.batch_execute(m.down)
                 .await
-                .context(format!("rolling back {:04}_{}", m.version, m.name))?;
+                .map_err(|e| rollback_error(e, m))?;
             let duration_ms = started.elapsed().as_millis() as i64;
             tracing::info!(version = m.version, name = m.name, duration_ms, "migration rolled back");
             steps.push(Step {
@@ -480,6 +480,28 @@ pub async fn down(client: &mut Client, to: Option<i32>) -> Result<Vec<Step>> {
         Ok(steps)
     })
     .await
+}
+
+/// A failed down file, with the way out when it failed on a trigger of auth.users: only the
+/// table's owner may drop one in PostgreSQL; hosted Supabase lets `postgres` through supautils.
+fn rollback_error(e: tokio_postgres::Error, m: &Migration) -> Error {
+    let context = format!("rolling back {:04}_{}", m.version, m.name);
+    let not_owner = e.code() == Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE)
+        && e.as_db_error()
+            .is_some_and(|d| d.message().starts_with("must be owner of"));
+    if not_owner && m.down.contains("ON auth.users") {
+        return Error::Migration(format!(
+            "{context}: dropping a trigger on auth.users needs the table's owner \
+             (supabase_auth_admin): {}; hosted Supabase lets postgres drop triggers on \
+             auth.users through the supautils extension (supautils.drop_trigger_grants); \
+             elsewhere run usersync migrate down as auth.users' owner or a superuser",
+            crate::error::db_message(&e)
+        ));
+    }
+    Error::Db {
+        context,
+        source: crate::error::DbError(e),
+    }
 }
 
 fn known_versions() -> String {

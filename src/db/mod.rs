@@ -1,8 +1,10 @@
 //! Database access: the connection pool, and the SQL usersync runs, one module per concern.
 
+pub mod export;
 pub mod gotrue;
 pub mod grant;
 pub mod migrate;
+pub mod pooler;
 pub mod probe;
 pub mod tls;
 pub mod users;
@@ -44,14 +46,25 @@ impl Db {
             recycle: None,
         };
         self.pool.timeout_get(&timeouts).await.map_err(|e| {
-            let reason = match &e {
+            let reason = match e {
                 PoolError::Timeout(TimeoutType::Wait) => {
                     return Error::Busy {
                         target: self.target.clone(),
                         waited_secs: wait.as_secs(),
                     };
                 }
-                PoolError::Backend(pg) => db_message(pg),
+                PoolError::Backend(pg) => db_message(&pg),
+                // The session's first statement (its search_path and timeouts) failed without
+                // the connection failing: not a database that is down.
+                PoolError::PostCreateHook(HookError::Backend(pg))
+                    if !crate::error::is_connection_error(&pg) =>
+                {
+                    return Error::Db {
+                        context: "starting a usersync session (search_path, timeouts)".into(),
+                        source: crate::error::DbError(pg),
+                    };
+                }
+                PoolError::PostCreateHook(HookError::Backend(pg)) => db_message(&pg),
                 PoolError::Timeout(_) => {
                     format!("timed out after {}s", self.connect_timeout.as_secs())
                 }
@@ -98,9 +111,11 @@ impl Db {
     }
 }
 
-/// Builds the pool and opens one connection, so an unreachable database is reported at once.
+/// Builds the pool and opens one connection, so an unreachable database is reported at once;
+/// a transaction-mode pooler is refused first ([`pooler`]), exit 78.
 pub async fn connect(settings: &DatabaseSettings) -> Result<Db> {
     let db = pool(settings)?;
+    pooler::refuse_transaction_pooler(&db).await?;
     drop(db.get().await?);
     Ok(db)
 }

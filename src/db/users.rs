@@ -98,33 +98,9 @@ const SELECT: &str = "
 /// stays under [`MAX_PAGE_BYTES`], with the number the page would have had, so a cut page
 /// still gets its cursor.
 pub async fn list(client: &impl GenericClient, query: &Query) -> Result<Page> {
-    // Eligibility follows the policy the triggers apply.
-    let eligible = crate::should_have_profile!(
-        "COALESCE((SELECT o.include_anonymous FROM usersync.policy o), true)"
-    );
-    let sql = format!(
-        "WITH page AS MATERIALIZED (
-             SELECT s.*, pg_catalog.sum(s.bytes) OVER (ORDER BY s.id) AS running
-             FROM (SELECT l.*,
-                          512 + COALESCE(pg_catalog.octet_length(l.email), 0)
-                              + COALESCE(pg_catalog.octet_length(l.phone), 0)
-                              + COALESCE(pg_catalog.octet_length(l.full_name), 0)
-                              + COALESCE(pg_catalog.octet_length(l.avatar_url), 0)
-                              + COALESCE(pg_catalog.octet_length(l.role), 0) AS bytes
-                   FROM ({SELECT}
-                         WHERE ($1::uuid IS NULL OR u.id > $1)
-                           AND ($2 OR u.deleted_at IS NULL)
-                           AND (NOT $3 OR (p.id IS NULL AND {eligible}))
-                         ORDER BY u.id
-                         LIMIT $4) AS l) AS s
-         )
-         SELECT page.*, (SELECT pg_catalog.count(*) FROM page) AS fetched
-         FROM page WHERE page.running - page.bytes < $5
-         ORDER BY page.id"
-    );
     let rows = client
         .query(
-            &sql,
+            &list_statement(),
             &[
                 &query.after,
                 &query.include_deleted,
@@ -148,6 +124,35 @@ pub async fn list(client: &impl GenericClient, query: &Query) -> Result<Page> {
         None
     };
     Ok(Page { users, next_cursor })
+}
+
+/// The page's statement: $1 the cursor, $2 include_deleted, $3 missing_profile, $4 the limit
+/// plus one, $5 the page's size in bytes.
+pub fn list_statement() -> String {
+    // Eligibility follows the policy the triggers apply.
+    let eligible = crate::should_have_profile!(
+        "COALESCE((SELECT o.include_anonymous FROM usersync.policy o), true)"
+    );
+    format!(
+        "WITH page AS MATERIALIZED (
+             SELECT s.*, pg_catalog.sum(s.bytes) OVER (ORDER BY s.id) AS running
+             FROM (SELECT l.*,
+                          512 + COALESCE(pg_catalog.octet_length(l.email), 0)
+                              + COALESCE(pg_catalog.octet_length(l.phone), 0)
+                              + COALESCE(pg_catalog.octet_length(l.full_name), 0)
+                              + COALESCE(pg_catalog.octet_length(l.avatar_url), 0)
+                              + COALESCE(pg_catalog.octet_length(l.role), 0) AS bytes
+                   FROM ({SELECT}
+                         WHERE ($1::uuid IS NULL OR u.id > $1)
+                           AND ($2 OR u.deleted_at IS NULL)
+                           AND (NOT $3 OR (p.id IS NULL AND {eligible}))
+                         ORDER BY u.id
+                         LIMIT $4) AS l) AS s
+         )
+         SELECT page.*, (SELECT pg_catalog.count(*) FROM page) AS fetched
+         FROM page WHERE page.running - page.bytes < $5
+         ORDER BY page.id"
+    )
 }
 
 /// One user by id, soft-deleted or not.

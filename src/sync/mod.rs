@@ -33,6 +33,8 @@ use crate::db::{self, Db};
 use crate::error::{DbContext, Error, Result};
 
 pub use apply::Failure;
+/// The page-range batch statement and the settings it runs under: the plan tests EXPLAIN them.
+pub use ranges::{BATCH as PAGE_BATCH, PLAN as PAGE_BATCH_SETTINGS};
 pub use repair::RepairReport;
 pub use report::Report;
 

@@ -141,7 +141,7 @@ macro_rules! batch_statement {
 }
 
 /// A batch that leaves users in a repair backoff alone.
-const BATCH: &str = batch_statement!(
+pub const BATCH: &str = batch_statement!(
     "
           AND NOT EXISTS (SELECT 1 FROM usersync.repair_queue q
                           WHERE q.user_id = u.id AND q.next_attempt_at > now())",
@@ -172,7 +172,7 @@ const SCANNED: &str =
 // a sequential scan of it, which a freshly emptied table invites (the planner takes it for
 // empty) and which turns quadratic as the sweep fills it (measured: a 60 s batch at 1M users).
 // Its commit need not wait for the disk: a batch lost in a crash is swept again.
-const PLAN: &str = "SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off; \
+pub const PLAN: &str = "SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off; \
                     SET LOCAL enable_seqscan = off; SET LOCAL synchronous_commit = off";
 
 /// Sweeps every range of the table with `options.workers` workers.

@@ -118,6 +118,28 @@ pub fn emails(n: usize, tag: &str) -> Vec<AuthUser> {
         .collect()
 }
 
+/// Signs up `n` users in a session whose profile inserts fail ([`FAIL_IN_SIGNUP_SESSION`]):
+/// each lands in the repair queue, with a NOTIFY. Their ids.
+pub async fn sign_up_failing(test_db: &TestDb, n: usize, tag: &str) -> Vec<uuid::Uuid> {
+    let signup = test_db.admin().await;
+    signup.batch_execute("SET test.flaky = on").await.unwrap();
+    let users = emails(n, tag);
+    insert_users(&signup, &users).await.unwrap();
+    users.iter().map(|u| u.id).collect()
+}
+
+/// How many of these users have a profile.
+pub async fn profiles_of(client: &tokio_postgres::Client, ids: &[uuid::Uuid]) -> i64 {
+    client
+        .query_one(
+            "SELECT count(*) FROM public.user_profiles WHERE id = ANY($1)",
+            &[&ids],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
 pub async fn users_without_trigger(admin: &tokio_postgres::Client, n: i64) {
     admin
         .batch_execute(&format!(
@@ -222,7 +244,7 @@ async fn the_daemon_serves_health_and_metrics_and_a_sweep_raises_the_created_cou
 
 /// A trigger insert that fails only in the sign-up's own session, as a transient failure does:
 /// the daemon's repair succeeds.
-const FAIL_IN_SIGNUP_SESSION: &str = "
+pub const FAIL_IN_SIGNUP_SESSION: &str = "
     CREATE FUNCTION public.flaky() RETURNS trigger LANGUAGE plpgsql AS $$
     BEGIN
         IF current_setting('test.flaky', true) = 'on' THEN

@@ -333,3 +333,29 @@ fn up_and_down_always_reach_the_schema_of_their_version() {
         },
     );
 }
+
+#[tokio::test]
+async fn the_suite_runs_on_the_postgresql_usersync_pg_bindir_names() {
+    let db = TestDb::new().await;
+    let version: String = db
+        .admin()
+        .await
+        .query_one("SHOW server_version", &[])
+        .await
+        .unwrap()
+        .get(0);
+    eprintln!("tests run on PostgreSQL {version}");
+    let Some(dir) = std::env::var_os("USERSYNC_PG_BINDIR") else {
+        return;
+    };
+    let named = std::process::Command::new(std::path::Path::new(&dir).join("postgres"))
+        .arg("--version")
+        .output()
+        .unwrap();
+    let named = String::from_utf8_lossy(&named.stdout).into_owned();
+    let major = version.split('.').next().unwrap();
+    assert!(
+        named.contains(&format!(" {major}.")),
+        "USERSYNC_PG_BINDIR has {named}, the tests ran on {version}"
+    );
+}

@@ -239,8 +239,9 @@ pub async fn gaps(client: &Client, role: &str) -> Result<Vec<Gap>> {
     if row_exists(&gaps) && !sees_every_profile(client, Some(role)).await? {
         gaps.push(Gap {
             what: PROFILE_POLICY.into(),
-            why: "it has no BYPASSRLS, so row level security hides every profile from it: \
-                  usersync migrate grant creates the policy"
+            why: "it has no BYPASSRLS, so row level security hides every profile from it; \
+                  usersync migrate grant creates the policy, as the owner of \
+                  public.user_profiles (the migration role)"
                 .into(),
         });
     }

@@ -46,7 +46,7 @@ fn the_systemd_units_verify_and_their_exposure_is_at_most_2_5() {
     for step in [
         "migrate up",
         "migrate grant usersync_runtime",
-        "migrate verify --e2e",
+        "migrate verify --e2e --runtime-role usersync_runtime",
     ] {
         assert!(
             migrate.contains(step),
@@ -205,7 +205,7 @@ fn the_kubernetes_base_and_its_production_overlay_build_with_plain_kustomize() {
         "/readyz",
         "- migrate\n        - up",
         "- grant\n        - usersync_runtime",
-        "- verify\n        - --e2e",
+        "- verify\n        - --e2e\n        - --runtime-role\n        - usersync_runtime",
         "name: usersync-migrate",
         "readOnlyRootFilesystem: true",
         "runAsNonRoot: true",

@@ -4,7 +4,8 @@
 //! `postgres://postgres@127.0.0.1:5432/postgres` when something answers there, else a
 //! throwaway cluster started from the local PostgreSQL binaries (as the `postgres` OS user when
 //! the tests run as root, since initdb refuses root). `USERSYNC_TEST_CLUSTER=throwaway` forces
-//! the throwaway cluster.
+//! the throwaway cluster, and so does `USERSYNC_PG_BINDIR`, naming the bin directory of the
+//! PostgreSQL to test on (CI runs the suite on 15 and on 17 so).
 //!
 //! Every test database is a copy of a template holding the fixture auth schema, owned by
 //! `supabase_auth_admin`, and hosted Supabase's privileges (tests/fixtures: roles.sql,
@@ -28,10 +29,12 @@ use tokio_postgres::{Client, Config, NoTls};
 use uuid::Uuid;
 
 mod clusters;
+pub mod docs;
+pub mod pgbouncer;
 mod snapshot;
 
-pub use clusters::OwnCluster;
 use clusters::Throwaway;
+pub use clusters::{OwnCluster, free_port};
 pub use snapshot::{schema_snapshot, snapshot_diff};
 
 pub const APP_ROLE: &str = "usersync_app";
@@ -84,7 +87,8 @@ fn runtime() -> tokio::runtime::Runtime {
 }
 
 async fn find_or_start_cluster() -> (Config, Option<Throwaway>) {
-    let forced = std::env::var("USERSYNC_TEST_CLUSTER").is_ok_and(|v| v == "throwaway");
+    let forced = std::env::var("USERSYNC_TEST_CLUSTER").is_ok_and(|v| v == "throwaway")
+        || std::env::var_os("USERSYNC_PG_BINDIR").is_some();
     if !forced {
         for var in ["USERSYNC_TEST_DATABASE_URL", "DATABASE_URL"] {
             if let Ok(url) = std::env::var(var) {
@@ -315,15 +319,26 @@ impl TestDb {
 
     /// The URL the usersync binary is given, as DATABASE_URL.
     pub fn app_url(&self) -> String {
-        let host = match &self.app.get_hosts()[0] {
-            tokio_postgres::config::Host::Tcp(h) => h.clone(),
-            tokio_postgres::config::Host::Unix(p) => p.display().to_string(),
-        };
-        let port = self.app.get_ports().first().copied().unwrap_or(5432);
+        let (host, port) = self.server();
         format!(
             "postgres://{APP_ROLE}:{APP_PASSWORD}@{host}:{port}/{}",
             self.name
         )
+    }
+
+    /// The URL of this database as `role` with `password`.
+    pub fn url_as(&self, role: &str, password: &str) -> String {
+        let (host, port) = self.server();
+        format!("postgres://{role}:{password}@{host}:{port}/{}", self.name)
+    }
+
+    /// Host and port of the cluster this database is on.
+    pub fn server(&self) -> (String, u16) {
+        let host = match &self.app.get_hosts()[0] {
+            tokio_postgres::config::Host::Tcp(h) => h.clone(),
+            tokio_postgres::config::Host::Unix(p) => p.display().to_string(),
+        };
+        (host, self.app.get_ports().first().copied().unwrap_or(5432))
     }
 
     /// Settings pointing at this database, as the binary would load them.
@@ -361,6 +376,32 @@ impl Drop for TestDb {
             })
         })
         .join();
+    }
+}
+
+/// A directory of the test's own under the temporary directory, removed when dropped.
+pub struct OwnDir(std::path::PathBuf);
+
+impl OwnDir {
+    pub fn new(tag: &str) -> OwnDir {
+        static NEXT: AtomicU32 = AtomicU32::new(1);
+        let dir = std::env::temp_dir().join(format!(
+            "usersync-it-{}-{tag}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        OwnDir(dir)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for OwnDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 
