@@ -129,8 +129,13 @@ impl Server {
         .unwrap()
     }
 
-    pub fn url(&self, dbname: &str) -> String {
-        format!("postgres://postgres@127.0.0.1:{}/{dbname}", self.port)
+    /// The runtime role's URL, as the daemon runs in production: no superuser, no BYPASSRLS,
+    /// auth.users through `usersync.auth_users`, the profiles through its policy.
+    pub fn runtime_url(&self, dbname: &str) -> String {
+        format!(
+            "postgres://usersync_runtime@127.0.0.1:{}/{dbname}",
+            self.port
+        )
     }
 
     pub fn dbname(users: u64) -> String {
@@ -227,7 +232,20 @@ mod scale {
         usersync::db::migrate::up(&mut db, Default::default())
             .await
             .unwrap();
-        let url = server.url(&Server::dbname(users));
+        db.batch_execute(
+            "DO $$ BEGIN
+                 IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'usersync_runtime') THEN
+                     CREATE ROLE usersync_runtime LOGIN;
+                 END IF;
+             END $$",
+        )
+        .await
+        .unwrap();
+        let granted = usersync::db::grant::grant(&mut db, "usersync_runtime", &[])
+            .await
+            .unwrap();
+        assert!(granted.complete(), "{:?}", granted.missing);
+        let url = server.runtime_url(&Server::dbname(users));
         eprintln!("{users} users: warming the cache");
         db.batch_execute("SELECT count(*) FROM auth.users")
             .await
