@@ -66,8 +66,11 @@ async fn main() {
         let (elapsed, report) = timed(usersync::integrity::run(
             &mut client,
             &settings.integrity,
-            &Default::default(),
-            usersync::integrity::Scope::Full,
+            usersync::integrity::Policies {
+                database: Default::default(),
+                configured: Default::default(),
+            },
+            usersync::integrity::Counts::ALL,
             false,
         ))
         .await;

@@ -208,7 +208,9 @@ impl Server {
 mod scale {
     use super::*;
     use common::{BARE_COUNT, BARE_INSERT, median_of, run_binary, timed};
-    use usersync::daemon::{JobKind, Shared};
+    use usersync::daemon::run_job;
+    use usersync::job::JobKind;
+    use usersync::state::Shared;
 
     /// Changes through the triggers before the last measured cycle.
     const CHANGES: u64 = 1_000;
@@ -278,7 +280,7 @@ mod scale {
             median_of(3, || async { timed(db.query_one(BARE_COUNT, &[])).await.0 }).await;
         let settings = settings(&url);
         let shared = Shared::new(settings.clone()).unwrap();
-        let (full_scan, run) = timed(shared.run_job(JobKind::FullScan)).await;
+        let (full_scan, run) = timed(run_job(&shared, JobKind::FullScan)).await;
         assert!(run.outcome.ran(), "{}", run.summary);
         close(shared, &db).await;
         let before = reads_of_auth_users(&db).await;
@@ -336,7 +338,7 @@ mod scale {
     /// One daemon cycle: the integrity check and the sweep, as their schedules run them.
     async fn cycle(shared: &std::sync::Arc<Shared>) {
         for kind in [JobKind::Integrity, JobKind::Sweep] {
-            let run = shared.run_job(kind).await;
+            let run = run_job(shared, kind).await;
             assert!(run.outcome.ran(), "{}: {}", kind.name(), run.summary);
             assert!(
                 !run.summary.starts_with("full scan"),

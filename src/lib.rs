@@ -29,12 +29,17 @@ pub mod daemon;
 pub mod db;
 pub mod demo;
 pub mod error;
+pub mod finding;
 pub mod http;
 pub mod integrity;
+pub mod job;
 pub mod metrics;
 pub mod pgcluster;
 pub mod sql;
+pub mod state;
 pub mod sync;
 pub mod telemetry;
+pub mod words;
 
 pub use error::{Error, Result};
+pub use words::plural;

@@ -50,7 +50,7 @@ pub async fn run(cli: Cli, settings: Settings) -> Result<u8> {
 async fn sync_command(settings: &Settings, dry_run: bool, verbose: bool, json: bool) -> Result<u8> {
     let db = db::connect(&settings.database).await?;
     let configured = settings.sync.policy();
-    let policy = sync::policy::Policy::load(&*db.get().await?)
+    let policy = sync::policy::load(&*db.get().await?)
         .await?
         .unwrap_or(configured);
     if policy != configured {
@@ -139,11 +139,16 @@ async fn users_command(command: crate::cli::Users, settings: &Settings) -> Resul
 async fn check_command(settings: &Settings, json: bool, e2e: bool) -> Result<u8> {
     let db = db::connect(&settings.database).await?;
     let mut client = db.get().await?;
+    let configured = settings.sync.policy();
+    let policies = integrity::Policies {
+        database: sync::policy::load(&client).await?.unwrap_or(configured),
+        configured,
+    };
     let report = integrity::run(
         &mut client,
         &settings.integrity,
-        &settings.sync.policy(),
-        integrity::Scope::Full,
+        policies,
+        integrity::Counts::ALL,
         e2e,
     )
     .await?;
@@ -195,9 +200,16 @@ async fn run_migrate(command: Migrate, settings: &Settings) -> Result<u8> {
             let options = migrate::UpOptions {
                 to,
                 allow_existing_trigger,
-                policy: Some(settings.sync.policy()),
             };
             let steps = migrate::up(client, options).await?;
+            // The release step is the policies' one writer: the triggers and every daemon
+            // apply what it leaves in usersync.policy.
+            let policy = settings.sync.policy();
+            if sync::policy::load(client).await?.is_some()
+                && sync::policy::store(&policy, client).await?
+            {
+                tracing::info!(%policy, "lifecycle policies written to usersync.policy");
+            }
             print_steps(&steps, output.json, migrate::Direction::Up)?;
             Ok(exit::OK)
         }

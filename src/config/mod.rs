@@ -8,9 +8,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 
+mod policy;
 mod raw;
 mod sections;
 mod url;
+
+pub use policy::{Policy, SoftDeleted};
 
 use raw::Raw;
 pub use raw::Sources;
@@ -148,13 +151,13 @@ pub struct SyncSettings {
     /// Profiles follow e-mail changes in auth.users.
     pub follow_email: bool,
     /// What a soft-deleted user's profile becomes.
-    pub soft_deleted: crate::sync::policy::SoftDeleted,
+    pub soft_deleted: SoftDeleted,
 }
 
 impl SyncSettings {
     /// The lifecycle policies this configuration asks for (`migrate up` writes them).
-    pub fn policy(&self) -> crate::sync::policy::Policy {
-        crate::sync::policy::Policy {
+    pub fn policy(&self) -> Policy {
+        Policy {
             include_anonymous: self.include_anonymous,
             follow_email: self.follow_email,
             soft_deleted: self.soft_deleted,

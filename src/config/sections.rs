@@ -166,13 +166,12 @@ impl TryFrom<&RawSync> for SyncSettings {
             workers: ranged("sync.workers", raw.workers, 1..=64)?,
             include_anonymous: raw.include_anonymous,
             follow_email: raw.follow_email,
-            soft_deleted: crate::sync::policy::SoftDeleted::parse(raw.soft_deleted.trim())
-                .ok_or_else(|| {
-                    Error::config(
-                        "sync.soft_deleted",
-                        format!("{:?} is not scrub, delete or keep", raw.soft_deleted),
-                    )
-                })?,
+            soft_deleted: super::SoftDeleted::parse(raw.soft_deleted.trim()).ok_or_else(|| {
+                Error::config(
+                    "sync.soft_deleted",
+                    format!("{:?} is not scrub, delete or keep", raw.soft_deleted),
+                )
+            })?,
         })
     }
 }

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use tokio_postgres::AsyncMessage;
 
-use super::{Shared, jobs};
+use crate::state::Shared;
 
 /// The channel the trigger notifies.
 pub const CHANNEL: &str = "usersync_repair";
@@ -93,7 +93,7 @@ async fn session(shared: &Arc<Shared>) -> Ended {
     shared.metrics.listener_up.set(1);
     tracing::info!("listening for failed sign-ups on {CHANNEL}");
     // Whatever failed while nobody listened.
-    jobs::repair_now(shared).await;
+    super::repair_now(shared).await;
 
     let mut ping = tokio::time::interval(Duration::from_secs(15));
     ping.tick().await;
@@ -105,7 +105,7 @@ async fn session(shared: &Arc<Shared>) -> Ended {
                 }
                 tokio::time::sleep(DEBOUNCE).await;
                 while woken.try_recv().is_ok() {}
-                jobs::repair_now(shared).await;
+                super::repair_now(shared).await;
             }
             () = shared.shutdown.cancelled() => break Some(Ended::Stopped),
             _ = ping.tick() => {

@@ -7,7 +7,7 @@ use std::os::unix::net::{SocketAddr, UnixDatagram};
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::Shared;
+use crate::state::Shared;
 
 /// Sends one notification; errors are logged, never fatal.
 pub fn notify(state: &str) {

@@ -57,6 +57,7 @@ pub static MIGRATIONS: &[Migration] = &[
     migration!(3, "0003", "lifecycle"),
     migration!(4, "0004", "watch"),
     migration!(5, "0005", "runtime_access"),
+    migration!(6, "0006", "findings_stay"),
 ];
 
 /// The latest version this binary knows.
@@ -292,14 +293,11 @@ pub struct UpOptions {
     pub to: Option<i32>,
     /// Install our trigger even though another profile trigger exists on auth.users.
     pub allow_existing_trigger: bool,
-    /// The lifecycle policies to write to `usersync.policy` (the release step is their one
-    /// writer): `usersync migrate up` passes its configuration's.
-    pub policy: Option<crate::sync::policy::Policy>,
 }
 
 /// Applies every pending migration up to `to`. Running it again is a no-op.
 // Long on purpose: the whole of `up` under its lock, in order: preflight, one transaction per
-// migration with its history row, the policy; one place to read it.
+// migration with its history row; one place to read it.
 pub async fn up(client: &mut Client, options: UpOptions) -> Result<Vec<Step>> {
     let target = options.to.unwrap_or_else(latest);
     if MIGRATIONS.iter().all(|m| m.version != target) {
@@ -376,12 +374,6 @@ pub async fn up(client: &mut Client, options: UpOptions) -> Result<Vec<Step>> {
                 direction: Direction::Up,
                 duration_ms,
             });
-        }
-        if let Some(policy) = &options.policy
-            && crate::sync::policy::Policy::load(client).await?.is_some()
-            && policy.store(client).await?
-        {
-            tracing::info!(%policy, "lifecycle policies written to usersync.policy");
         }
         Ok(steps)
     })

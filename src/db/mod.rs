@@ -3,6 +3,7 @@
 pub mod export;
 pub mod gotrue;
 pub mod grant;
+mod locks;
 pub mod migrate;
 pub mod pooler;
 pub mod probe;
@@ -18,6 +19,8 @@ use crate::config::{DatabaseSettings, Timeouts, target};
 use crate::error::{Error, Result, db_message};
 
 use deadpool_postgres::Object;
+
+pub use locks::{Held, release_advisory_lock, try_advisory_lock};
 
 /// The pool, with what its errors need to name: host and port, never the password.
 #[derive(Clone)]
@@ -214,43 +217,6 @@ async fn set_timeout_from(client: &tokio_postgres::Client, setting: &str) -> Res
         .await
         .map(drop)
         .context("setting the statement timeout")
-}
-
-/// Takes a session-level advisory lock (the two-key form) if it is free: how sync ranges and
-/// daemon jobs are claimed across workers and replicas.
-pub async fn try_advisory_lock(
-    client: &tokio_postgres::Client,
-    namespace: i32,
-    key: i32,
-) -> Result<bool> {
-    use crate::error::DbContext;
-    client
-        .query_one(
-            "SELECT pg_catalog.pg_try_advisory_lock($1, $2)",
-            &[&namespace, &key],
-        )
-        .await
-        .context("claiming an advisory lock")?
-        .value(0)
-}
-
-/// Releases it, handing the connection back for reuse; None when the release failed: then
-/// only closing the connection releases the lock, so it is discarded rather than returned to
-/// the pool.
-pub async fn release_advisory_lock(client: Object, namespace: i32, key: i32) -> Option<Object> {
-    let released = client
-        .execute(
-            "SELECT pg_catalog.pg_advisory_unlock($1, $2)",
-            &[&namespace, &key],
-        )
-        .await
-        .is_ok();
-    if released {
-        Some(client)
-    } else {
-        drop(Object::take(client));
-        None
-    }
 }
 
 /// Reading a column without a panic: a value of an unexpected type or an unexpected NULL is an

@@ -14,8 +14,9 @@ use crate::db::RowExt;
 use tokio_postgres::{Client, Transaction};
 use uuid::Uuid;
 
-use crate::db::verify::{Finding, FixKind, Level, Report};
+use crate::db::verify::{Finding, Report};
 use crate::error::{DbContext, Error, Result, db_message, is_connection_error};
+use crate::finding::{FixKind, Level};
 
 /// What GoTrue writes for an e-mail sign-up, reduced to what a trigger can see: $1 id,
 /// $2 e-mail ([`probe_email`]), $3 full name.

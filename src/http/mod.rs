@@ -21,8 +21,9 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::Mutex;
 
-use crate::daemon::Shared;
 use crate::db::verify;
+use crate::metrics::Closed;
+use crate::state::Shared;
 
 pub mod conn;
 pub mod status;
@@ -52,21 +53,13 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
         let _ = socket2::SockRef::from(&stream).set_send_buffer_size(conn::SEND_BUFFER);
         let (admission, evicted) = connections.admit(http.max_connections);
         if evicted {
-            shared
-                .metrics
-                .http_connections_closed
-                .with_label_values(&["evicted"])
-                .inc();
+            shared.metrics.closed(Closed::Evicted);
         }
         let (slot, reserve) = match admission {
             conn::Admission::Full(slot) => (slot, false),
             conn::Admission::Reserve(slot) => (slot, true),
             conn::Admission::Refused => {
-                shared
-                    .metrics
-                    .http_connections_closed
-                    .with_label_values(&["refused"])
-                    .inc();
+                shared.metrics.closed(Closed::Refused);
                 continue;
             }
         };

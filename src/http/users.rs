@@ -9,9 +9,9 @@ use subtle::ConstantTimeEq;
 use uuid::Uuid;
 
 use super::{Body, json};
-use crate::daemon::Shared;
 use crate::db::users::{self, DEFAULT_LIMIT, MAX_LIMIT, Query};
 use crate::error::DbContext;
+use crate::state::Shared;
 
 /// The pinned JSON Schema of the responses.
 pub const SCHEMA: &str = include_str!("users-v1.schema.json");

@@ -10,8 +10,8 @@ use uuid::Uuid;
 
 use super::{Finding, Level};
 use crate::db::probe;
-use crate::db::verify::FixKind;
 use crate::error::{DbContext, Result};
+use crate::finding::FixKind;
 
 // Long on purpose: the probe in one transaction that is always rolled back, then its findings.
 

@@ -65,8 +65,11 @@ pub struct Options {
     /// Most missing users a pass lists ([`plan::LIST_LIMIT`]); with more, it sweeps the table
     /// by page range instead. Tests lower it to exercise both.
     pub list_limit: u64,
-    /// Set by [`run`] when the repair queue was empty after its drain: the page-range sweep
-    /// then looks no user up in it.
+    /// Drain the repair queue first. The daemon drains it itself, under the one lock every
+    /// drain of its takes, and says with `queue_empty` whether it was left empty.
+    pub drain_queue: bool,
+    /// The repair queue was empty after its drain: the page-range sweep then looks no user up
+    /// in it. Set by [`run`] after its own drain.
     pub queue_empty: bool,
     /// When it turns true the pass stops between batches: every batch is either committed
     /// or untouched. The daemon's shutdown.
@@ -96,6 +99,7 @@ impl Options {
             retry_queue_now: false,
             apply_lifecycle: true,
             list_limit: plan::LIST_LIMIT,
+            drain_queue: true,
             queue_empty: false,
             stop: None,
         }
@@ -138,17 +142,19 @@ pub async fn run(db: &Db, options: &Options, progress: Option<Arc<Progress>>) ->
         return Ok(report);
     }
 
-    let mut failures = Vec::new();
-    let repaired = repair::drain(
-        &mut client,
-        &options.policy,
-        options.retry_queue_now,
-        &mut failures,
-    )
-    .await?;
-    report.failed += failures.len() as u64;
-    report.failures.extend(failures);
-    report.repair = Some(repaired);
+    if options.drain_queue {
+        let mut failures = Vec::new();
+        let repaired = repair::drain(
+            &mut client,
+            &options.policy,
+            options.retry_queue_now,
+            &mut failures,
+        )
+        .await?;
+        report.failed += failures.len() as u64;
+        report.failures.extend(failures);
+        report.repair = Some(repaired);
+    }
     analyze_if_stale(&client).await?;
 
     // What the triggers missed of the rest of the lifecycle, on a connection of its own while
@@ -218,7 +224,10 @@ async fn create(
         }
         _ => {
             let extent = ranges::extent(client).await?;
-            let queue_empty = report.repair.as_ref().is_some_and(|r| r.remaining == 0);
+            let queue_empty = report
+                .repair
+                .as_ref()
+                .map_or(options.queue_empty, |r| r.remaining == 0);
             let options = &Options {
                 queue_empty,
                 ..options.clone()

@@ -1,4 +1,4 @@
-//! The lifecycle policies, and the sweep's half of applying them.
+//! The lifecycle policies in the database, and the sweep's half of applying them.
 //!
 //! The policies live in `usersync.policy` (migration 0003), where the triggers read them;
 //! `usersync migrate up` writes them from its configuration (`sync.include_anonymous`,
@@ -17,124 +17,64 @@ use serde::Serialize;
 use tokio_postgres::Client;
 use uuid::Uuid;
 
+pub use crate::config::{Policy, SoftDeleted};
 use crate::db::RowExt;
 use crate::error::{DbContext, Result};
 
-/// What happens to the profile of a soft-deleted user.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum SoftDeleted {
-    /// E-mail, name and picture set NULL, `is_active` false: the person is gone, the row stays
-    /// for what references it.
-    Scrub,
-    Delete,
-    Keep,
-}
-
-impl SoftDeleted {
-    pub fn parse(text: &str) -> Option<SoftDeleted> {
-        match text {
-            "scrub" => Some(SoftDeleted::Scrub),
-            "delete" => Some(SoftDeleted::Delete),
-            "keep" => Some(SoftDeleted::Keep),
-            _ => None,
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            SoftDeleted::Scrub => "scrub",
-            SoftDeleted::Delete => "delete",
-            SoftDeleted::Keep => "keep",
-        }
-    }
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-pub struct Policy {
-    pub include_anonymous: bool,
-    pub follow_email: bool,
-    pub soft_deleted: SoftDeleted,
-}
-
-impl Default for Policy {
-    fn default() -> Self {
-        Policy {
-            include_anonymous: true,
-            follow_email: false,
-            soft_deleted: SoftDeleted::Scrub,
-        }
-    }
-}
-
-impl std::fmt::Display for Policy {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "include_anonymous={} follow_email={} soft_deleted={}",
-            self.include_anonymous,
-            self.follow_email,
-            self.soft_deleted.as_str()
+/// The policy in the database; None before migration 0003.
+pub async fn load(client: &Client) -> Result<Option<Policy>> {
+    let exists: bool = client
+        .query_one(
+            "SELECT pg_catalog.to_regclass('usersync.policy') IS NOT NULL",
+            &[],
         )
+        .await
+        .context("looking for usersync.policy")?
+        .value(0)?;
+    if !exists {
+        return Ok(None);
     }
+    let Some(row) = client
+        .query_opt(
+            "SELECT include_anonymous, follow_email, soft_deleted FROM usersync.policy",
+            &[],
+        )
+        .await
+        .context("reading usersync.policy")?
+    else {
+        return Ok(Some(Policy::default()));
+    };
+    let soft: String = row.value(2)?;
+    Ok(Some(Policy {
+        include_anonymous: row.value(0)?,
+        follow_email: row.value(1)?,
+        soft_deleted: SoftDeleted::parse(&soft).unwrap_or(SoftDeleted::Scrub),
+    }))
 }
 
-impl Policy {
-    /// The policy in the database; None before migration 0003.
-    pub async fn load(client: &Client) -> Result<Option<Policy>> {
-        let exists: bool = client
-            .query_one(
-                "SELECT pg_catalog.to_regclass('usersync.policy') IS NOT NULL",
-                &[],
-            )
-            .await
-            .context("looking for usersync.policy")?
-            .value(0)?;
-        if !exists {
-            return Ok(None);
-        }
-        let Some(row) = client
-            .query_opt(
-                "SELECT include_anonymous, follow_email, soft_deleted FROM usersync.policy",
-                &[],
-            )
-            .await
-            .context("reading usersync.policy")?
-        else {
-            return Ok(Some(Policy::default()));
-        };
-        let soft: String = row.value(2)?;
-        Ok(Some(Policy {
-            include_anonymous: row.value(0)?,
-            follow_email: row.value(1)?,
-            soft_deleted: SoftDeleted::parse(&soft).unwrap_or(SoftDeleted::Scrub),
-        }))
-    }
-
-    /// Writes it (what `migrate up` does); true when it changed.
-    pub async fn store(&self, client: &Client) -> Result<bool> {
-        let changed = client
-            .execute(
-                "INSERT INTO usersync.policy AS p (id, include_anonymous, follow_email, soft_deleted)
-                 VALUES (true, $1, $2, $3)
-                 ON CONFLICT (id) DO UPDATE
-                     SET include_anonymous = EXCLUDED.include_anonymous,
-                         follow_email = EXCLUDED.follow_email,
-                         soft_deleted = EXCLUDED.soft_deleted,
-                         updated_at = pg_catalog.now()
-                     WHERE (p.include_anonymous, p.follow_email, p.soft_deleted)
-                           IS DISTINCT FROM (EXCLUDED.include_anonymous, EXCLUDED.follow_email,
-                                             EXCLUDED.soft_deleted)",
-                &[
-                    &self.include_anonymous,
-                    &self.follow_email,
-                    &self.soft_deleted.as_str(),
-                ],
-            )
-            .await
-            .context("writing usersync.policy")?;
-        Ok(changed > 0)
-    }
+/// Writes it (what `migrate up` does); true when it changed.
+pub async fn store(policy: &Policy, client: &Client) -> Result<bool> {
+    let changed = client
+        .execute(
+            "INSERT INTO usersync.policy AS p (id, include_anonymous, follow_email, soft_deleted)
+             VALUES (true, $1, $2, $3)
+             ON CONFLICT (id) DO UPDATE
+                 SET include_anonymous = EXCLUDED.include_anonymous,
+                     follow_email = EXCLUDED.follow_email,
+                     soft_deleted = EXCLUDED.soft_deleted,
+                     updated_at = pg_catalog.now()
+                 WHERE (p.include_anonymous, p.follow_email, p.soft_deleted)
+                       IS DISTINCT FROM (EXCLUDED.include_anonymous, EXCLUDED.follow_email,
+                                         EXCLUDED.soft_deleted)",
+            &[
+                &policy.include_anonymous,
+                &policy.follow_email,
+                &policy.soft_deleted.as_str(),
+            ],
+        )
+        .await
+        .context("writing usersync.policy")?;
+    Ok(changed > 0)
 }
 
 /// What [`apply`] changed, in users.

@@ -70,11 +70,11 @@ impl Reading {
     }
 }
 
-/// Why a full scan is due.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case", tag = "reason")]
+/// Why a full scan is due: the `reason` label of `usersync_full_scans_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Reason {
-    /// No full scan recorded yet (or before migration 0004).
+    /// No full scan recorded before (a new install, a restore of the schema elsewhere).
     NoBaseline,
     /// The server restarted, crashed or failed over since the last full scan.
     ServerRestarted,
@@ -85,56 +85,95 @@ pub enum Reason {
     /// A trigger, a constraint or the policies changed.
     CatalogChanged,
     /// Rows written around the triggers.
-    Unseen { changes: i64 },
+    UnseenChanges,
     /// `track_counts` is off: the statistics cannot vouch for anything.
     NoStatistics,
-    /// The full scan's own schedule, or a request.
+    /// The full scan's own schedule.
     Scheduled,
 }
 
 impl Reason {
-    /// A metric label.
-    pub fn as_str(&self) -> &'static str {
+    pub const ALL: [Reason; 8] = [
+        Reason::NoBaseline,
+        Reason::ServerRestarted,
+        Reason::StatisticsReset,
+        Reason::TableRewritten,
+        Reason::CatalogChanged,
+        Reason::UnseenChanges,
+        Reason::NoStatistics,
+        Reason::Scheduled,
+    ];
+
+    /// The metric's label.
+    pub fn as_str(self) -> &'static str {
         match self {
             Reason::NoBaseline => "no_baseline",
             Reason::ServerRestarted => "server_restarted",
             Reason::StatisticsReset => "statistics_reset",
             Reason::TableRewritten => "table_rewritten",
             Reason::CatalogChanged => "catalog_changed",
-            Reason::Unseen { .. } => "unseen_changes",
+            Reason::UnseenChanges => "unseen_changes",
             Reason::NoStatistics => "no_statistics",
             Reason::Scheduled => "scheduled",
         }
     }
-
-    pub const LABELS: [&'static str; 8] = [
-        "no_baseline",
-        "server_restarted",
-        "statistics_reset",
-        "table_rewritten",
-        "catalog_changed",
-        "unseen_changes",
-        "no_statistics",
-        "scheduled",
-    ];
 }
 
-impl std::fmt::Display for Reason {
+/// A full scan that is due, and why; for unseen changes, how many rows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct Due {
+    pub reason: Reason,
+    pub unseen: i64,
+}
+
+impl Due {
+    pub fn because(reason: Reason) -> Due {
+        Due { reason, unseen: 0 }
+    }
+}
+
+impl std::fmt::Display for Due {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Reason::NoBaseline => f.write_str("no full scan recorded yet"),
+        match self.reason {
+            Reason::NoBaseline => f.write_str("no full scan was recorded before"),
             Reason::ServerRestarted => f.write_str("the server restarted or failed over"),
             Reason::StatisticsReset => f.write_str("the statistics were reset"),
             Reason::TableRewritten => f.write_str("auth.users or the profiles were rewritten"),
             Reason::CatalogChanged => {
                 f.write_str("a trigger, a constraint or the policies changed")
             }
-            Reason::Unseen { changes } => {
-                write!(f, "{changes} rows changed around usersync's triggers")
-            }
+            Reason::UnseenChanges => write!(
+                f,
+                "{} changed around usersync's triggers",
+                crate::plural(self.unseen, "row")
+            ),
             Reason::NoStatistics => f.write_str("track_counts is off"),
             Reason::Scheduled => f.write_str("its schedule"),
         }
+    }
+}
+
+/// The users and profiles deleted through usersync's triggers, as the cycles that emptied the
+/// journal added them up in `usersync.scan_state` (every job and every replica sees the sum),
+/// and how many of them the last count of the user-id columns and of the orphans had seen.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Deletions {
+    pub users: i64,
+    pub users_counted: i64,
+    pub profiles: i64,
+    pub profiles_counted: i64,
+}
+
+impl Deletions {
+    /// Users were deleted since the user-id columns were last counted: rows of them may now
+    /// name no user.
+    pub fn users_pending(&self) -> bool {
+        self.users > self.users_counted
+    }
+
+    /// Profiles were deleted since the orphans were last counted: an orphan may be gone.
+    pub fn profiles_pending(&self) -> bool {
+        self.profiles > self.profiles_counted
     }
 }
 
@@ -142,17 +181,13 @@ impl std::fmt::Display for Reason {
 #[derive(Clone, Debug)]
 pub struct Look {
     /// None: nothing changed around the triggers since the last full scan.
-    pub due: Option<Reason>,
-    /// Journal rows emptied by this look: the changes the triggers handled since the last.
-    pub journaled: u64,
-    /// Of them, users deleted: rows of other tables may now point at no user.
-    pub users_deleted: u64,
-    /// Of them, profiles deleted: an orphan the last full scan found may be gone.
-    pub profiles_deleted: u64,
-    /// Where a full scan that starts now should record it started from.
+    pub due: Option<Due>,
+    /// Journal rows this look emptied: the changes the triggers handled since the last look.
+    pub handled: u64,
+    /// Where a full scan that starts now records it started from.
     pub reading: Reading,
-    /// What the last full scan's data checks found (JSON findings).
-    pub findings: serde_json::Value,
+    /// The deletions added up, this look's included.
+    pub deletions: Deletions,
 }
 
 const READ: &str = concat!(
@@ -213,70 +248,74 @@ pub async fn read(client: &Client) -> Result<Reading> {
     })
 }
 
-/// Whether migration 0004 is in: without it there is nothing to compare.
-pub async fn installed(client: &Client) -> Result<bool> {
-    client
-        .query_one(
-            "SELECT pg_catalog.to_regclass('usersync.scan_state') IS NOT NULL
-                AND pg_catalog.to_regclass('usersync.journal') IS NOT NULL",
-            &[],
-        )
-        .await
-        .context("looking for usersync.scan_state")?
-        .value(0)
-}
-
-/// Where the last full scan started from, if one is recorded, and what its data checks found
-/// (JSON findings, an empty array without one).
-async fn last_scan(client: &Client) -> Result<(Option<Reading>, serde_json::Value)> {
+/// Where the last full scan started from, if one is recorded.
+async fn baseline(client: &Client) -> Result<Option<Reading>> {
     let row = client
-        .query_opt(
-            "SELECT s.baseline, s.findings FROM usersync.scan_state s",
-            &[],
-        )
+        .query_opt("SELECT s.baseline FROM usersync.scan_state s", &[])
         .await
         .context("reading usersync.scan_state")?;
     Ok(match row {
         // A baseline an older or newer usersync wrote differently is no baseline.
-        Some(row) => (serde_json::from_value(row.value(0)?).ok(), row.value(1)?),
-        None => (None, serde_json::Value::Array(Vec::new())),
+        Some(row) => serde_json::from_value(row.value(0)?).ok(),
+        None => None,
     })
 }
 
-/// Empties the journal without reading it: a full scan starting looks at everything anyway.
-pub async fn purge(client: &Client) -> Result<u64> {
-    client
-        .execute("DELETE FROM usersync.journal", &[])
+// Empties the journal and adds its deletions to usersync.scan_state (when a full scan is
+// recorded: before the first there is nothing to recount), in one statement: the journal's one
+// reader per cycle, whose findings reach every job of every replica.
+const EMPTY_JOURNAL: &str = "
+    WITH gone AS (DELETE FROM usersync.journal RETURNING kind),
+         n AS (SELECT count(*) AS handled, count(*) FILTER (WHERE kind = 'd') AS users,
+                      count(*) FILTER (WHERE kind = 'p') AS profiles
+               FROM gone),
+         s AS (UPDATE usersync.scan_state s
+               SET users_deleted = s.users_deleted + n.users,
+                   profiles_deleted = s.profiles_deleted + n.profiles
+               FROM n
+               RETURNING s.users_deleted, s.users_deleted_counted, s.profiles_deleted,
+                         s.profiles_deleted_counted)
+    SELECT n.handled, COALESCE(s.users_deleted, 0), COALESCE(s.users_deleted_counted, 0),
+           COALESCE(s.profiles_deleted, 0), COALESCE(s.profiles_deleted_counted, 0)
+    FROM n LEFT JOIN s ON true";
+
+/// Empties the journal: the changes it held, and the deletions added up.
+pub async fn empty_journal(client: &Client) -> Result<(u64, Deletions)> {
+    let row = client
+        .query_one(EMPTY_JOURNAL, &[])
         .await
-        .context("emptying usersync.journal")
+        .context("emptying usersync.journal")?;
+    Ok((
+        row.value::<i64>(0)? as u64,
+        Deletions {
+            users: row.value(1)?,
+            users_counted: row.value(2)?,
+            profiles: row.value(3)?,
+            profiles_counted: row.value(4)?,
+        },
+    ))
 }
 
-/// Replaces the last full scan's findings (JSON) with ones a cycle made again.
-pub async fn store_findings(client: &Client, findings: &serde_json::Value) -> Result<()> {
-    client
-        .execute("UPDATE usersync.scan_state SET findings = $1", &[findings])
-        .await
-        .context("recording findings in usersync.scan_state")?;
-    Ok(())
-}
-
-/// Records that a full scan which started from `reading` at `started` has finished, and what
-/// its data checks found.
+/// Records that a full scan which started from `reading` at `started`, when the deletions
+/// added up were `deletions`, has finished: its baseline, and every deletion until then counted.
 pub async fn record(
-    client: &Client,
+    client: &impl tokio_postgres::GenericClient,
     reading: &Reading,
     started: std::time::SystemTime,
-    findings: &serde_json::Value,
+    deletions: &Deletions,
 ) -> Result<()> {
     let baseline = serde_json::to_value(reading).expect("a reading serializes");
     client
         .execute(
-            "INSERT INTO usersync.scan_state AS s (id, baseline, findings, started_at, finished_at)
-             VALUES (true, $1, $3, $2, pg_catalog.now())
+            "INSERT INTO usersync.scan_state AS s (id, baseline, started_at, finished_at,
+                 users_deleted_counted, profiles_deleted_counted)
+             VALUES (true, $1, $2, pg_catalog.now(), $3, $4)
              ON CONFLICT (id) DO UPDATE
-                 SET baseline = EXCLUDED.baseline, findings = EXCLUDED.findings,
-                     started_at = EXCLUDED.started_at, finished_at = EXCLUDED.finished_at",
-            &[&baseline, &started, findings],
+                 SET baseline = EXCLUDED.baseline, started_at = EXCLUDED.started_at,
+                     finished_at = EXCLUDED.finished_at,
+                     users_deleted_counted = GREATEST(s.users_deleted_counted, $3),
+                     profiles_deleted_counted = GREATEST(s.profiles_deleted_counted, $4)",
+            &[&baseline, &started, &deletions.users, &deletions.profiles],
         )
         .await
         .context("recording the full scan in usersync.scan_state")?;
@@ -290,62 +329,50 @@ pub const SETTLE: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// Compares now with the last full scan's baseline, and empties the journal.
 pub async fn look(client: &Client) -> Result<Look> {
-    let (base, findings) = last_scan(client).await?;
+    let base = baseline(client).await?;
     let mut reading = read(client).await?;
     let mut due = verdict(base.as_ref(), &reading);
-    if matches!(due, Some(Reason::Unseen { .. })) {
+    if due.is_some_and(|d| d.reason == Reason::UnseenChanges) {
         tokio::time::sleep(SETTLE).await;
         reading = read(client).await?;
         due = verdict(base.as_ref(), &reading);
     }
-    let row = client
-        .query_one(
-            "WITH gone AS (DELETE FROM usersync.journal RETURNING kind)
-             SELECT count(*), count(*) FILTER (WHERE kind = 'd'),
-                    count(*) FILTER (WHERE kind = 'p')
-             FROM gone",
-            &[],
-        )
-        .await
-        .context("emptying usersync.journal")?;
+    let (handled, deletions) = empty_journal(client).await?;
     Ok(Look {
         due,
-        journaled: row.value::<i64>(0)? as u64,
-        users_deleted: row.value::<i64>(1)? as u64,
-        profiles_deleted: row.value::<i64>(2)? as u64,
+        handled,
         reading,
-        findings,
+        deletions,
     })
 }
 
 /// Why `now` needs a full scan after `base`, if it does.
-pub fn verdict(base: Option<&Reading>, now: &Reading) -> Option<Reason> {
+pub fn verdict(base: Option<&Reading>, now: &Reading) -> Option<Due> {
     let Some(base) = base else {
-        return Some(Reason::NoBaseline);
+        return Some(Due::because(Reason::NoBaseline));
     };
-    if !now.track_counts {
-        return Some(Reason::NoStatistics);
-    }
-    if now.server_started != base.server_started || now.database != base.database {
-        return Some(Reason::ServerRestarted);
-    }
-    if now.users_table != base.users_table
+    let reason = if !now.track_counts {
+        Reason::NoStatistics
+    } else if now.server_started != base.server_started || now.database != base.database {
+        Reason::ServerRestarted
+    } else if now.users_table != base.users_table
         || now.users_file != base.users_file
         || now.profiles_table != base.profiles_table
         || now.profiles_file != base.profiles_file
     {
-        return Some(Reason::TableRewritten);
-    }
-    if now.stats_reset != base.stats_reset || now.went_backwards(base) {
-        return Some(Reason::StatisticsReset);
-    }
-    if now.catalog != base.catalog {
-        return Some(Reason::CatalogChanged);
-    }
-    match now.unseen_since(base) {
-        changes if changes > 0 => Some(Reason::Unseen { changes }),
-        _ => None,
-    }
+        Reason::TableRewritten
+    } else if now.stats_reset != base.stats_reset || now.went_backwards(base) {
+        Reason::StatisticsReset
+    } else if now.catalog != base.catalog {
+        Reason::CatalogChanged
+    } else {
+        let unseen = now.unseen_since(base);
+        return (unseen > 0).then_some(Due {
+            reason: Reason::UnseenChanges,
+            unseen,
+        });
+    };
+    Some(Due::because(reason))
 }
 
 #[cfg(test)]
@@ -373,7 +400,11 @@ mod tests {
     #[test]
     fn changes_the_triggers_journaled_are_quiet_and_any_other_is_a_full_scan() {
         let base = reading();
-        assert_eq!(verdict(None, &base), Some(Reason::NoBaseline));
+        let reason = |now: &Reading| verdict(Some(&base), now).map(|d| d.reason);
+        assert_eq!(
+            verdict(None, &base).map(|d| d.reason),
+            Some(Reason::NoBaseline)
+        );
         assert_eq!(verdict(Some(&base), &base), None);
         let through_triggers = Reading {
             users_inserted: 1500,
@@ -394,7 +425,10 @@ mod tests {
         };
         assert_eq!(
             verdict(Some(&base), &around),
-            Some(Reason::Unseen { changes: 3 })
+            Some(Due {
+                reason: Reason::UnseenChanges,
+                unseen: 3
+            })
         );
         let cases: [(Reading, Reason); 6] = [
             (
@@ -443,8 +477,8 @@ mod tests {
                 Reason::NoStatistics,
             ),
         ];
-        for (now, reason) in cases {
-            assert_eq!(verdict(Some(&base), &now), Some(reason));
+        for (now, expected) in cases {
+            assert_eq!(reason(&now), Some(expected));
         }
     }
 }

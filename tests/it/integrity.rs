@@ -23,8 +23,11 @@ async fn check(test_db: &TestDb, settings: &IntegritySettings) -> Report {
     integrity::run(
         &mut app,
         settings,
-        &Default::default(),
-        integrity::Scope::Full,
+        integrity::Policies {
+            database: Default::default(),
+            configured: Default::default(),
+        },
+        integrity::Counts::ALL,
         false,
     )
     .await
@@ -395,7 +398,7 @@ fn check_finds_exactly_what_was_broken() {
                 prop_assert_eq!(left, 0, "profiles of deleted users remain");
             }
 
-            let report = integrity::run(&mut app, &settings(&test_db), &Default::default(), integrity::Scope::Full, false).await.map_err(property::fail)?;
+            let report = integrity::run(&mut app, &settings(&test_db), integrity::Policies { database: Default::default(), configured: Default::default() }, integrity::Counts::ALL, false).await.map_err(property::fail)?;
             for (object, sql) in std::mem::take(&mut expected.not_valid) {
                 let orphans: i64 = admin.query_one(sql.as_str(), &[]).await.map_err(property::fail)?.get(0);
                 expected.counted.push(("foreign_key_not_valid", object, orphans));

@@ -7,7 +7,9 @@ use std::sync::Arc;
 use futures_util::SinkExt;
 use proptest::prelude::*;
 use tokio_postgres::Client;
-use usersync::daemon::{JobKind, Shared};
+use usersync::daemon::run_job;
+use usersync::job::JobKind;
+use usersync::state::Shared;
 
 use crate::property;
 use crate::support::TestDb;
@@ -203,9 +205,15 @@ async fn oracle(c: &Client) -> (i64, i64, i64) {
 }
 
 fn full_scans(shared: &Shared) -> u64 {
-    usersync::sync::watch::Reason::LABELS
+    usersync::sync::watch::Reason::ALL
         .iter()
-        .map(|r| shared.metrics.full_scans.with_label_values(&[r]).get())
+        .map(|r| {
+            shared
+                .metrics
+                .full_scans
+                .with_label_values(&[r.as_str()])
+                .get()
+        })
         .sum()
 }
 
@@ -220,7 +228,7 @@ fn finding(shared: &Shared, check: &str) -> i64 {
 /// One daemon cycle: the integrity check, then the sweep, as their schedules run them.
 async fn cycle(shared: &Arc<Shared>) {
     for kind in [JobKind::Integrity, JobKind::Sweep] {
-        let run = shared.run_job(kind).await;
+        let run = run_job(shared, kind).await;
         assert!(run.outcome.ran(), "{} failed: {}", kind.name(), run.summary);
     }
 }
@@ -248,7 +256,7 @@ fn every_drift_is_found_by_the_cheap_path_or_handed_to_the_full_scan() {
     property::check("watch", steps, |steps| {
         rt.block_on(async {
             // Each case starts from a full scan: a clean state and a baseline.
-            let run = shared.run_job(JobKind::FullScan).await;
+            let run = run_job(&shared, JobKind::FullScan).await;
             prop_assert!(run.outcome.ran(), "full scan: {}", run.summary);
             // Orphans of earlier cases are the application's to delete.
             admin
@@ -298,7 +306,7 @@ fn every_drift_is_found_by_the_cheap_path_or_handed_to_the_full_scan() {
                 prop_assert_eq!(finding(&shared, "missing_profile"), 0);
             }
             // The scheduled full scan catches what waited for it.
-            let run = shared.run_job(JobKind::FullScan).await;
+            let run = run_job(&shared, JobKind::FullScan).await;
             prop_assert!(run.outcome.ran(), "full scan: {}", run.summary);
             let (missing, orphans, left) = oracle(&admin).await;
             prop_assert_eq!((missing, left), (0, 0), "after the full scan");
@@ -374,7 +382,7 @@ async fn an_unchanged_cycle_reads_nothing_of_auth_users_and_changes_cost_no_scan
         .unwrap();
     let settings = db.runtime_settings_with(&[]);
     let shared = Shared::new(settings.clone()).unwrap();
-    let run = shared.run_job(JobKind::FullScan).await;
+    let run = run_job(&shared, JobKind::FullScan).await;
     assert!(run.outcome.ran(), "{}", run.summary);
     close(shared, &db, &admin).await;
     let before = reads_of_auth_users(&admin).await;
@@ -384,7 +392,7 @@ async fn an_unchanged_cycle_reads_nothing_of_auth_users_and_changes_cost_no_scan
         cycle(&shared).await;
     }
     assert_eq!(full_scans(&shared), 0);
-    let summary = shared.run_job(JobKind::Sweep).await.summary;
+    let summary = run_job(&shared, JobKind::Sweep).await.summary;
     assert!(
         summary.starts_with("nothing changed around the triggers"),
         "{summary}"
@@ -416,7 +424,7 @@ async fn an_unchanged_cycle_reads_nothing_of_auth_users_and_changes_cost_no_scan
 
     // The measure works: a full scan reads the table.
     let before = reads_of_auth_users(&admin).await;
-    let run = shared.run_job(JobKind::FullScan).await;
+    let run = run_job(&shared, JobKind::FullScan).await;
     assert!(run.outcome.ran(), "{}", run.summary);
     close(shared, &db, &admin).await;
     let after = reads_of_auth_users(&admin).await;
@@ -439,7 +447,7 @@ async fn a_crash_that_loses_the_statistics_hands_to_the_full_scan() {
     })
     .unwrap();
     let shared = Shared::new(settings.clone()).unwrap();
-    let run = shared.run_job(JobKind::FullScan).await;
+    let run = run_job(&shared, JobKind::FullScan).await;
     assert!(run.outcome.ran(), "{}", run.summary);
     shared.db.pool.close();
     drop(shared);

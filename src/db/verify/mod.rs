@@ -10,7 +10,7 @@ use tokio_postgres::Client;
 use crate::db::migrate::MIGRATIONS;
 use crate::db::migrate::{self, State};
 use crate::error::Result;
-pub use crate::integrity::Level;
+pub use crate::finding::{Fix, FixKind, Level};
 
 pub mod access;
 mod functions;
@@ -31,36 +31,6 @@ pub struct Finding {
     /// What restores the promise: SQL that runs as printed, or a step to take.
     pub fix: String,
     pub fix_kind: FixKind,
-}
-
-/// Whether a fix is SQL, to run as printed (schema-qualified, identifiers quoted by
-/// PostgreSQL), or a command or step for a person, never to be pasted into psql.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum FixKind {
-    Sql,
-    Command,
-}
-
-/// A fix and its kind; plain strings are SQL.
-pub struct Fix(pub FixKind, pub String);
-
-impl Fix {
-    pub fn command(text: impl Into<String>) -> Fix {
-        Fix(FixKind::Command, text.into())
-    }
-}
-
-impl From<String> for Fix {
-    fn from(sql: String) -> Fix {
-        Fix(FixKind::Sql, sql)
-    }
-}
-
-impl From<&str> for Fix {
-    fn from(sql: &str) -> Fix {
-        Fix(FixKind::Sql, sql.to_string())
-    }
 }
 
 /// The outcome of a verify run.

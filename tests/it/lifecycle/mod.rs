@@ -420,7 +420,9 @@ fn after_any_lifecycle_one_sweep_leaves_the_profiles_the_policies_say() {
                 )
                 .await
                 .map_err(property::fail)?;
-            policy.store(&admin).await.map_err(property::fail)?;
+            usersync::sync::policy::store(&policy, &admin)
+                .await
+                .map_err(property::fail)?;
             let mut model = Model {
                 policy,
                 users: Vec::new(),

@@ -6,12 +6,13 @@ use std::sync::Mutex;
 
 use serde::Serialize;
 
-use crate::integrity::Finding;
+use crate::finding::Finding;
+use crate::job::{JobKind, Outcome};
 
 /// The last run of one job.
 #[derive(Clone, Debug, Serialize)]
 pub struct LastRun {
-    pub outcome: crate::metrics::Outcome,
+    pub outcome: Outcome,
     /// Unix time the run ended.
     pub finished_at: f64,
     pub duration_ms: f64,
@@ -21,8 +22,8 @@ pub struct LastRun {
 
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct State {
-    /// By job name.
-    pub jobs: BTreeMap<&'static str, LastRun>,
+    /// By job.
+    pub jobs: BTreeMap<JobKind, LastRun>,
     /// The findings of the last integrity check this process ran; None before the first.
     pub findings: Option<Vec<Finding>>,
     /// Unix time of that check.
@@ -35,7 +36,7 @@ pub struct Board {
 }
 
 impl Board {
-    pub fn record(&self, job: &'static str, run: LastRun) {
+    pub fn record(&self, job: JobKind, run: LastRun) {
         self.state
             .lock()
             .expect("not poisoned")
