@@ -19,12 +19,9 @@
 mod common;
 
 use std::path::PathBuf;
-use std::str::FromStr;
 use std::time::{Duration, Instant};
 
-use common::{connect, populate_range};
-use tokio_postgres::{Client, Config};
-use usersync::pgcluster::ClusterDir;
+use tokio_postgres::Client;
 
 const ROLES_SQL: &str = include_str!("../tests/fixtures/roles.sql");
 const AUTH_SQL: &str = include_str!("../tests/fixtures/auth_schema.sql");
@@ -64,146 +61,10 @@ fn sizes_arg() -> Option<Vec<u64>> {
     )
 }
 
-/// The bench's own PostgreSQL, on the cache directory, stopped when the bench exits.
-pub struct Server {
-    port: u16,
-    _thread: std::thread::JoinHandle<()>,
-}
+#[path = "scale_parts/server.rs"]
+mod server;
 
-impl Server {
-    async fn start(cache: &std::path::Path) -> Server {
-        let cluster = match ClusterDir::open(cache).expect("the cache directory") {
-            Some(cluster) => cluster,
-            None => {
-                eprintln!("creating the cache cluster in {}", cache.display());
-                ClusterDir::init(cache, &[]).expect("initdb for the cache cluster")
-            }
-        };
-        let port = {
-            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            l.local_addr().unwrap().port()
-        };
-        let settings: Vec<String> = [
-            "shared_buffers=1GB",
-            "max_wal_size=4GB",
-            "max_connections=100",
-            "checkpoint_timeout=15min",
-        ]
-        .map(String::from)
-        .to_vec();
-        let mut command = cluster
-            .server(port, &settings)
-            .expect("the postgres command");
-        let thread = std::thread::spawn(move || {
-            let mut child = command.spawn().expect("starting postgres");
-            let _ = child.wait();
-        });
-        let server = Server {
-            port,
-            _thread: thread,
-        };
-        let deadline = Instant::now() + Duration::from_secs(120);
-        loop {
-            let config = server.config("postgres");
-            match tokio::time::timeout(
-                Duration::from_secs(2),
-                config.connect(tokio_postgres::NoTls),
-            )
-            .await
-            {
-                Ok(Ok(_)) => break,
-                _ if Instant::now() < deadline => {
-                    tokio::time::sleep(Duration::from_millis(200)).await
-                }
-                _ => panic!("the cache cluster did not start: {}", cluster.log()),
-            }
-        }
-        server
-    }
-
-    pub fn config(&self, dbname: &str) -> Config {
-        Config::from_str(&format!(
-            "postgres://postgres@127.0.0.1:{}/{dbname}",
-            self.port
-        ))
-        .unwrap()
-    }
-
-    /// The runtime role's URL, as the daemon runs in production: no superuser, no BYPASSRLS,
-    /// auth.users through `usersync.auth_users`, the profiles through its policy.
-    pub fn runtime_url(&self, dbname: &str) -> String {
-        format!(
-            "postgres://usersync_runtime@127.0.0.1:{}/{dbname}",
-            self.port
-        )
-    }
-
-    pub fn dbname(users: u64) -> String {
-        format!("users_{users}")
-    }
-
-    /// The database of `users` users, every profile missing, built unless the cache has it.
-    async fn ensure_built(&self, users: u64) {
-        let admin = connect(&self.config("postgres")).await;
-        let name = Server::dbname(users);
-        let built: bool = admin
-            .query_one(
-                "SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)",
-                &[&name],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        if built {
-            let db = connect(&self.config(&name)).await;
-            let done: bool = db
-                .query_one("SELECT to_regclass('public.bench_built') IS NOT NULL", &[])
-                .await
-                .unwrap()
-                .get(0);
-            if done {
-                eprintln!("{users} users: in the cache");
-                return;
-            }
-            drop(db);
-            admin
-                .batch_execute(&format!("DROP DATABASE {name} WITH (FORCE)"))
-                .await
-                .unwrap();
-        }
-        let started = Instant::now();
-        eprintln!("{users} users: building");
-        admin
-            .batch_execute(&format!("CREATE DATABASE {name}"))
-            .await
-            .unwrap();
-        let mut db = connect(&self.config(&name)).await;
-        db.batch_execute(ROLES_SQL).await.unwrap();
-        db.batch_execute(AUTH_SQL).await.unwrap();
-        usersync::db::migrate::up(&mut db, Default::default())
-            .await
-            .unwrap();
-        let mut from = 1;
-        while from <= users {
-            let to = (from + BUILD_CHUNK - 1).min(users);
-            populate_range(&db, from, to).await;
-            eprintln!("  {to} users after {:.0?}", started.elapsed());
-            from = to + 1;
-        }
-        db.batch_execute("VACUUM (ANALYZE, FREEZE) auth.users")
-            .await
-            .unwrap();
-        db.batch_execute("CHECKPOINT").await.unwrap();
-        db.batch_execute("CREATE TABLE public.bench_built ()")
-            .await
-            .unwrap();
-        eprintln!("{users} users: built in {:.0?}", started.elapsed());
-    }
-
-    pub async fn client(&self, users: u64) -> Client {
-        connect(&self.config(&Server::dbname(users))).await
-    }
-}
+use server::Server;
 
 mod scale {
     use super::*;
@@ -231,7 +92,32 @@ mod scale {
     pub async fn measure(server: &Server, users: u64) -> Sized {
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
         let mut db = server.client(users).await;
-        usersync::db::migrate::up(&mut db, Default::default())
+        let url = server.runtime_url(&Server::dbname(users));
+        prepare(&mut db, &url).await;
+        eprintln!("{users} users: warming the cache");
+        db.batch_execute("SELECT count(*) FROM auth.users")
+            .await
+            .unwrap();
+        let (bare, many, one) = backfill(&db, &url, users, cores).await;
+        eprintln!("{users} users: the steady state");
+        let steady = steady(&db, &url).await;
+        Sized {
+            users,
+            cores,
+            bare,
+            many,
+            one,
+            anti_join: steady.anti_join,
+            full_scan: steady.full_scan,
+            cycle: steady.cycle,
+            cycle_blocks: steady.cycle_blocks,
+            changed_cycle: steady.changed_cycle,
+        }
+    }
+
+    /// The current migrations, and the runtime role the daemon runs as, granted.
+    async fn prepare(db: &mut Client, url: &str) {
+        usersync::db::migrate::up(db, Default::default())
             .await
             .unwrap();
         db.batch_execute(
@@ -243,54 +129,79 @@ mod scale {
         )
         .await
         .unwrap();
-        let granted = usersync::db::grant::grant(&mut db, "usersync_runtime", &[])
+        let columns = settings(url).integrity.user_id_columns;
+        let granted = usersync::db::grant::grant(db, "usersync_runtime", &columns)
             .await
             .unwrap();
         assert!(granted.complete(), "{:?}", granted.missing);
-        let url = server.runtime_url(&Server::dbname(users));
-        eprintln!("{users} users: warming the cache");
-        db.batch_execute("SELECT count(*) FROM auth.users")
-            .await
-            .unwrap();
+    }
 
-        // Backfill: every profile missing, each run on an emptied table.
-        empty_profiles(&db, false).await;
+    /// Every profile missing, each run on an emptied table: the bare statement, then the
+    /// binary with one worker per core and with one.
+    async fn backfill(
+        db: &Client,
+        url: &str,
+        users: u64,
+        cores: usize,
+    ) -> (Duration, common::BinaryRun, common::BinaryRun) {
+        empty_profiles(db, false).await;
         eprintln!("{users} users: the bare statement");
         let (bare, created) = timed(db.execute(BARE_INSERT, &[])).await;
         let created = created.unwrap();
-        empty_profiles(&db, true).await;
+        empty_profiles(db, true).await;
         eprintln!("{users} users: usersync sync, {cores} workers");
-        let many = run_binary(&url, cores);
+        let many = run_binary(url, cores);
         assert_eq!(
             many.created, created,
             "usersync created what the bare statement did"
         );
-        empty_profiles(&db, true).await;
+        empty_profiles(db, true).await;
         eprintln!("{users} users: usersync sync, 1 worker");
-        let one = run_binary(&url, 1);
+        let one = run_binary(url, 1);
         assert_eq!(one.created, created);
+        (bare, many, one)
+    }
 
-        // Nothing missing.
-        eprintln!("{users} users: the steady state");
+    struct Steady {
+        anti_join: Duration,
+        full_scan: Duration,
+        cycle: Duration,
+        cycle_blocks: (i64, i64, i64),
+        changed_cycle: Duration,
+    }
+
+    /// Nothing missing: the bare anti-join, the full scan, unchanged cycles and the blocks of
+    /// auth.users they read, a cycle after changes through the triggers.
+    async fn steady(db: &Client, url: &str) -> Steady {
         db.batch_execute("VACUUM ANALYZE public.user_profiles")
             .await
             .unwrap();
         db.batch_execute("CHECKPOINT").await.unwrap();
         let anti_join =
             median_of(3, || async { timed(db.query_one(BARE_COUNT, &[])).await.0 }).await;
-        let settings = settings(&url);
+        let settings = settings(url);
         let shared = Shared::new(settings.clone()).unwrap();
         let (full_scan, run) = timed(run_job(&shared, JobKind::FullScan)).await;
         assert!(run.outcome.ran(), "{}", run.summary);
-        close(shared, &db).await;
-        let before = reads_of_auth_users(&db).await;
+        close(shared, db).await;
+        let before = reads_of_auth_users(db).await;
         let shared = Shared::new(settings.clone()).unwrap();
-        let unchanged = median_of(5, || async { timed(cycle(&shared)).await.0 }).await;
-        close(shared, &db).await;
-        let after = reads_of_auth_users(&db).await;
+        let cycle_took = median_of(5, || async { timed(cycle(&shared)).await.0 }).await;
+        close(shared, db).await;
+        let after = reads_of_auth_users(db).await;
         let cycle_blocks = (after.0 - before.0, after.1 - before.1, after.2 - before.2);
+        let changed_cycle = changed(db, &settings).await;
+        Steady {
+            anti_join,
+            full_scan,
+            cycle: cycle_took,
+            cycle_blocks,
+            changed_cycle,
+        }
+    }
 
-        // Changes through the triggers: sign-ups and deleted profiles, then one cycle.
+    /// Changes through the triggers (sign-ups and deleted profiles), then one cycle.
+    async fn changed(db: &Client, settings: &usersync::config::Settings) -> Duration {
         db.batch_execute(&format!(
             "INSERT INTO auth.users (id, email, created_at)
              SELECT gen_random_uuid(), 'scale-change-' || gen_random_uuid() || '@bench.invalid', now()
@@ -303,25 +214,14 @@ mod scale {
         ))
         .await
         .unwrap();
-        let shared = Shared::new(settings).unwrap();
+        let shared = Shared::new(settings.clone()).unwrap();
         let (changed_cycle, ()) = timed(cycle(&shared)).await;
         assert_eq!(shared.metrics.changes_seen.get(), CHANGES);
-        close(shared, &db).await;
+        close(shared, db).await;
         db.batch_execute("DELETE FROM auth.users WHERE email LIKE 'scale-change-%'")
             .await
             .unwrap();
-        Sized {
-            users,
-            cores,
-            bare,
-            many,
-            one,
-            anti_join,
-            full_scan,
-            cycle: unchanged,
-            cycle_blocks,
-            changed_cycle,
-        }
+        changed_cycle
     }
 
     fn settings(url: &str) -> usersync::config::Settings {

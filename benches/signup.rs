@@ -21,6 +21,13 @@ use uuid::Uuid;
 const ROUNDS: usize = 5;
 const SIGN_IN_ROUNDS: usize = 11;
 
+/// The sign-up variants: a label and the trigger left enabled.
+const VARIANTS: [(&str, Option<&str>); 3] = [
+    ("no trigger", None),
+    ("naive trigger", Some("bench_naive")),
+    ("usersync trigger", Some("usersync_on_auth_user_created")),
+];
+
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
     let per_round: usize = std::env::var("USERSYNC_BENCH_SIGNUPS")
@@ -29,7 +36,46 @@ async fn main() {
         .unwrap_or(2000);
     let (bench, db) = BenchDb::create().await;
     db.batch_execute(NAIVE_TRIGGER).await.unwrap();
+    let signups = sign_up_rounds(&db, per_round).await;
+    let ids: Vec<Uuid> = db
+        .query("SELECT id FROM auth.users LIMIT $1", &[&(per_round as i64)])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let [off, on] = sign_in_rounds(&db, &ids).await;
+    drop(db);
+    bench.drop_db().await;
 
+    println!(
+        "sign-up (single-row INSERT into auth.users, autocommit), {ROUNDS} rounds of {per_round}, median per sign-up:"
+    );
+    let per = |d: Duration| micros(d / per_round as u32);
+    let base = per(signups[0]);
+    for ((label, _), d) in VARIANTS.iter().zip(signups) {
+        let us = per(d);
+        println!(
+            "  {label:<17} {us:>7.1} µs   +{:>6.1} µs   {:.2}x",
+            us - base,
+            us / base
+        );
+    }
+    let n = ids.len() as u32;
+    let (off, on) = (micros(off / n), micros(on / n));
+    println!(
+        "sign-in (GoTrue's UPDATE of last_sign_in_at, autocommit), {SIGN_IN_ROUNDS} rounds of {n}, median per sign-in:"
+    );
+    println!("  update trigger off {off:>7.1} µs");
+    println!(
+        "  update trigger on  {on:>7.1} µs   {:+6.2} µs per sign-in (goal: under 5 µs)",
+        on - off
+    );
+}
+
+/// GoTrue-shaped sign-ups under each variant, alternating so that drift in the machine hits
+/// every variant alike: the median round of each.
+async fn sign_up_rounds(db: &Client, per_round: usize) -> Vec<Duration> {
     let insert = db
         .prepare(
             "INSERT INTO auth.users (instance_id, id, aud, role, email, encrypted_password,
@@ -41,16 +87,10 @@ async fn main() {
         )
         .await
         .unwrap();
-    let variants = [
-        ("no trigger", None),
-        ("naive trigger", Some("bench_naive")),
-        ("usersync trigger", Some("usersync_on_auth_user_created")),
-    ];
-    let mut samples = vec![Vec::new(); variants.len()];
-    // Warm-up, then alternate so that drift in the machine hits every variant alike.
-    sign_ups(&db, &insert, per_round / 4).await;
+    let mut samples = vec![Vec::new(); VARIANTS.len()];
+    sign_ups(db, &insert, per_round / 4).await; // warm-up
     for _ in 0..ROUNDS {
-        for (i, (_, trigger)) in variants.iter().enumerate() {
+        for (i, (_, trigger)) in VARIANTS.iter().enumerate() {
             db.batch_execute("ALTER TABLE auth.users DISABLE TRIGGER USER")
                 .await
                 .unwrap();
@@ -59,25 +99,21 @@ async fn main() {
                     .await
                     .unwrap();
             }
-            samples[i].push(sign_ups(&db, &insert, per_round).await);
+            samples[i].push(sign_ups(db, &insert, per_round).await);
         }
     }
+    samples.into_iter().map(median).collect()
+}
 
-    // Sign-ins of the users just made, with usersync's update trigger off and on.
+/// Sign-ins of `ids` with usersync's update trigger off and on: the median round of each. More
+/// rounds than the sign-ups, in alternating order: the difference is small.
+async fn sign_in_rounds(db: &Client, ids: &[Uuid]) -> [Duration; 2] {
     let sign_in = db
         .prepare("UPDATE auth.users SET last_sign_in_at = now(), updated_at = now() WHERE id = $1")
         .await
         .unwrap();
-    let ids: Vec<Uuid> = db
-        .query("SELECT id FROM auth.users LIMIT $1", &[&(per_round as i64)])
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
-    let mut sign_in_samples = [Vec::new(), Vec::new()];
-    sign_ins(&db, &sign_in, &ids).await;
-    // More rounds than the sign-ups, in alternating order: the difference is small.
+    let mut samples = [Vec::new(), Vec::new()];
+    sign_ins(db, &sign_in, ids).await;
     for round in 0..SIGN_IN_ROUNDS {
         let order = if round % 2 == 0 { [0, 1] } else { [1, 0] };
         for i in order {
@@ -87,34 +123,10 @@ async fn main() {
             ))
             .await
             .unwrap();
-            sign_in_samples[i].push(sign_ins(&db, &sign_in, &ids).await);
+            samples[i].push(sign_ins(db, &sign_in, ids).await);
         }
     }
-    drop(db);
-    bench.drop_db().await;
-
-    println!(
-        "sign-up (single-row INSERT into auth.users, autocommit), {ROUNDS} rounds of {per_round}, median per sign-up:"
-    );
-    let base = micros(median(samples[0].clone()) / per_round as u32);
-    for ((label, _), s) in variants.iter().zip(samples) {
-        let us = micros(median(s) / per_round as u32);
-        println!(
-            "  {label:<17} {us:>7.1} µs   +{:>6.1} µs   {:.2}x",
-            us - base,
-            us / base
-        );
-    }
-    let n = ids.len() as u32;
-    let [off, on] = sign_in_samples.map(|s| micros(median(s) / n));
-    println!(
-        "sign-in (GoTrue's UPDATE of last_sign_in_at, autocommit), {SIGN_IN_ROUNDS} rounds of {n}, median per sign-in:"
-    );
-    println!("  update trigger off {off:>7.1} µs");
-    println!(
-        "  update trigger on  {on:>7.1} µs   {:+6.2} µs per sign-in (goal: under 5 µs)",
-        on - off
-    );
+    samples.map(median)
 }
 
 async fn sign_ins(db: &Client, update: &tokio_postgres::Statement, ids: &[Uuid]) -> Duration {

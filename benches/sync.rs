@@ -25,49 +25,84 @@ use uuid::Uuid;
 
 const SAMPLE: usize = 5_000;
 
+/// The backfill's figures.
+struct Backfill {
+    bare: Duration,
+    created: u64,
+    trap: Option<Duration>,
+    one: common::BinaryRun,
+    many: common::BinaryRun,
+    per_row: Duration,
+}
+
+/// The steady state's.
+struct Steady {
+    count: Duration,
+    sweep: Duration,
+    sweep_lifecycle: Duration,
+    repair: Duration,
+}
+
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
     let users = arg_value("--users").unwrap_or(1_000_000);
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
     let started = Instant::now();
     let (bench, db) = BenchDb::create().await;
-    let db_url = bench.url.clone();
     populate(&db, users).await;
     eprintln!("{users} users built in {:.1?}", started.elapsed());
+    let backfill = backfill(&db, &bench.url, users, cores).await;
+    let settings = bench.settings(&[("USERSYNC__SYNC__WORKERS", &cores.to_string())]);
+    let steady = steady(&db, &settings).await;
+    drop(db);
+    bench.drop_db().await;
+    print_backfill(users, cores, &backfill);
+    print_steady(cores, &steady);
+}
 
-    // Every profile missing. The bare statement runs on a truncated table the planner knows
-    // nothing about (it then assumes a few pages and hashes); it is also timed in the trap
-    // state, truncated and vacuumed, which usersync has to survive on its own.
-    empty_profiles(&db, false).await;
-    let bare = timed(db.execute(BARE_INSERT, &[])).await;
-    let bare_created = bare.1.unwrap();
-    empty_profiles(&db, true).await;
+/// Every profile missing. The bare statement runs on a truncated table the planner knows
+/// nothing about (it then assumes a few pages and hashes); it is also timed in the trap state,
+/// truncated and vacuumed, which usersync has to survive on its own.
+async fn backfill(db: &Client, url: &str, users: u64, cores: usize) -> Backfill {
+    empty_profiles(db, false).await;
+    let (bare, created) = timed(db.execute(BARE_INSERT, &[])).await;
+    let created = created.unwrap();
+    empty_profiles(db, true).await;
     let trap = if users <= 200_000 {
         Some(timed(db.execute(BARE_INSERT, &[])).await.0)
     } else {
         None // quadratic: many minutes at a million
     };
-    empty_profiles(&db, true).await;
-    let one = run_binary(&db_url, 1);
+    empty_profiles(db, true).await;
+    let one = run_binary(url, 1);
     assert_eq!(
-        one.created, bare_created,
+        one.created, created,
         "usersync created what the bare statement did"
     );
-    empty_profiles(&db, true).await;
-    let many = run_binary(&db_url, cores);
-    assert_eq!(many.created, bare_created);
-    let per_row = per_row_sample(&db).await * users as u32;
+    empty_profiles(db, true).await;
+    let many = run_binary(url, cores);
+    assert_eq!(many.created, created);
+    let per_row = per_row_sample(db).await * users as u32;
+    Backfill {
+        bare,
+        created,
+        trap,
+        one,
+        many,
+        per_row,
+    }
+}
 
-    // Nothing missing.
+/// Nothing missing: the sweep's detection alone, and with the lifecycle statements (what the
+/// CLI's `usersync sync` and the daemon's full scan run), against the bare count; a repair pass
+/// over an empty queue. The daemon's cycles between full scans read neither table
+/// (benches/scale.rs measures them).
+async fn steady(db: &Client, settings: &usersync::config::Settings) -> Steady {
     db.batch_execute("VACUUM ANALYZE public.user_profiles")
         .await
         .unwrap();
     let count = median_of(5, || async { timed(db.query_one(BARE_COUNT, &[])).await.0 }).await;
-    let settings = bench.settings(&[("USERSYNC__SYNC__WORKERS", &cores.to_string())]);
     let pool = usersync::db::connect(&settings.database).await.unwrap();
-    // The sweep's detection alone, and with the lifecycle statements (what the CLI's `usersync
-    // sync` and the daemon's full scan run); the daemon's cycles between full scans read
-    // neither table (benches/scale.rs measures them).
     let options = usersync::sync::Options {
         apply_lifecycle: false,
         ..usersync::sync::Options::from_settings(&settings.sync)
@@ -76,93 +111,88 @@ async fn main() {
         apply_lifecycle: true,
         ..options.clone()
     };
-    let sweep = median_of(5, || async {
-        let (elapsed, report) = timed(usersync::sync::run(&pool, &options, None)).await;
-        assert_eq!(report.unwrap().total_created(), 0);
-        elapsed
-    })
-    .await;
-    let sweep_lifecycle = median_of(5, || async {
-        let (elapsed, report) = timed(usersync::sync::run(&pool, &with_lifecycle, None)).await;
-        assert_eq!(report.unwrap().total_created(), 0);
-        elapsed
-    })
-    .await;
-    let mut repair_client = pool.get().await.unwrap();
+    let sweep = |options: usersync::sync::Options| {
+        let pool = pool.clone();
+        async move {
+            median_of(5, || async {
+                let (elapsed, report) = timed(usersync::sync::run(&pool, &options, None)).await;
+                assert_eq!(report.unwrap().total_created(), 0);
+                elapsed
+            })
+            .await
+        }
+    };
+    let (sweep_plain, sweep_lifecycle) = (sweep(options).await, sweep(with_lifecycle).await);
+    let mut client = pool.get().await.unwrap();
     let mut repairs = Vec::new();
     for _ in 0..21 {
-        let started = Instant::now();
-        usersync::sync::repair::drain(
-            &mut repair_client,
+        let (took, drained) = timed(usersync::sync::repair::drain(
+            &mut client,
             &Default::default(),
             false,
             &mut Vec::new(),
-        )
-        .await
-        .unwrap();
-        repairs.push(started.elapsed());
+        ))
+        .await;
+        drained.unwrap();
+        repairs.push(took);
     }
     repairs.sort();
     let repair = repairs[repairs.len() / 2];
-    drop(repair_client);
-    drop(pool);
-    drop(db);
-    bench.drop_db().await;
+    Steady {
+        count,
+        sweep: sweep_plain,
+        sweep_lifecycle,
+        repair,
+    }
+}
 
-    let a = bare.0.as_secs_f64();
-    println!("\nbackfill of {bare_created} missing profiles among {users} users ({cores} cores):");
-    row("(a) bare INSERT … SELECT, one statement", bare.0, 1.0, "");
+fn print_backfill(users: u64, cores: usize, b: &Backfill) {
+    let a = b.bare.as_secs_f64();
+    let ratio = |d: Duration| d.as_secs_f64() / a;
+    println!(
+        "\nbackfill of {} missing profiles among {users} users ({cores} cores):",
+        b.created
+    );
+    row("(a) bare INSERT … SELECT, one statement", b.bare, 1.0, "");
     row(
         "(b) usersync sync, 1 worker",
-        one.elapsed,
-        one.elapsed.as_secs_f64() / a,
+        b.one.elapsed,
+        ratio(b.one.elapsed),
         "target ≤ 1.1",
     );
-    row(
-        &format!("(c) usersync sync, {cores} workers"),
-        many.elapsed,
-        many.elapsed.as_secs_f64() / a,
-        "target ≤ 0.8",
-    );
-    if let Some(trap) = trap {
+    let many = format!("(c) usersync sync, {cores} workers");
+    row(&many, b.many.elapsed, ratio(b.many.elapsed), "target ≤ 0.8");
+    if let Some(trap) = b.trap {
         row(
             "    the same, emptied table not analyzed",
             trap,
-            trap.as_secs_f64() / a,
+            ratio(trap),
             "the planner trap",
         );
     }
-    row(
-        &format!("(d) one round trip per user (from {SAMPLE})"),
-        per_row,
-        per_row.as_secs_f64() / a,
-        "",
-    );
+    let per_row = format!("(d) one round trip per user (from {SAMPLE})");
+    row(&per_row, b.per_row, ratio(b.per_row), "");
     println!(
         "    longest batch transaction: {:.0} ms (1 worker), {:.0} ms ({cores} workers); target < 500 ms",
-        one.longest_batch_ms, many.longest_batch_ms
+        b.one.longest_batch_ms, b.many.longest_batch_ms
     );
     println!(
         "    peak resident memory of usersync: {:.1} MB (1 worker), {:.1} MB ({cores} workers); target ≤ 50 MB",
-        one.peak_rss_mb, many.peak_rss_mb
+        b.one.peak_rss_mb, b.many.peak_rss_mb
     );
+}
+
+fn print_steady(cores: usize, s: &Steady) {
+    let ratio = |d: Duration| d.as_secs_f64() / s.count.as_secs_f64();
     println!("\nsteady state, nothing missing (median of 5):");
-    row("bare anti-join count", count, 1.0, "");
-    row(
-        &format!("usersync full sweep without the lifecycle, {cores} workers"),
-        sweep,
-        sweep.as_secs_f64() / count.as_secs_f64(),
-        "target ≤ 1.2",
-    );
-    row(
-        "    with the lifecycle statements (CLI, full scan)",
-        sweep_lifecycle,
-        sweep_lifecycle.as_secs_f64() / count.as_secs_f64(),
-        "",
-    );
+    row("bare anti-join count", s.count, 1.0, "");
+    let sweep = format!("usersync full sweep without the lifecycle, {cores} workers");
+    row(&sweep, s.sweep, ratio(s.sweep), "target ≤ 1.2");
+    let lifecycle = "    with the lifecycle statements (CLI, full scan)";
+    row(lifecycle, s.sweep_lifecycle, ratio(s.sweep_lifecycle), "");
     println!(
         "    repair pass over an empty queue: {:.2} ms (median of 21); target ≤ 5 ms",
-        repair.as_secs_f64() * 1e3
+        s.repair.as_secs_f64() * 1e3
     );
 }
 

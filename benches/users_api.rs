@@ -41,46 +41,8 @@ async fn main() {
         .get(0);
     let cursor = usersync::db::users::encode_cursor(deep_id);
 
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut daemon = Command::new(env!("CARGO_BIN_EXE_usersync"))
-        .arg("run")
-        .env("DATABASE_URL", &bench.url)
-        .env("USERSYNC__HTTP__LISTEN", format!("127.0.0.1:{port}"))
-        .env("USERSYNC__API__TOKEN", TOKEN)
-        .env("USERSYNC__SYNC__SCHEDULE", "0 0 0 1 1 *")
-        .env("USERSYNC__INTEGRITY__SCHEDULE", "0 0 0 1 1 *")
-        .env("USERSYNC__LOG__LEVEL", "warn")
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("running usersync run");
-    std::thread::sleep(Duration::from_secs(2));
-
-    let base = format!("http://127.0.0.1:{port}/v1/users?limit=100");
-    let first = wrk(&base);
-    let deep = wrk(&format!("{base}&cursor={cursor}"));
-    unsafe { libc::kill(daemon.id() as i32, libc::SIGTERM) };
-    daemon.wait().unwrap();
-
-    let keyset_sql = format!(
-        "SELECT u.id FROM auth.users u LEFT JOIN public.user_profiles p ON p.id = u.id
-         WHERE u.id > '{deep_id}' AND u.deleted_at IS NULL ORDER BY u.id LIMIT 100"
-    );
-    let offset_sql = format!(
-        "SELECT u.id FROM auth.users u LEFT JOIN public.user_profiles p ON p.id = u.id
-         WHERE u.deleted_at IS NULL ORDER BY u.id OFFSET {deep_offset} LIMIT 100"
-    );
-    let keyset = median_of(5, || async {
-        timed(db.query(keyset_sql.as_str(), &[])).await.0
-    })
-    .await;
-    let offset = median_of(5, || async {
-        timed(db.query(offset_sql.as_str(), &[])).await.0
-    })
-    .await;
+    let (first, deep) = load(&bench.url, &cursor);
+    let (keyset, offset) = plain_sql(&db, deep_id, deep_offset).await;
     drop(db);
     bench.drop_db().await;
 
@@ -106,6 +68,58 @@ async fn main() {
         offset.as_secs_f64() * 1e3,
         offset.as_secs_f64() / keyset.as_secs_f64()
     );
+}
+
+/// The real daemon with the users API, loaded by wrk on the first page and on a deep one.
+fn load(url: &str, cursor: &str) -> (WrkResult, WrkResult) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut daemon = Command::new(env!("CARGO_BIN_EXE_usersync"))
+        .arg("run")
+        .env("DATABASE_URL", url)
+        .env("USERSYNC__HTTP__LISTEN", format!("127.0.0.1:{port}"))
+        .env("USERSYNC__API__TOKEN", TOKEN)
+        .env("USERSYNC__SYNC__SCHEDULE", "0 0 0 1 1 *")
+        .env("USERSYNC__INTEGRITY__SCHEDULE", "0 0 0 1 1 *")
+        .env("USERSYNC__LOG__LEVEL", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("running usersync run");
+    std::thread::sleep(Duration::from_secs(2));
+    let base = format!("http://127.0.0.1:{port}/v1/users?limit=100");
+    let first = wrk(&base);
+    let deep = wrk(&format!("{base}&cursor={cursor}"));
+    unsafe { libc::kill(daemon.id() as i32, libc::SIGTERM) };
+    daemon.wait().unwrap();
+    (first, deep)
+}
+
+/// The same deep page in plain SQL: keyset and OFFSET, median of 5.
+async fn plain_sql(
+    db: &tokio_postgres::Client,
+    deep_id: uuid::Uuid,
+    deep_offset: i64,
+) -> (Duration, Duration) {
+    let keyset_sql = format!(
+        "SELECT u.id FROM auth.users u LEFT JOIN public.user_profiles p ON p.id = u.id
+         WHERE u.id > '{deep_id}' AND u.deleted_at IS NULL ORDER BY u.id LIMIT 100"
+    );
+    let offset_sql = format!(
+        "SELECT u.id FROM auth.users u LEFT JOIN public.user_profiles p ON p.id = u.id
+         WHERE u.deleted_at IS NULL ORDER BY u.id OFFSET {deep_offset} LIMIT 100"
+    );
+    let keyset = median_of(5, || async {
+        timed(db.query(keyset_sql.as_str(), &[])).await.0
+    })
+    .await;
+    let offset = median_of(5, || async {
+        timed(db.query(offset_sql.as_str(), &[])).await.0
+    })
+    .await;
+    (keyset, offset)
 }
 
 /// wrk's latency text ("6.95ms", "1.90s", "850.00us") in milliseconds.

@@ -2,7 +2,7 @@
 
 use std::fmt;
 
-/// Exit codes, as documented in README.md (sysexits.h where one fits).
+/// Exit codes, as documented in docs/configuration.md (sysexits.h where one fits).
 pub mod exit {
     /// Success.
     pub const OK: u8 = 0;

@@ -6,16 +6,17 @@ use std::io::Write;
 
 use serde::Serialize;
 
+mod migrate;
 mod progress_bar;
 mod render;
 
-use crate::cli::{Cli, Command, Migrate};
+use crate::cli::{Cli, Command};
 use crate::config::{Settings, Sources};
-use crate::db::{self, migrate, probe, verify};
+use crate::db;
 use crate::error::IoContext;
 use crate::error::{Error, Result, exit};
 use crate::{integrity, sync};
-use render::{check_text, sync_text, user_line, verify_text};
+use render::{check_text, sync_text, user_line};
 
 /// Runs `cli` with settings already loaded; returns the process exit code.
 pub async fn run(cli: Cli, settings: Settings) -> Result<u8> {
@@ -36,7 +37,7 @@ pub async fn run(cli: Cli, settings: Settings) -> Result<u8> {
             crate::demo::run(settings, shutdown_signal()).await?;
             Ok(exit::OK)
         }
-        Command::Migrate { command } => run_migrate(command, &settings).await,
+        Command::Migrate { command } => migrate::run(command, &settings).await,
         Command::Check { output, e2e } => check_command(&settings, output.json, e2e).await,
         Command::Users { command } => users_command(command, &settings).await,
         Command::Sync {
@@ -184,146 +185,13 @@ pub fn load_settings(cli: &Cli) -> Result<Settings> {
     Settings::load(&Sources::from_process(cli.config.as_deref()))
 }
 
-// Long on purpose: one arm per `migrate` subcommand, each a call and its output: split, they
-
-// would only pass the same arguments around.
-
-async fn run_migrate(command: Migrate, settings: &Settings) -> Result<u8> {
-    match command {
-        Migrate::Up {
-            to,
-            allow_existing_trigger,
-            output,
-        } => {
-            let mut client = migration_client(settings).await?;
-            let client = &mut **client;
-            let options = migrate::UpOptions {
-                to,
-                allow_existing_trigger,
-            };
-            let steps = migrate::up(client, options).await?;
-            // The release step is the policies' one writer: the triggers and every daemon
-            // apply what it leaves in usersync.policy.
-            let policy = settings.sync.policy();
-            if sync::policy::load(client).await?.is_some()
-                && sync::policy::store(&policy, client).await?
-            {
-                tracing::info!(%policy, "lifecycle policies written to usersync.policy");
-            }
-            print_steps(&steps, output.json, migrate::Direction::Up)?;
-            Ok(exit::OK)
-        }
-        Migrate::Down { to, output } => {
-            let mut client = migration_client(settings).await?;
-            let client = &mut **client;
-            let steps = migrate::down(client, to).await?;
-            print_steps(&steps, output.json, migrate::Direction::Down)?;
-            Ok(exit::OK)
-        }
-        Migrate::Status { output } => {
-            let client = migration_client(settings).await?;
-            let status = migrate::status(&client).await?;
-            if output.json {
-                print_json(&status)?;
-            } else {
-                let mut out = String::new();
-                for s in &status {
-                    let state = match &s.state {
-                        migrate::State::Applied {
-                            applied_at,
-                            duration_ms,
-                        } => {
-                            format!("applied  {applied_at} ({duration_ms} ms)")
-                        }
-                        migrate::State::Pending => "pending".into(),
-                        migrate::State::Drifted { .. } => {
-                            "DRIFTED  the file differs from what was applied".into()
-                        }
-                        migrate::State::Unknown => "unknown  applied by a newer usersync".into(),
-                    };
-                    out.push_str(&format!("{:04}  {:<16} {state}\n", s.version, s.name));
-                }
-                write_stdout(&out)?;
-            }
-            Ok(exit::OK)
-        }
-        Migrate::Grant { role, output } => {
-            let mut client = migration_client(settings).await?;
-            let client = &mut **client;
-            let granted =
-                db::grant::grant(client, &role, &settings.integrity.user_id_columns).await?;
-            if output.json {
-                print_json(&granted)?;
-            } else {
-                write_stdout(&render::grant_text(&granted))?;
-            }
-            Ok(if granted.complete() {
-                exit::OK
-            } else {
-                exit::FAILED
-            })
-        }
-        // Files only: no database.
-        Migrate::Export { supabase, output } => {
-            let exported = db::export::supabase(&supabase, chrono::Utc::now())?;
-            if output.json {
-                print_json(&exported)?;
-            } else {
-                write_stdout(&render::export_text(&exported))?;
-            }
-            Ok(exit::OK)
-        }
-        Migrate::Verify {
-            e2e,
-            runtime_role,
-            output,
-        } => {
-            let mut client = migration_client(settings).await?;
-            let client = &mut **client;
-            let mut report = verify::verify(client).await?;
-            if e2e {
-                probe::run(client, &mut report).await?;
-            }
-            if let Some(role) = &runtime_role {
-                verify::access::runtime_role(client, role, &mut report).await?;
-            }
-            if output.json {
-                print_json(&report)?;
-            } else {
-                write_stdout(&verify_text(&report, e2e))?;
-            }
-            Ok(if report.ok { exit::OK } else { exit::FAILED })
-        }
-    }
-}
-
-/// A connection for a `migrate` subcommand that needs one.
-async fn migration_client(settings: &Settings) -> Result<deadpool_postgres::Object> {
-    db::connect(&settings.database).await?.get().await
-}
-
-fn print_steps(steps: &[migrate::Step], json: bool, direction: migrate::Direction) -> Result<()> {
+/// `value` as one JSON document with `--json`, else as `text` renders it.
+fn emit<T: Serialize>(json: bool, value: &T, text: impl FnOnce(&T) -> String) -> Result<()> {
     if json {
-        return print_json(&steps);
+        print_json(value)
+    } else {
+        write_stdout(&text(value))
     }
-    let mut out = String::new();
-    if steps.is_empty() {
-        out.push_str(match direction {
-            migrate::Direction::Up => "nothing to apply: the schema is up to date\n",
-            migrate::Direction::Down => "nothing to roll back\n",
-        });
-    }
-    for s in steps {
-        let verb = match s.direction {
-            migrate::Direction::Up => "applied",
-            migrate::Direction::Down => "rolled back",
-        };
-        out.push_str(&format!(
-            "{verb} {:04}_{} ({} ms)\n",
-            s.version, s.name, s.duration_ms
-        ));
-    }
-    write_stdout(&out)
 }
 
 fn print_json(value: &impl Serialize) -> Result<()> {

@@ -1,7 +1,7 @@
 //! How each command's text output reads (its `--json` twin is the report itself).
 //! Values from the database pass through [`printable`] first.
 
-use crate::db::verify;
+use crate::db::{migrate, verify};
 use crate::{integrity, sync};
 
 pub(super) fn user_line(u: &crate::db::users::User) -> String {
@@ -173,6 +173,48 @@ pub(super) fn verify_text(report: &verify::Report, e2e: bool) -> String {
 }
 
 /// How a fix is introduced: SQL to run as printed, or a step.
+/// `migrate up` and `migrate down`: the steps, or that there was nothing to do.
+pub(super) fn steps_text(steps: &[migrate::Step], direction: migrate::Direction) -> String {
+    let mut out = String::new();
+    if steps.is_empty() {
+        out.push_str(match direction {
+            migrate::Direction::Up => "nothing to apply: the schema is up to date\n",
+            migrate::Direction::Down => "nothing to roll back\n",
+        });
+    }
+    for s in steps {
+        let verb = match s.direction {
+            migrate::Direction::Up => "applied",
+            migrate::Direction::Down => "rolled back",
+        };
+        out.push_str(&format!(
+            "{verb} {:04}_{} ({} ms)\n",
+            s.version, s.name, s.duration_ms
+        ));
+    }
+    out
+}
+
+/// `migrate status`: a line per migration.
+pub(super) fn status_text(status: &[migrate::MigrationStatus]) -> String {
+    let mut out = String::new();
+    for s in status {
+        let state = match &s.state {
+            migrate::State::Applied {
+                applied_at,
+                duration_ms,
+            } => format!("applied  {applied_at} ({duration_ms} ms)"),
+            migrate::State::Pending => "pending".into(),
+            migrate::State::Drifted { .. } => {
+                "DRIFTED  the file differs from what was applied".into()
+            }
+            migrate::State::Unknown => "unknown  applied by a newer usersync".into(),
+        };
+        out.push_str(&format!("{:04}  {:<16} {state}\n", s.version, s.name));
+    }
+    out
+}
+
 /// `migrate grant`: the statements it ran, then either what the role may now do or each
 /// privilege it still lacks, with the reason.
 pub(super) fn grant_text(g: &crate::db::grant::Granted) -> String {

@@ -6,8 +6,8 @@
 //! and the log.
 //!
 //! Locks: a job never overlaps itself in one process; every drain of the repair queue takes
-//! one lock (`Locks::drain`); the integrity check and the full scan take advisory locks too,
-//! so that one replica runs them at a time. The policies are loaded once per run.
+//! one lock (`Locks::drain`); the full scan and the integrity check's data counts take advisory
+//! locks too, so that one replica runs them at a time. The policies are loaded once per run.
 
 use std::sync::Arc;
 
@@ -30,7 +30,8 @@ pub enum Done {
     /// A repair pass: the repair job's, the NOTIFY listener's.
     Repaired(RepairReport),
     /// The integrity check when nothing changed around the triggers: the catalog checks, the
-    /// data counts that were due, the rest as last counted.
+    /// data counts that were due (and not being counted by another replica), the rest as last
+    /// counted.
     Checked {
         handled: u64,
         counted: Counts,
@@ -111,54 +112,59 @@ async fn sweep(shared: &Arc<Shared>, policies: &Policies) -> Result<Done> {
     }
 }
 
-/// The integrity check, one replica at a time.
+/// The integrity check: the catalog every time, on every replica (each shows the same), and
+/// the data counts that are due.
 async fn check(shared: &Arc<Shared>, policies: &Policies, probe: bool) -> Result<Done> {
     let client = shared.db.get().await?;
-    let Some(mut held) = Held::try_take(client, JOB_LOCK_NAMESPACE, INTEGRITY_LOCK).await? else {
-        return Ok(Done::Busy("another replica is running the integrity check"));
-    };
-    let done = match watch::look(&held).await {
-        Ok(look) => match look.due {
-            None => counted_check(shared, &mut held, policies, look, probe).await,
-            Some(due) => {
-                held.release().await;
-                return full_scan(shared, policies, due, Some(look)).await;
-            }
-        },
-        Err(e) => Err(e),
-    };
-    held.release().await;
-    done
+    let look = watch::look(&client).await?;
+    match look.due {
+        None => counted_check(shared, client, policies, look, probe).await,
+        Some(due) => {
+            drop(client);
+            full_scan(shared, policies, due, Some(look)).await
+        }
+    }
 }
 
 /// The catalog checks, and each data count the look says is due: the user-id columns after
 /// users were deleted, or while their last count found rows naming no user (deleting those rows
 /// leaves no trace); the orphans after profiles were deleted, when the last count found some.
-/// What was counted is kept; the rest is shown as last counted.
+/// One replica counts, under an advisory lock; a replica that finds it held shows what the
+/// other keeps. What was counted is kept; the rest is shown as last counted.
 async fn counted_check(
     shared: &Shared,
-    client: &mut tokio_postgres::Client,
+    mut client: deadpool_postgres::Object,
     policies: &Policies,
     look: Look,
     probe: bool,
 ) -> Result<Done> {
-    let stored = integrity::stored::load(&*client).await?;
+    let stored = integrity::stored::load(&**client).await?;
     let deletions = look.deletions;
-    let counts = Counts {
+    let due = Counts {
         census: false,
         orphans: deletions.profiles_pending() && stored.orphans_found(),
         user_id_columns: deletions.users_pending() || stored.user_id_orphans(),
     };
+    let locked = due != Counts::NONE
+        && crate::db::try_advisory_lock(&client, JOB_LOCK_NAMESPACE, INTEGRITY_LOCK).await?;
+    let counts = if locked { due } else { Counts::NONE };
     let settings = &shared.settings.integrity;
-    let report = integrity::run(client, settings, *policies, counts, probe).await?;
-    // Deletions whose count is no longer due (orphans none to recount) are seen all the same.
-    let users = counts.user_id_columns.then_some(deletions.users);
-    let profiles = deletions.profiles_pending().then_some(deletions.profiles);
-    integrity::stored::save(&*client, &report.counted, users, profiles).await?;
+    let checked = async {
+        let report = integrity::run(&mut client, settings, *policies, counts, probe).await?;
+        // Profile deletions with no orphans to count again are seen all the same.
+        let users = counts.user_id_columns.then_some(deletions.users);
+        let profiles = (counts.orphans || !stored.orphans_found()).then_some(deletions.profiles);
+        integrity::stored::save(&**client, &report.counted, users, profiles).await?;
+        Ok::<_, crate::Error>(report)
+    }
+    .await;
+    if locked {
+        crate::db::release_advisory_lock(client, JOB_LOCK_NAMESPACE, INTEGRITY_LOCK).await;
+    }
     Ok(Done::Checked {
         handled: look.handled,
         counted: counts,
-        report: report.with_stored(&stored),
+        report: checked?.with_stored(&stored),
     })
 }
 
@@ -266,7 +272,12 @@ impl std::fmt::Display for Done {
             Done::Repaired(repair) => write!(f, "{}", Repair(repair)),
             Done::Checked {
                 counted, report, ..
-            } => write!(f, "{}{}", Findings(report), Recounted(*counted)),
+            } => write!(
+                f,
+                "{}{}",
+                Findings(report, f.alternate()),
+                Recounted(*counted)
+            ),
             Done::FullScan(scan) => write!(
                 f,
                 "full scan, because {}: {} scanned, {} missing, {} created, {} failed; {}",
@@ -275,7 +286,7 @@ impl std::fmt::Display for Done {
                 scan.sync.missing,
                 scan.sync.created,
                 scan.sync.failed + scan.repair.failed,
-                Findings(&scan.checks)
+                Findings(&scan.checks, f.alternate())
             ),
             Done::Skipped => f.write_str("the previous run was still going; tick skipped"),
             Done::Busy(why) => f.write_str(why),
@@ -297,11 +308,15 @@ impl std::fmt::Display for Repair<'_> {
     }
 }
 
-/// A report's findings in words.
-struct Findings<'a>(&'a integrity::Report);
+/// A report's findings in words; on the board (`true`) only that they were checked, since the
+/// findings panel shows the latest check's and a row's older count would contradict it.
+struct Findings<'a>(&'a integrity::Report, bool);
 
 impl std::fmt::Display for Findings<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.1 {
+            return f.write_str("checked (the findings are in their own panel)");
+        }
         match (self.0.findings.len(), self.0.errors()) {
             (0, _) => f.write_str("no findings"),
             (n, 0) => f.write_str(&plural(n as u64, "finding")),

@@ -18,13 +18,15 @@ pub fn run(shared: &Shared, job: JobKind, done: Result<Done>, took: Duration) ->
     m.run_duration
         .with_label_values(&[job.name()])
         .observe(took.as_secs_f64());
-    let (outcome, summary) = match &done {
-        Ok(done) => (done.outcome(), done.to_string()),
+    // The log line has the findings' count; the board's row leaves it to the findings panel.
+    let (outcome, line, summary) = match &done {
+        Ok(done) => (done.outcome(), done.to_string(), format!("{done:#}")),
         Err(e) => {
             if e.is_unreachable() {
                 shared.database_down();
             }
-            (Outcome::Error, crate::error::Chain(e).to_string())
+            let chain = crate::error::Chain(e).to_string();
+            (Outcome::Error, chain.clone(), chain)
         }
     };
     if let Ok(done) = &done {
@@ -45,13 +47,13 @@ pub fn run(shared: &Shared, job: JobKind, done: Result<Done>, took: Duration) ->
     };
     match outcome {
         Outcome::Error => {
-            tracing::warn!(error = %last.summary, "job run failed; retried on its next tick")
+            tracing::warn!(error = %line, "job run failed; retried on its next tick")
         }
         Outcome::Skipped | Outcome::Busy => {
-            tracing::debug!(summary = %last.summary, "job run not needed")
+            tracing::debug!(summary = %line, "job run not needed")
         }
         _ => tracing::info!(outcome = outcome.as_str(), duration_ms = took.as_millis() as u64,
-            summary = %last.summary, "job run ended"),
+            summary = %line, "job run ended"),
     }
     if outcome != Outcome::Skipped {
         shared.board.record(job, last.clone());
@@ -118,7 +120,7 @@ fn full_scan(shared: &Shared, scan: &FullScan, done: &Done, took: Duration) {
             outcome: done.outcome(),
             finished_at: metrics::now(),
             duration_ms: took.as_secs_f64() * 1e3,
-            summary: done.to_string(),
+            summary: format!("{done:#}"),
         },
     );
 }

@@ -4,7 +4,7 @@
 //! Everything on the list can be granted by hosted Supabase's `postgres`, which owns what
 //! `migrate up` created and holds nothing in schema `auth` it could pass on. A GRANT the
 //! connecting role cannot make is only a WARNING in PostgreSQL ("no privileges were granted"),
-//! so success is never read off the statements: [`access::gaps`] asks PostgreSQL what the role
+//! so success is never read off the statements: [`runtime::gaps`] asks PostgreSQL what the role
 //! holds afterwards, and each gap is named with its reason.
 //!
 //! The role's name reaches the statements only as PostgreSQL's own `quote_ident` of it; every
@@ -16,7 +16,7 @@ use tokio_postgres::Client;
 
 use crate::config::UserIdColumn;
 use crate::db::RowExt;
-use crate::db::verify::access::{self, Gap, Privilege};
+use crate::db::verify::runtime::{self, Gap, Privilege};
 use crate::error::{DbContext, Error, Result};
 
 /// What `grant` did, and what the role still lacks (nothing, when it can run usersync).
@@ -38,6 +38,51 @@ impl Granted {
 /// Grants `role` what the runtime needs that it does not hold yet, registers `columns` as the
 /// user-id columns the integrity check counts, and reads back what the role holds.
 pub async fn grant(client: &mut Client, role: &str, columns: &[UserIdColumn]) -> Result<Granted> {
+    let quoted = runtime_role(client, role).await?;
+    let may_register = registrable(client).await?;
+    // Only what this role may grant: a GRANT of a privilege held without grant option is a
+    // mere WARNING, of one not held an error that would undo the rest; both are named by the
+    // read-back instead.
+    let grantable: Vec<Privilege> = runtime::standings(client, Some(role))
+        .await?
+        .into_iter()
+        .filter(|s| s.present && !s.held && s.grantable)
+        .map(|s| s.privilege)
+        .collect();
+    let mut statements = statements_for(&quoted, &grantable);
+    let tx = client.transaction().await.context("starting the grants")?;
+    for sql in &statements {
+        tx.batch_execute(sql)
+            .await
+            .context(format!("granting: {sql}"))?;
+    }
+    statements.extend(profile_policy(&tx, role).await?);
+    if may_register {
+        register(&tx, columns).await?;
+    }
+    tx.commit().await.context("committing the grants")?;
+    let mut missing = runtime::gaps(client, role).await?;
+    if !may_register {
+        missing.push(Gap {
+            what: "integrity.user_id_columns registered in usersync.user_id_columns".into(),
+            why: "the connecting role may not write usersync.user_id_columns (the migration \
+                  role owns it)"
+                .into(),
+        });
+    }
+    tracing::info!(role = %quoted, statements = statements.len(), missing = missing.len(),
+        "runtime role granted");
+    let registered = if may_register { columns } else { &[] };
+    Ok(Granted {
+        role: quoted,
+        statements,
+        user_id_columns: registered.iter().map(ToString::to_string).collect(),
+        missing,
+    })
+}
+
+/// The role, quoted by PostgreSQL; it must exist and not be a superuser.
+async fn runtime_role(client: &Client, role: &str) -> Result<String> {
     let row = client
         .query_opt(
             "SELECT pg_catalog.quote_ident(r.rolname::pg_catalog.text), r.rolsuper
@@ -58,6 +103,11 @@ pub async fn grant(client: &mut Client, role: &str, columns: &[UserIdColumn]) ->
             "role {quoted} is a superuser: the runtime role should be an ordinary one"
         )));
     }
+    Ok(quoted)
+}
+
+/// Whether this role may register the user-id columns; an error before migration 0005.
+async fn registrable(client: &Client) -> Result<bool> {
     let row = client
         .query_one(
             "SELECT pg_catalog.to_regclass('usersync.user_id_columns') IS NOT NULL,
@@ -74,64 +124,32 @@ pub async fn grant(client: &mut Client, role: &str, columns: &[UserIdColumn]) ->
             "usersync.user_id_columns does not exist: run usersync migrate up first".into(),
         ));
     }
-    // Only what this role may grant: a GRANT of a privilege held without grant option is a
-    // mere WARNING, of one not held an error that would undo the rest; both are named by the
-    // read-back instead.
-    let grantable: Vec<Privilege> = access::standings(client, Some(role))
-        .await?
-        .into_iter()
-        .filter(|s| s.present && !s.held && s.grantable)
-        .map(|s| s.privilege)
-        .collect();
-    let mut statements = statements_for(&quoted, &grantable);
-    let tx = client.transaction().await.context("starting the grants")?;
-    for sql in &statements {
-        tx.batch_execute(sql)
-            .await
-            .context(format!("granting: {sql}"))?;
+    Ok(may_register)
+}
+
+/// The role's way through row level security on `public.user_profiles` (on for the API roles),
+/// when it has none and this role owns the table: the statement it ran.
+async fn profile_policy(
+    tx: &tokio_postgres::Transaction<'_>,
+    role: &str,
+) -> Result<Option<String>> {
+    if runtime::sees_every_profile(tx, Some(role)).await? || !owns_profiles(tx).await? {
+        return Ok(None);
     }
-    if !access::sees_every_profile(&tx, Some(role)).await? && owns_profiles(&tx).await? {
-        // PostgreSQL quotes both names; the policy lets the role through row level security,
-        // which public.user_profiles has on for the API roles.
-        let create: String = tx
-            .query_one(
-                "SELECT pg_catalog.format('CREATE POLICY %I ON public.user_profiles AS PERMISSIVE \
-                     FOR ALL TO %I USING (true) WITH CHECK (true)', $1::pg_catalog.text || $2, $2)",
-                &[&access::PROFILE_POLICY_PREFIX, &role],
-            )
-            .await
-            .context("naming the runtime role's policy")?
-            .value(0)?;
-        tx.batch_execute(&create)
-            .await
-            .context(format!("granting: {create}"))?;
-        statements.push(create);
-    }
-    if may_register {
-        register(&tx, columns).await?;
-    }
-    tx.commit().await.context("committing the grants")?;
-    let mut missing = access::gaps(client, role).await?;
-    if !may_register {
-        missing.push(Gap {
-            what: "integrity.user_id_columns registered in usersync.user_id_columns".into(),
-            why: "the connecting role may not write usersync.user_id_columns (the migration \
-                  role owns it)"
-                .into(),
-        });
-    }
-    tracing::info!(role = %quoted, statements = statements.len(), missing = missing.len(),
-        "runtime role granted");
-    Ok(Granted {
-        role: quoted,
-        statements,
-        user_id_columns: if may_register {
-            columns.iter().map(ToString::to_string).collect()
-        } else {
-            Vec::new()
-        },
-        missing,
-    })
+    // PostgreSQL quotes both names.
+    let create: String = tx
+        .query_one(
+            "SELECT pg_catalog.format('CREATE POLICY %I ON public.user_profiles AS PERMISSIVE \
+                 FOR ALL TO %I USING (true) WITH CHECK (true)', $1::pg_catalog.text || $2, $2)",
+            &[&runtime::PROFILE_POLICY_PREFIX, &role],
+        )
+        .await
+        .context("naming the runtime role's policy")?
+        .value(0)?;
+    tx.batch_execute(&create)
+        .await
+        .context(format!("granting: {create}"))?;
+    Ok(Some(create))
 }
 
 /// The configured user-id columns become the registered ones: the integrity check's count
@@ -197,7 +215,7 @@ fn statements_for(role: &str, lacking: &[Privilege]) -> Vec<String> {
 
 #[cfg(test)]
 mod tests {
-    use crate::db::verify::access::RUNTIME_PRIVILEGES;
+    use crate::db::verify::runtime::RUNTIME_PRIVILEGES;
 
     #[test]
     fn one_statement_per_object_and_nothing_in_schema_auth() {

@@ -63,29 +63,42 @@ pub async fn run(client: &mut Client, report: &mut Report) -> Result<()> {
     Ok(())
 }
 
-// Long on purpose: the probe's steps in the order they depend on each other, each with the
-
-// finding it makes.
-
+/// The probe's steps in the order they depend on each other, each with the finding it makes;
+/// a sign-up that fails ends the probe.
 async fn steps(tx: &Transaction<'_>) -> Result<Vec<Finding>> {
     let mut findings = Vec::new();
     let first = Uuid::new_v4();
-    let email = probe_email(first);
-
-    // 1. A sign-up gets a profile with the defaults.
-    if let Err(e) = tx.execute(SIGN_UP, &[&first, &email, &PROBE_NAME]).await {
-        findings.push(step(
-            "e2e.signup",
-            "the sign-up commits",
-            format!("the sign-up failed: {}", db_message(&e)),
-            "usersync migrate verify (without --e2e) names the broken object",
-        ));
+    if let Some(failed) = sign_up(tx, first).await {
+        findings.push(failed);
         return Ok(findings);
     }
+    findings.extend(signed_up(tx, first).await?);
+    findings.extend(deleted(tx, first).await?);
+    findings.extend(failure_queued(tx).await?);
+    Ok(findings)
+}
+
+/// 1. A sign-up commits: None, else the finding that it did not.
+async fn sign_up(tx: &Transaction<'_>, id: Uuid) -> Option<Finding> {
+    let email = probe_email(id);
+    let e = tx
+        .execute(SIGN_UP, &[&id, &email, &PROBE_NAME])
+        .await
+        .err()?;
+    Some(step(
+        "e2e.signup",
+        "the sign-up commits",
+        format!("the sign-up failed: {}", db_message(&e)),
+        "usersync migrate verify (without --e2e) names the broken object",
+    ))
+}
+
+/// 1. The sign-up got a profile with the defaults.
+async fn signed_up(tx: &Transaction<'_>, id: Uuid) -> Result<Option<Finding>> {
     let profile = tx
         .query_opt(
             "SELECT role, is_active, full_name FROM public.user_profiles WHERE id = $1",
-            &[&first],
+            &[&id],
         )
         .await
         .context("e2e probe: reading the profile")?;
@@ -99,37 +112,41 @@ async fn steps(tx: &Transaction<'_>) -> Result<Vec<Finding>> {
             })
         }
     };
-    if let Some(found) = found {
-        findings.push(step(
+    Ok(found.map(|found| {
+        step(
             "e2e.signup",
             "a profile with role 'user', is_active true and the name from the metadata",
             found,
             "usersync migrate verify (without --e2e) names the broken object",
-        ));
-    }
+        )
+    }))
+}
 
-    // 2. Deleting the user deletes the profile.
-    tx.execute("DELETE FROM auth.users WHERE id = $1", &[&first])
+/// 2. Deleting the user deletes the profile.
+async fn deleted(tx: &Transaction<'_>, id: Uuid) -> Result<Option<Finding>> {
+    tx.execute("DELETE FROM auth.users WHERE id = $1", &[&id])
         .await
         .context("e2e probe: deleting the probe user")?;
     let left: i64 = tx
         .query_one(
             "SELECT count(*) FROM public.user_profiles WHERE id = $1",
-            &[&first],
+            &[&id],
         )
         .await
         .context("e2e probe: reading the profile")?
         .value(0)?;
-    if left != 0 {
-        findings.push(step(
+    Ok((left != 0).then(|| {
+        step(
             "e2e.delete_cascade",
             "deleting the user deletes the profile",
             "the profile is still there",
             "usersync migrate verify (without --e2e) names the broken foreign key",
-        ));
-    }
+        )
+    }))
+}
 
-    // 3. A failing profile insert does not fail the sign-up, and is queued for repair.
+/// 3. A failing profile insert does not fail the sign-up, and is queued for repair.
+async fn failure_queued(tx: &Transaction<'_>) -> Result<Option<Finding>> {
     tx.batch_execute(
         "ALTER TABLE public.user_profiles ADD CONSTRAINT usersync_e2e_probe CHECK (false) NOT VALID",
     )
@@ -138,14 +155,13 @@ async fn steps(tx: &Transaction<'_>) -> Result<Vec<Finding>> {
     let second = Uuid::new_v4();
     let email = probe_email(second);
     if let Err(e) = tx.execute(SIGN_UP, &[&second, &email, &PROBE_NAME]).await {
-        findings.push(step(
+        return Ok(Some(step(
             "e2e.failure_queued",
             "the sign-up commits although its profile cannot be created",
             format!("the sign-up failed: {}", db_message(&e)),
             "usersync.on_auth_user_created() must catch every error: restore it from \
              migrations/0002_hardening.up.sql",
-        ));
-        return Ok(findings);
+        )));
     }
     let queued: i64 = tx
         .query_one(
@@ -155,15 +171,14 @@ async fn steps(tx: &Transaction<'_>) -> Result<Vec<Finding>> {
         .await
         .context("e2e probe: reading the repair queue")?
         .value(0)?;
-    if queued != 1 {
-        findings.push(step(
+    Ok((queued != 1).then(|| {
+        step(
             "e2e.failure_queued",
             "the failed profile is in usersync.repair_queue",
             "not queued",
             "restore usersync.on_auth_user_created() from migrations/0002_hardening.up.sql",
-        ));
-    }
-    Ok(findings)
+        )
+    }))
 }
 
 pub(crate) fn probe_email(id: Uuid) -> String {

@@ -19,15 +19,16 @@ use hyper::{Method, Request, Response, StatusCode, header};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
-use tokio::sync::Mutex;
 
-use crate::db::verify;
 use crate::metrics::Closed;
 use crate::state::Shared;
 
 pub mod conn;
+mod ready;
 pub mod status;
 pub mod users;
+
+pub use ready::{NotReady, Readiness};
 
 type Body = Full<Bytes>;
 
@@ -154,8 +155,7 @@ async fn observed(
     response
 }
 
-// Long on purpose: the route table: one arm per route.
-
+/// The route table: one arm per route.
 async fn route(
     request: Request<Incoming>,
     shared: &Shared,
@@ -189,20 +189,7 @@ async fn route(
             StatusCode::SERVICE_UNAVAILABLE,
             r#"{"status":"scheduler stalled"}"#.into(),
         ),
-        "/readyz" => match readiness.check(shared).await {
-            Ok(()) => json(StatusCode::OK, r#"{"ready":true}"#.into()),
-            Err(not_ready) => json(
-                StatusCode::SERVICE_UNAVAILABLE,
-                serde_json::json!({
-                    "ready": false,
-                    "reason": not_ready.reason,
-                    "checks": not_ready.checks,
-                    "permission": not_ready.permission,
-                    "database": shared.db.target(),
-                })
-                .to_string(),
-            ),
-        },
+        "/readyz" => ready::respond(shared, readiness).await,
         "/metrics" => Response::builder()
             .status(StatusCode::OK)
             .header(
@@ -218,24 +205,7 @@ async fn route(
                 .token
                 .as_ref()
                 .is_some_and(|t| users::authorized(request.headers(), t.expose()));
-            let status = status::collect(shared, readiness, detailed).await;
-            if path == "/status" {
-                json(
-                    StatusCode::OK,
-                    serde_json::to_string(&status).expect("the status serializes"),
-                )
-            } else {
-                Response::builder()
-                    .status(StatusCode::OK)
-                    .header(header::CONTENT_TYPE, "text/html; charset=utf-8")
-                    .header(header::CACHE_CONTROL, "no-store")
-                    .header(
-                        header::CONTENT_SECURITY_POLICY,
-                        "default-src 'none'; style-src 'unsafe-inline'",
-                    )
-                    .body(Full::new(Bytes::from(status::html(&status))))
-                    .expect("a valid response")
-            }
+            status::respond(shared, readiness, detailed, path == "/status").await
         }
         _ => json(StatusCode::NOT_FOUND, r#"{"error":"not_found"}"#.into()),
     }
@@ -248,129 +218,4 @@ pub(crate) fn json(status: StatusCode, body: String) -> Response<Body> {
         .header(header::CACHE_CONTROL, "no-store")
         .body(Full::new(Bytes::from(body)))
         .expect("a valid response")
-}
-
-/// Readiness: the database answers and `migrate verify` holds. Remembered for two seconds, so
-/// probes from several kubelets or load balancers cost one check.
-#[derive(Default)]
-pub struct Readiness {
-    last: Mutex<Option<(std::time::Instant, Result<(), NotReady>)>>,
-}
-
-/// Why `/readyz` says 503: a stable reason code, for `schema` the failed checks, for
-/// `permission` what the role lacks. Never the server's own messages (they can name the user
-/// and the authentication method): the log has those.
-#[derive(Clone, Debug, PartialEq, serde::Serialize)]
-pub struct NotReady {
-    /// `unreachable`: no connection could be opened; `busy`: every pooled connection stayed in
-    /// use; `timeout`: the database did not answer in time; `schema`: `migrate verify` fails;
-    /// `permission`: the role usersync runs as lacks a privilege (`migrate grant`); `error`: a
-    /// statement failed otherwise.
-    pub reason: &'static str,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub checks: Vec<String>,
-    /// With `permission`: each privilege or object, as `SELECT ON TABLE usersync.auth_users`.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub permission: Vec<String>,
-}
-
-impl NotReady {
-    fn because(reason: &'static str) -> NotReady {
-        NotReady {
-            reason,
-            checks: Vec::new(),
-            permission: Vec::new(),
-        }
-    }
-}
-
-/// The checks whose failure means a missing privilege rather than a broken schema.
-const PERMISSION_CHECKS: [&str; 2] = ["runtime_grants", "auth_view"];
-
-impl Readiness {
-    pub async fn check(&self, shared: &Shared) -> Result<(), NotReady> {
-        let mut last = self.last.lock().await;
-        if let Some((at, result)) = last.as_ref()
-            && at.elapsed() < Duration::from_secs(2)
-        {
-            return result.clone();
-        }
-        let limit = shared.settings.http.readiness_timeout;
-        let result = match tokio::time::timeout(limit, probe(shared, limit)).await {
-            Ok(result) => result,
-            Err(_) => {
-                tracing::warn!(
-                    timeout_secs = limit.as_secs(),
-                    "readiness: the database did not answer in time"
-                );
-                Err(NotReady::because("timeout"))
-            }
-        };
-        if let Err(reason) = &result {
-            tracing::info!(reason = reason.reason, checks = ?reason.checks, "not ready");
-        }
-        *last = Some((std::time::Instant::now(), result.clone()));
-        result
-    }
-}
-
-async fn probe(shared: &Shared, limit: Duration) -> Result<(), NotReady> {
-    let not_ready = |reason: &'static str, e: &crate::Error| {
-        tracing::warn!(error = %crate::error::Chain(e), reason, "readiness check failed");
-        NotReady::because(reason)
-    };
-    let client = shared.db.get_within(limit).await.map_err(|e| match &e {
-        crate::Error::Busy { .. } => not_ready("busy", &e),
-        _ => {
-            shared.database_down();
-            not_ready("unreachable", &e)
-        }
-    })?;
-    let report = verify::verify(&client).await.map_err(|e| {
-        if e.is_timeout() {
-            not_ready("timeout", &e)
-        } else if e.is_unreachable() {
-            not_ready("unreachable", &e)
-        } else if let Some(object) = e.permission_denied() {
-            NotReady {
-                permission: vec![object],
-                ..not_ready("permission", &e)
-            }
-        } else {
-            not_ready("error", &e)
-        }
-    })?;
-    if report.ok {
-        return Ok(());
-    }
-    let checks: Vec<String> = report
-        .findings
-        .iter()
-        .filter(|f| f.level == verify::Level::Error)
-        .map(|f| f.check.clone())
-        .collect();
-    if !checks
-        .iter()
-        .all(|c| PERMISSION_CHECKS.contains(&c.as_str()))
-    {
-        return Err(NotReady {
-            checks,
-            ..NotReady::because("schema")
-        });
-    }
-    let mut permission: Vec<String> = verify::access::standings(&client, None)
-        .await
-        .map_err(|e| not_ready("error", &e))?
-        .iter()
-        .filter(|s| s.present && !s.held)
-        .map(|s| s.privilege.describe())
-        .collect();
-    if checks.iter().any(|c| c == "auth_view") {
-        permission.push("rows of usersync.auth_users (its owner cannot see auth.users)".into());
-    }
-    Err(NotReady {
-        checks,
-        permission,
-        ..NotReady::because("permission")
-    })
 }

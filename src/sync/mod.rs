@@ -118,8 +118,6 @@ pub struct Progress {
 
 /// One reconciliation pass: drain the repair queue, detect, then create by range.
 #[tracing::instrument(skip_all, fields(dry_run = options.dry_run, workers = options.workers))]
-// Long on purpose: the pass's phases in order (repair queue, statistics, detection, rounds,
-// lifecycle), each a call.
 pub async fn run(db: &Db, options: &Options, progress: Option<Arc<Progress>>) -> Result<Report> {
     let started = Instant::now();
     let progress = progress.unwrap_or_default();
@@ -399,8 +397,8 @@ async fn create_range(
 }
 
 /// Refreshes the planner's statistics of `public.user_profiles` when they are far behind (a
-/// freshly emptied table that looks like one row can turn a backfill quadratic; README.md,
-/// "Performance").
+/// freshly emptied table that looks like one row can turn a backfill quadratic; docs/design.md,
+/// "How a sync pass works").
 async fn analyze_if_stale(client: &tokio_postgres::Client) -> Result<()> {
     let stale: bool = client
         .query_one(

@@ -102,7 +102,7 @@ pub async fn detect(client: &mut Client, policy: &Policy) -> Result<Plan> {
 /// Settings for a statement over both whole tables. A nested loop is never right there, but
 /// a freshly emptied `user_profiles` looks like one row to the planner, which then picks one
 /// and rescans the table, growing under the sweep's inserts, for every user: quadratic
-/// (measured: 40 s against 0.74 s at 100k users, README.md). Hash joins it is.
+/// (measured: 40 s against 0.74 s at 100k users, docs/performance.md). Hash joins it is.
 /// It also runs under the scan timeout, not the batch one.
 const WHOLE_TABLE: &str = concat!(
     "SET LOCAL enable_nestloop = off; ",

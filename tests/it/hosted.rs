@@ -106,10 +106,36 @@ async fn the_hosted_install_path_runs_as_written_with_hosted_supabases_roles() {
     );
     admin.batch_execute(FAIL_IN_SIGNUP_SESSION).await.unwrap();
 
-    // The daemon as the runtime role: ready within 10 s, a failed sign-up repaired through
-    // NOTIFY, a sweep of users the trigger missed.
+    the_documented_daemon_runs_as_the_runtime_role(&db, &runtime, &env, &cwd).await;
+
+    for block in blocks(DOC, "hosted-remove") {
+        run_lines(&block, &env, &cwd);
+    }
+    assert_eq!(
+        count(&admin, "pg_catalog.pg_namespace WHERE nspname = 'usersync'").await,
+        0
+    );
+    assert_eq!(
+        count(&admin, "auth.users").await,
+        73,
+        "auth.users untouched"
+    );
+    for sql in blocks(DOC, "hosted-drop-role") {
+        app.batch_execute(&runtime.text(&sql)).await.unwrap();
+    }
+}
+
+/// The daemon as the runtime role, started by the doc's command: ready within 10 s, a failed
+/// sign-up repaired through NOTIFY, a sweep of users the trigger missed, 0 on SIGTERM.
+async fn the_documented_daemon_runs_as_the_runtime_role(
+    db: &TestDb,
+    runtime: &Runtime,
+    env: &[(&str, &str)],
+    cwd: &std::path::Path,
+) {
+    let admin = db.admin().await;
     let listen = format!("127.0.0.1:{}", crate::support::free_port());
-    let mut daemon_env = env.clone();
+    let mut daemon_env = env.to_vec();
     daemon_env.extend([
         ("USERSYNC__HTTP__LISTEN", listen.as_str()),
         ("USERSYNC__SYNC__SCHEDULE", "* * * * * *"),
@@ -119,7 +145,7 @@ async fn the_hosted_install_path_runs_as_written_with_hosted_supabases_roles() {
         panic!("one daemon block");
     };
     let daemon = Running(
-        shell(&runtime.text(line), &daemon_env, &cwd)
+        shell(&runtime.text(line), &daemon_env, cwd)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
@@ -140,7 +166,7 @@ async fn the_hosted_install_path_runs_as_written_with_hosted_supabases_roles() {
     })
     .await;
     assert!(listening);
-    let ids = sign_up_failing(&db, 3, "flaky").await;
+    let ids = sign_up_failing(db, 3, "flaky").await;
     let repaired = eventually(Duration::from_secs(3), || async {
         profiles_of(&admin, &ids).await == 3
     })
@@ -157,22 +183,6 @@ async fn the_hosted_install_path_runs_as_written_with_hosted_supabases_roles() {
         count(&admin, "public.user_profiles").await
     );
     assert!(daemon.stop().success(), "SIGTERM ends it with 0");
-
-    for block in blocks(DOC, "hosted-remove") {
-        run_lines(&block, &env, &cwd);
-    }
-    assert_eq!(
-        count(&admin, "pg_catalog.pg_namespace WHERE nspname = 'usersync'").await,
-        0
-    );
-    assert_eq!(
-        count(&admin, "auth.users").await,
-        73,
-        "auth.users untouched"
-    );
-    for sql in blocks(DOC, "hosted-drop-role") {
-        app.batch_execute(&runtime.text(&sql)).await.unwrap();
-    }
 }
 
 #[tokio::test]

@@ -1,14 +1,19 @@
 //! The integration tests: one binary, a module per area, all against a real PostgreSQL.
 
 mod property;
+mod repair;
+mod secrets;
 mod support;
 
 mod attacks;
 mod cli;
 mod daemon;
 mod deploy;
+mod docs;
+mod findings;
 mod hosted;
 mod hostile;
+mod house;
 mod integrity;
 mod lifecycle;
 mod migrate;

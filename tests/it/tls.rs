@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
 
+use crate::daemon::{eventually, request_at};
 use crate::support::{OwnCluster, connect, count, usersync};
 
 /// A CA and a server certificate it signs for localhost and 127.0.0.1: (ca pem, cert, key).
@@ -215,64 +216,39 @@ async fn the_daemon_survives_the_database_restarting_and_loses_nothing() {
     let daemon = tokio::spawn(usersync::daemon::run(settings, listener, async {
         let _ = stopped.await;
     }));
-    let get = |path: &'static str| async move {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-        s.write_all(
-            format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
-        )
-        .await
-        .unwrap();
-        let mut r = String::new();
-        s.read_to_string(&mut r).await.unwrap();
-        r
-    };
+    let status = |path: &'static str| async move { request_at(addr, "GET", path, &[]).await.0 };
+    let metrics = || async move { request_at(addr, "GET", "/metrics", &[]).await.2 };
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     // The server goes away mid-backfill.
     cluster.pause();
-    let mut unready = false;
-    let mut down = false;
-    for _ in 0..100 {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        unready |= get("/readyz").await.starts_with("HTTP/1.1 503");
-        down |= get("/metrics").await.contains("usersync_database_up 0");
-        if unready && down {
-            break;
-        }
-    }
+    let unready_and_down = eventually(Duration::from_secs(20), || async {
+        status("/readyz").await == 503 && metrics().await.contains("usersync_database_up 0")
+    })
+    .await;
     assert!(
-        unready && down,
+        unready_and_down,
         "readiness 503 and usersync_database_up 0 while the database is down"
     );
-    assert!(
-        get("/healthz").await.starts_with("HTTP/1.1 200"),
-        "alive all along"
-    );
+    assert_eq!(status("/healthz").await, 200, "alive all along");
 
     // It comes back: everything resumes on its own.
     cluster.resume().await;
     let admin = connect(&cluster.config("postgres")).await;
-    let mut done = false;
-    for _ in 0..200 {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        if count(&admin, "public.user_profiles").await == 3000 {
-            done = true;
-            break;
-        }
-    }
+    let done = eventually(Duration::from_secs(20), || async {
+        count(&admin, "public.user_profiles").await == 3000
+    })
+    .await;
     assert!(done, "the backfill finished after the restart");
-    let mut ready = false;
-    for _ in 0..100 {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        if get("/readyz").await.starts_with("HTTP/1.1 200")
-            && get("/metrics").await.contains("usersync_database_up 1")
-        {
-            ready = true;
-            break;
-        }
-    }
-    assert!(ready, "ready again: {}", get("/readyz").await);
+    let ready = eventually(Duration::from_secs(20), || async {
+        status("/readyz").await == 200 && metrics().await.contains("usersync_database_up 1")
+    })
+    .await;
+    assert!(
+        ready,
+        "ready again: {}",
+        request_at(addr, "GET", "/readyz", &[]).await.2
+    );
     let duplicates: i64 = admin
         .query_one(
             "SELECT count(*) - count(DISTINCT id) FROM public.user_profiles",

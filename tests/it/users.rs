@@ -111,6 +111,90 @@ fn member() -> impl Strategy<Value = (AuthUser, Option<(String, bool)>)> {
     )
 }
 
+/// The users (the trigger off, so that none has a profile yet) and the profiles the
+/// application made.
+async fn populate(
+    admin: &Client,
+    members: &[(AuthUser, Option<(String, bool)>)],
+) -> Result<(), TestCaseError> {
+    admin
+        .batch_execute(
+            "TRUNCATE auth.users CASCADE;
+             ALTER TABLE auth.users DISABLE TRIGGER usersync_on_auth_user_created",
+        )
+        .await
+        .map_err(property::fail)?;
+    let users: Vec<AuthUser> = members.iter().map(|(u, _)| u.clone()).collect();
+    insert_users(admin, &users).await.map_err(property::fail)?;
+    admin
+        .batch_execute("ALTER TABLE auth.users ENABLE TRIGGER usersync_on_auth_user_created")
+        .await
+        .map_err(property::fail)?;
+    for (u, profile) in members {
+        if let Some((role, active)) = profile {
+            admin
+                .execute(
+                    "INSERT INTO public.user_profiles (id, full_name, role, is_active) VALUES ($1, 'App Name', $2, $3)",
+                    &[&u.id, role, active],
+                )
+                .await
+                .map_err(property::fail)?;
+        }
+    }
+    Ok(())
+}
+
+/// Every field of a listed user is what the tables hold; a missing profile is flagged, with a
+/// new profile's defaults and null timestamps.
+async fn shown_as_the_tables_hold(
+    admin: &Client,
+    shown: &serde_json::Value,
+) -> Result<(), TestCaseError> {
+    let id: Uuid = shown["id"].as_str().unwrap().parse().unwrap();
+    let truth = expected(admin, id).await;
+    for (field, path) in [
+        ("email", "/email"),
+        ("phone", "/phone"),
+        ("is_anonymous", "/is_anonymous"),
+        ("profile_missing", "/profile_missing"),
+        ("role", "/profile/role"),
+        ("is_active", "/profile/is_active"),
+        ("full_name", "/profile/full_name"),
+        ("avatar_url", "/profile/avatar_url"),
+    ] {
+        prop_assert_eq!(shown.pointer(path), truth.get(field), "{} of {}", field, id);
+    }
+    prop_assert_eq!(
+        shown["deleted_at"].is_null(),
+        !truth["deleted"].as_bool().unwrap()
+    );
+    prop_assert_eq!(
+        shown["profile"]["created_at"].is_null(),
+        !truth["profile_created"].as_bool().unwrap()
+    );
+    if shown["profile_missing"] == true {
+        prop_assert_eq!(&shown["profile"]["role"], "user");
+        prop_assert_eq!(&shown["profile"]["is_active"], true);
+    }
+    Ok(())
+}
+
+/// A single user, with and without a profile, reads as it was listed.
+async fn single_users_match(
+    daemon: &Daemon,
+    listed: &[Value],
+    schema: &jsonschema::Validator,
+) -> Result<(), TestCaseError> {
+    for shown in listed.iter().take(3) {
+        let path = format!("/v1/users/{}", shown["id"].as_str().unwrap());
+        let (status, one) = get(daemon, &path).await;
+        prop_assert_eq!(status, 200);
+        prop_assert!(schema.is_valid(&one));
+        prop_assert_eq!(&one, shown);
+    }
+    Ok(())
+}
+
 /// On random populations, paging through everything yields each user once,
 /// every field equals what the two tables hold, users without a profile are listed and
 /// flagged with a new profile's defaults, and every response validates against the schema.
@@ -133,84 +217,56 @@ fn listed_users_are_complete_flagged_and_match_the_schema() {
         strategy,
         |(members, limit, include_deleted)| {
             rt.block_on(async {
-            let admin = test_db.admin().await;
-            admin
-                .batch_execute(
-                    "TRUNCATE auth.users CASCADE;
-                     ALTER TABLE auth.users DISABLE TRIGGER usersync_on_auth_user_created",
+                let admin = test_db.admin().await;
+                populate(&admin, &members).await?;
+                let extra = if include_deleted {
+                    "&include_deleted=true"
+                } else {
+                    ""
+                };
+                let listed = all_pages(&daemon, limit, extra, &schema).await;
+                let ids: Vec<Uuid> = listed
+                    .iter()
+                    .map(|u| u["id"].as_str().unwrap().parse().unwrap())
+                    .collect();
+                let mut sorted = ids.clone();
+                sorted.sort();
+                sorted.dedup();
+                prop_assert_eq!(&sorted, &ids, "each user once, in id order");
+                let visible: BTreeSet<Uuid> = members
+                    .iter()
+                    .filter(|(u, _)| include_deleted || !u.deleted)
+                    .map(|(u, _)| u.id)
+                    .collect();
+                prop_assert_eq!(ids.iter().copied().collect::<BTreeSet<_>>(), visible);
+
+                for shown in &listed {
+                    shown_as_the_tables_hold(&admin, shown).await?;
+                }
+
+                // missing_profile=true lists exactly those that should have one: live
+                // (a soft-deleted user never gets a profile), anonymous ones included by default.
+                let missing = all_pages(
+                    &daemon,
+                    limit,
+                    &format!("{extra}&missing_profile=true"),
+                    &schema,
                 )
-                .await
-                .map_err(property::fail)?;
-            let users: Vec<AuthUser> = members.iter().map(|(u, _)| u.clone()).collect();
-            insert_users(&admin, &users).await.map_err(property::fail)?;
-            admin
-                .batch_execute("ALTER TABLE auth.users ENABLE TRIGGER usersync_on_auth_user_created")
-                .await
-                .map_err(property::fail)?;
-            for (u, profile) in &members {
-                if let Some((role, active)) = profile {
-                    admin
-                        .execute(
-                            "INSERT INTO public.user_profiles (id, full_name, role, is_active) VALUES ($1, 'App Name', $2, $3)",
-                            &[&u.id, role, active],
-                        )
-                        .await
-                        .map_err(property::fail)?;
-                }
-            }
-            let extra = if include_deleted { "&include_deleted=true" } else { "" };
-            let listed = all_pages(&daemon, limit, extra, &schema).await;
-            let ids: Vec<Uuid> = listed.iter().map(|u| u["id"].as_str().unwrap().parse().unwrap()).collect();
-            let mut sorted = ids.clone();
-            sorted.sort();
-            sorted.dedup();
-            prop_assert_eq!(&sorted, &ids, "each user once, in id order");
-            let visible: BTreeSet<Uuid> = members
-                .iter()
-                .filter(|(u, _)| include_deleted || !u.deleted)
-                .map(|(u, _)| u.id)
-                .collect();
-            prop_assert_eq!(ids.iter().copied().collect::<BTreeSet<_>>(), visible);
+                .await;
+                prop_assert!(
+                    missing
+                        .iter()
+                        .all(|u| u["profile_missing"] == true && u["deleted_at"].is_null())
+                );
+                let flagged = listed
+                    .iter()
+                    .filter(|u| u["profile_missing"] == true && u["deleted_at"].is_null())
+                    .count();
+                prop_assert_eq!(missing.len(), flagged);
 
-            for shown in &listed {
-                let id: Uuid = shown["id"].as_str().unwrap().parse().unwrap();
-                let truth = expected(&admin, id).await;
-                // every field is what the tables hold.
-                for (field, path) in [("email", "/email"), ("phone", "/phone"), ("is_anonymous", "/is_anonymous"), ("profile_missing", "/profile_missing")] {
-                    prop_assert_eq!(shown.pointer(path), truth.get(field), "{} of {}", field, id);
-                }
-                prop_assert_eq!(shown.pointer("/profile/role"), truth.get("role"));
-                prop_assert_eq!(shown.pointer("/profile/is_active"), truth.get("is_active"));
-                prop_assert_eq!(shown.pointer("/profile/full_name"), truth.get("full_name"));
-                prop_assert_eq!(shown.pointer("/profile/avatar_url"), truth.get("avatar_url"));
-                prop_assert_eq!(shown["deleted_at"].is_null(), !truth["deleted"].as_bool().unwrap());
-                // a missing profile is flagged, with defaults, timestamps null.
-                prop_assert_eq!(shown["profile"]["created_at"].is_null(), !truth["profile_created"].as_bool().unwrap());
-                if shown["profile_missing"] == true {
-                    prop_assert_eq!(&shown["profile"]["role"], "user");
-                    prop_assert_eq!(&shown["profile"]["is_active"], true);
-                }
-            }
-
-            // missing_profile=true lists exactly those that should have one: live
-            // (a soft-deleted user never gets a profile), anonymous ones included by default.
-            let missing = all_pages(&daemon, limit, &format!("{extra}&missing_profile=true"), &schema).await;
-            prop_assert!(missing.iter().all(|u| u["profile_missing"] == true && u["deleted_at"].is_null()));
-            let flagged = listed
-                .iter()
-                .filter(|u| u["profile_missing"] == true && u["deleted_at"].is_null())
-                .count();
-            prop_assert_eq!(missing.len(), flagged);
-
-            // The same for single users too, with and without a profile.
-            for shown in listed.iter().take(3) {
-                let (status, one) = get(&daemon, &format!("/v1/users/{}", shown["id"].as_str().unwrap())).await;
-                prop_assert_eq!(status, 200);
-                prop_assert!(schema.is_valid(&one));
-                prop_assert_eq!(&one, shown);
-            }
-            Ok(())
-        })
+                single_users_match(&daemon, &listed, &schema).await?;
+                Ok(())
+            })
         },
     );
     rt.block_on(daemon.stop()).unwrap();

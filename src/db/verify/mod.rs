@@ -14,6 +14,7 @@ pub use crate::finding::{Fix, FixKind, Level};
 
 pub mod access;
 mod functions;
+pub mod runtime;
 mod table;
 
 use functions::*;
@@ -203,7 +204,7 @@ pub async fn verify(client: &Client) -> Result<Report> {
     report.checks += 2;
     access::api_roles(client, &mut report).await?;
     report.checks += 1;
-    access::runtime_grants(client, &mut report).await?;
+    runtime::runtime_grants(client, &mut report).await?;
 
     report.ok = report.passes();
     Ok(report)

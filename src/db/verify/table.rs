@@ -32,10 +32,6 @@ pub(super) fn recreate_hint(object: &str) -> Fix {
     ))
 }
 
-// Long on purpose: every way a column can differ from 0001's (type, NOT NULL, default, an added
-
-// NOT NULL column), each with its fix.
-
 pub(super) async fn check_columns(client: &Client, report: &mut Report) -> Result<()> {
     let rows = client
         .query(
@@ -73,32 +69,7 @@ pub(super) async fn check_columns(client: &Client, report: &mut Report) -> Resul
             report.push(&check, &expected, "missing", add_column_sql(c));
             continue;
         };
-        let mut fixes = Vec::new();
-        if ty != c.sql_type {
-            fixes.push(format!(
-                "ALTER TABLE public.user_profiles ALTER COLUMN {} TYPE {} USING {}::{};",
-                c.name, c.sql_type, c.name, c.sql_type
-            ));
-        }
-        if *not_null != c.not_null {
-            let verb = if c.not_null { "SET" } else { "DROP" };
-            fixes.push(format!(
-                "ALTER TABLE public.user_profiles ALTER COLUMN {} {verb} NOT NULL;",
-                c.name
-            ));
-        }
-        if default.as_deref() != c.default {
-            fixes.push(match c.default {
-                Some(d) => format!(
-                    "ALTER TABLE public.user_profiles ALTER COLUMN {} SET DEFAULT {d};",
-                    c.name
-                ),
-                None => format!(
-                    "ALTER TABLE public.user_profiles ALTER COLUMN {} DROP DEFAULT;",
-                    c.name
-                ),
-            });
-        }
+        let fixes = column_fixes(c, ty, *not_null, default.as_deref());
         if !fixes.is_empty() {
             report.push(
                 &check,
@@ -124,6 +95,29 @@ pub(super) async fn check_columns(client: &Client, report: &mut Report) -> Resul
         );
     }
     Ok(())
+}
+
+/// What puts a column back as 0001 made it, one statement per way it differs.
+fn column_fixes(c: &Column, ty: &str, not_null: bool, default: Option<&str>) -> Vec<String> {
+    let alter = format!("ALTER TABLE public.user_profiles ALTER COLUMN {}", c.name);
+    let mut fixes = Vec::new();
+    if ty != c.sql_type {
+        fixes.push(format!(
+            "{alter} TYPE {} USING {}::{};",
+            c.sql_type, c.name, c.sql_type
+        ));
+    }
+    if not_null != c.not_null {
+        let verb = if c.not_null { "SET" } else { "DROP" };
+        fixes.push(format!("{alter} {verb} NOT NULL;"));
+    }
+    if default != c.default {
+        fixes.push(match c.default {
+            Some(d) => format!("{alter} SET DEFAULT {d};"),
+            None => format!("{alter} DROP DEFAULT;"),
+        });
+    }
+    fixes
 }
 
 pub(super) fn describe(ty: &str, not_null: bool, default: Option<&str>) -> String {

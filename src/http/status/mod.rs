@@ -39,6 +39,9 @@ pub struct Status {
     pub checked_at: Option<f64>,
     /// None when the database did not answer in time.
     pub repair_queue: Option<Queue>,
+    /// Unix time the last full scan recorded in the database ended, whichever replica ran it;
+    /// None when none is recorded or the database did not answer in time.
+    pub last_full_scan: Option<f64>,
     /// Whether ids and error messages are shown (the API token was sent).
     pub detailed: bool,
     pub runbook: &'static str,
@@ -46,6 +49,8 @@ pub struct Status {
 
 #[derive(Serialize)]
 pub struct Job {
+    #[serde(skip)]
+    pub kind: JobKind,
     pub job: &'static str,
     pub schedule: String,
     /// Unix time of its next tick, from the schedule; None for one that never comes.
@@ -70,6 +75,33 @@ pub struct QueueError {
     pub message: Option<String>,
 }
 
+/// The page (`/`) or its JSON twin (`/status`).
+pub async fn respond(
+    shared: &Shared,
+    readiness: &super::Readiness,
+    detailed: bool,
+    as_json: bool,
+) -> hyper::Response<super::Body> {
+    use hyper::{StatusCode, header};
+    let status = collect(shared, readiness, detailed).await;
+    if as_json {
+        let body = serde_json::to_string(&status).expect("the status serializes");
+        return super::json(StatusCode::OK, body);
+    }
+    hyper::Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, "text/html; charset=utf-8")
+        .header(header::CACHE_CONTROL, "no-store")
+        .header(
+            header::CONTENT_SECURITY_POLICY,
+            "default-src 'none'; style-src 'unsafe-inline'",
+        )
+        .body(http_body_util::Full::new(hyper::body::Bytes::from(html(
+            &status,
+        ))))
+        .expect("a valid response")
+}
+
 /// Everything the page shows, now.
 pub async fn collect(shared: &Shared, readiness: &super::Readiness, detailed: bool) -> Status {
     let board = shared.board.snapshot();
@@ -85,6 +117,7 @@ pub async fn collect(shared: &Shared, readiness: &super::Readiness, detailed: bo
                 run.summary = "the run failed; the daemon's log has the error".into();
             }
             Job {
+                kind: job,
                 job: job.name(),
                 next_run: crate::job::next_tick(&schedule),
                 schedule,
@@ -107,10 +140,12 @@ pub async fn collect(shared: &Shared, readiness: &super::Readiness, detailed: bo
             })
             .collect()
     });
-    let repair_queue = tokio::time::timeout(Duration::from_secs(2), queue(shared, detailed))
-        .await
-        .ok()
-        .flatten();
+    let (repair_queue, last_full_scan) =
+        tokio::time::timeout(Duration::from_secs(2), from_database(shared, detailed))
+            .await
+            .ok()
+            .flatten()
+            .map_or((None, None), |(queue, scan)| (Some(queue), scan));
     let not_ready = readiness.check(shared).await.err();
     Status {
         version: env!("CARGO_PKG_VERSION"),
@@ -122,14 +157,16 @@ pub async fn collect(shared: &Shared, readiness: &super::Readiness, detailed: bo
         findings,
         checked_at: board.checked_at,
         repair_queue,
+        last_full_scan,
         detailed,
         runbook: RUNBOOK,
     }
 }
 
-/// The page's two small queries run within the API's share of the pool: however many clients
-/// ask for `/`, the jobs and readiness keep their connections (no permit free: no queue shown).
-async fn queue(shared: &Shared, detailed: bool) -> Option<Queue> {
+/// The page's small queries (the repair queue, when the last full scan ended) run within the
+/// API's share of the pool: however many clients ask for `/`, the jobs and readiness keep their
+/// connections (no permit free: nothing from the database shown).
+async fn from_database(shared: &Shared, detailed: bool) -> Option<(Queue, Option<f64>)> {
     let _permit = shared.api_permits.try_acquire().ok()?;
     let client = shared.db.get_within(Duration::from_secs(1)).await.ok()?;
     let head = client
@@ -161,9 +198,21 @@ async fn queue(shared: &Shared, detailed: bool) -> Option<Queue> {
             })
         })
         .collect::<Option<Vec<_>>>()?;
-    Some(Queue {
+    let scan = client
+        .query_opt(
+            "SELECT EXTRACT(EPOCH FROM s.finished_at)::float8 FROM usersync.scan_state s",
+            &[],
+        )
+        .await
+        .ok()?;
+    let last_full_scan = match scan {
+        Some(row) => Some(row.value(0).ok()?),
+        None => None,
+    };
+    let queue = Queue {
         depth: head.value(0).ok()?,
         oldest_secs: head.value(1).ok()?,
         errors,
-    })
+    };
+    Some((queue, last_full_scan))
 }

@@ -5,7 +5,7 @@ use std::fmt::Write;
 
 use super::{Job, Queue, RUNBOOK, Status};
 use crate::integrity::Finding;
-use crate::job::Outcome;
+use crate::job::{JobKind, Outcome};
 use crate::words::plural;
 
 /// The page.
@@ -14,7 +14,7 @@ pub fn html(status: &Status) -> String {
     head(&mut p, status);
     not_ready(&mut p, status);
     missing(&mut p, status);
-    jobs(&mut p, &status.jobs);
+    jobs(&mut p, &status.jobs, status.last_full_scan);
     findings(&mut p, status);
     queue(&mut p, status.repair_queue.as_ref());
     let _ = write!(
@@ -82,7 +82,7 @@ fn missing(p: &mut String, status: &Status) {
     );
 }
 
-fn jobs(p: &mut String, jobs: &[Job]) {
+fn jobs(p: &mut String, jobs: &[Job], last_full_scan: Option<f64>) {
     p.push_str(
         "<section><h2>Jobs</h2><table><thead><tr><th>job</th><th>last run</th><th>when</th>\
          <th>took</th><th>what it did</th></tr></thead><tbody>",
@@ -113,12 +113,26 @@ fn jobs(p: &mut String, jobs: &[Job]) {
             None => {
                 let _ = write!(
                     p,
-                    "<tr>{name}<td colspan=4>not run yet by this process</td></tr>"
+                    "<tr>{name}<td colspan=4>{}</td></tr>",
+                    not_run(job, last_full_scan)
                 );
             }
         }
     }
     p.push_str("</tbody></table></section>");
+}
+
+/// The row of a job this process has not run: for the full scan, the last one any replica
+/// recorded in the database.
+fn not_run(job: &Job, last_full_scan: Option<f64>) -> String {
+    match (job.kind, last_full_scan) {
+        (JobKind::FullScan, Some(at)) => format!(
+            "not run by this process; the last full scan ended {} (recorded in the database)",
+            ago(at)
+        ),
+        (JobKind::FullScan, None) => "no full scan recorded in the database yet".into(),
+        _ => "not run yet by this process".into(),
+    }
 }
 
 fn findings(p: &mut String, status: &Status) {
@@ -127,7 +141,10 @@ fn findings(p: &mut String, status: &Status) {
     match &status.findings {
         None => p.push_str("<p>No integrity check has run in this process yet.</p>"),
         Some(findings) if findings.is_empty() => {
-            let _ = write!(p, "<p class=ok>No findings ({when}).</p>");
+            let _ = write!(
+                p,
+                "<p class=ok>No findings as of the last check, {when}.</p>"
+            );
         }
         Some(findings) => {
             let _ = write!(
@@ -279,5 +296,25 @@ mod tests {
         assert_eq!(super::duration(3725), "1 h 2 min");
         assert_eq!(super::duration(86_400 + 7200), "1 day 2 h");
         assert_eq!(super::ago(crate::metrics::now() - 125.0), "2 min ago");
+    }
+
+    #[test]
+    fn a_full_scan_another_replica_ran_is_not_reported_as_missing() {
+        use super::{Job, JobKind, not_run};
+        let job = |kind: JobKind| Job {
+            kind,
+            job: kind.name(),
+            schedule: String::new(),
+            next_run: None,
+            last_run: None,
+        };
+        let an_hour_ago = crate::metrics::now() - 3600.0;
+        let scan = not_run(&job(JobKind::FullScan), Some(an_hour_ago));
+        assert!(scan.contains("ended 1 h 0 min ago"), "{scan}");
+        assert!(not_run(&job(JobKind::FullScan), None).contains("no full scan recorded"));
+        assert_eq!(
+            not_run(&job(JobKind::Sweep), Some(an_hour_ago)),
+            "not run yet by this process"
+        );
     }
 }

@@ -23,10 +23,10 @@ async fn as_api_role(
     result.map_err(|e| e.code().map(|c| c.code().to_string()).unwrap_or_default())
 }
 
+const DENIED: &str = "42501";
+
 #[tokio::test]
-async fn the_api_roles_cannot_truncate_promote_themselves_or_read_others() {
-    const DENIED: &str = "42501";
-    // Under 0001 alone, Supabase's default privileges let anon empty the table.
+async fn without_0002_supabases_default_privileges_let_anon_empty_the_profiles() {
     let old = TestDb::new().await;
     let old_admin = old.admin().await;
     supabase_default_privileges(&old_admin).await;
@@ -42,7 +42,10 @@ async fn the_api_roles_cannot_truncate_promote_themselves_or_read_others() {
         Ok(0),
         "the attack works without 0002"
     );
+}
 
+/// A migrated database with Supabase's default privileges and two users, a and b.
+async fn two_users() -> (TestDb, Client, AuthUser, AuthUser) {
     let db = TestDb::new().await;
     let admin = db.admin().await;
     supabase_default_privileges(&admin).await;
@@ -54,7 +57,12 @@ async fn the_api_roles_cannot_truncate_promote_themselves_or_read_others() {
         AuthUser::email("b@example.test"),
     );
     insert_users(&admin, &[a.clone(), b.clone()]).await.unwrap();
+    (db, admin, a, b)
+}
 
+#[tokio::test]
+async fn the_api_roles_cannot_truncate_promote_themselves_or_read_others() {
+    let (_db, admin, a, b) = two_users().await;
     for sql in [
         "TRUNCATE public.user_profiles",
         "SELECT * FROM public.user_profiles",
@@ -68,24 +76,18 @@ async fn the_api_roles_cannot_truncate_promote_themselves_or_read_others() {
         );
     }
     let me = Some(a.id);
+    let own = |set: &str| {
+        format!(
+            "UPDATE public.user_profiles SET {set} WHERE id = '{}'",
+            a.id
+        )
+    };
     for sql in [
         "TRUNCATE public.user_profiles".to_string(),
-        format!(
-            "UPDATE public.user_profiles SET role = 'admin' WHERE id = '{}'",
-            a.id
-        ),
-        format!(
-            "UPDATE public.user_profiles SET is_active = true WHERE id = '{}'",
-            a.id
-        ),
-        format!(
-            "UPDATE public.user_profiles SET email = 'x@y' WHERE id = '{}'",
-            a.id
-        ),
-        format!(
-            "UPDATE public.user_profiles SET id = gen_random_uuid() WHERE id = '{}'",
-            a.id
-        ),
+        own("role = 'admin'"),
+        own("is_active = true"),
+        own("email = 'x@y'"),
+        own("id = gen_random_uuid()"),
         format!("DELETE FROM public.user_profiles WHERE id = '{}'", a.id),
         format!(
             "INSERT INTO public.user_profiles (id) VALUES ('{}')",
@@ -99,16 +101,8 @@ async fn the_api_roles_cannot_truncate_promote_themselves_or_read_others() {
         );
     }
     // Own row: readable and its name editable; the other user's row: invisible.
-    assert_eq!(
-        as_api_role(
-            &admin,
-            "authenticated",
-            me,
-            "SELECT id FROM public.user_profiles"
-        )
-        .await,
-        Ok(1)
-    );
+    let read = "SELECT id FROM public.user_profiles";
+    assert_eq!(as_api_role(&admin, "authenticated", me, read).await, Ok(1));
     let rename =
         |id: Uuid| format!("UPDATE public.user_profiles SET full_name = 'Ada' WHERE id = '{id}'");
     assert_eq!(
@@ -128,9 +122,13 @@ async fn the_api_roles_cannot_truncate_promote_themselves_or_read_others() {
         .unwrap()
         .get(0);
     assert_eq!(role, "user");
+}
 
+#[tokio::test]
+async fn verify_names_each_hole_an_application_grant_opens_and_its_fixes_close_them() {
     // An application that re-grants everything and adds the starter policies: verify names
     // each hole, the writes as errors, the wide read as a warning, and its fixes close them.
+    let (db, admin, a, _) = two_users().await;
     admin
         .batch_execute(
             "GRANT ALL ON public.user_profiles TO anon, authenticated;
@@ -141,17 +139,12 @@ async fn the_api_roles_cannot_truncate_promote_themselves_or_read_others() {
         )
         .await
         .unwrap();
+    let promote = format!(
+        "UPDATE public.user_profiles SET role = 'admin' WHERE id = '{}'",
+        a.id
+    );
     assert_eq!(
-        as_api_role(
-            &admin,
-            "authenticated",
-            me,
-            &format!(
-                "UPDATE public.user_profiles SET role = 'admin' WHERE id = '{}'",
-                a.id
-            )
-        )
-        .await,
+        as_api_role(&admin, "authenticated", Some(a.id), &promote).await,
         Ok(1),
         "the application's grant opened self-promotion"
     );

@@ -150,6 +150,24 @@ async fn trap_hits(admin: &Client) -> bool {
 async fn overloads_in_public_and_in_the_role_schema_never_capture_a_usersync_call() {
     let db = TestDb::migrated().await;
     let admin = db.admin().await;
+    set_traps(&admin).await;
+    every_command_runs_clear_of_the_traps(&db, &admin).await;
+    the_daemon_runs_clear_of_the_traps(&db, &admin).await;
+
+    // The traps are live: a session on the default search_path walks into them.
+    let unpinned = db.runtime().await;
+    unpinned
+        .query(
+            "SELECT format('%s', 'x'::text), array_agg(id::text) FROM usersync.auth_users",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert!(trap_hits(&admin).await, "an unpinned session is captured");
+}
+
+/// The traps, and work for every path: users without a profile, a NOT VALID key.
+async fn set_traps(admin: &Client) {
     // The trap functions' schema for the operator must exist first.
     let traps = TRAPS.replacen(
         "CREATE SCHEMA usersync_runtime;",
@@ -157,8 +175,7 @@ async fn overloads_in_public_and_in_the_role_schema_never_capture_a_usersync_cal
         1,
     );
     admin.batch_execute(&traps).await.unwrap();
-    // Work for every path: users without a profile, a queued failure, a NOT VALID key.
-    users_without_trigger(&admin, 30).await;
+    users_without_trigger(admin, 30).await;
     admin
         .batch_execute(
             "CREATE TABLE public.notes (owner uuid);
@@ -169,6 +186,9 @@ async fn overloads_in_public_and_in_the_role_schema_never_capture_a_usersync_cal
         )
         .await
         .unwrap();
+}
+
+async fn every_command_runs_clear_of_the_traps(db: &TestDb, admin: &Client) {
     let runtime = db.runtime_url();
     let migration = db.app_url();
     let as_runtime = [("DATABASE_URL", runtime.as_str())];
@@ -186,11 +206,13 @@ async fn overloads_in_public_and_in_the_role_schema_never_capture_a_usersync_cal
             code == 0 || (args[0] == "check" && code == 1),
             "usersync {args:?}: exit {code}\n{stdout}\n{stderr}"
         );
-        assert!(!trap_hits(&admin).await, "usersync {args:?} ran a trap");
+        assert!(!trap_hits(admin).await, "usersync {args:?} ran a trap");
     }
+}
 
-    // The daemon's jobs and the API, as the runtime role.
-    users_without_trigger(&admin, 10).await;
+/// The daemon's jobs (with a queued failure to repair) and the API, as the runtime role.
+async fn the_daemon_runs_clear_of_the_traps(db: &TestDb, admin: &Client) {
+    users_without_trigger(admin, 10).await;
     admin
         .batch_execute(
             "INSERT INTO usersync.repair_queue (user_id, last_error, last_sqlstate)
@@ -229,18 +251,7 @@ async fn overloads_in_public_and_in_the_role_schema_never_capture_a_usersync_cal
     assert_eq!(status, 200, "{body}");
     assert_eq!(daemon.get("/readyz").await.0, 200);
     daemon.stop().await.unwrap();
-    assert!(!trap_hits(&admin).await, "the daemon ran a trap");
-
-    // The traps are live: a session on the default search_path walks into them.
-    let unpinned = db.runtime().await;
-    unpinned
-        .query(
-            "SELECT format('%s', 'x'::text), array_agg(id::text) FROM usersync.auth_users",
-            &[],
-        )
-        .await
-        .unwrap();
-    assert!(trap_hits(&admin).await, "an unpinned session is captured");
+    assert!(!trap_hits(admin).await, "the daemon ran a trap");
 }
 
 mod access;

@@ -295,8 +295,15 @@ fn usersync_demo_starts_everything_repairs_the_missing_fifth_and_cleans_up_on_ct
         .local_addr()
         .unwrap()
         .port();
+    // README.md's line; `cargo run --release --` builds the binary this test runs.
+    let [line] = &crate::support::docs::blocks("README.md", "demo")[..] else {
+        panic!("one demo block in README.md");
+    };
+    let args = line
+        .strip_prefix("cargo run --release -- ")
+        .expect("README.md's demo runs the binary through cargo run --release");
     let demo = Command::new(env!("CARGO_BIN_EXE_usersync"))
-        .arg("demo")
+        .args(args.split_whitespace())
         .env("USERSYNC__HTTP__LISTEN", format!("0.0.0.0:{port}"))
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -325,42 +332,7 @@ fn usersync_demo_starts_everything_repairs_the_missing_fifth_and_cleans_up_on_ct
         }
         std::thread::sleep(Duration::from_millis(200));
     }
-    // Nothing of the demo is on the network: the daemon is on loopback whatever http.listen
-    // says, and PostgreSQL has no TCP port at all.
-    let outside = std::net::UdpSocket::bind("0.0.0.0:0")
-        .and_then(|u| u.connect("192.0.2.1:9").map(|()| u))
-        .and_then(|u| u.local_addr())
-        .map(|a| a.ip());
-    if let Ok(ip) = outside
-        && !ip.is_loopback()
-    {
-        assert!(
-            std::net::TcpStream::connect((ip, port)).is_err(),
-            "the demo's daemon answers on {ip}"
-        );
-    }
-    let pid_file = std::fs::read_dir(std::env::temp_dir())
-        .unwrap()
-        .flatten()
-        .map(|e| e.path().join("data/postmaster.pid"))
-        .find(|p| {
-            p.parent()
-                .and_then(|d| d.parent())
-                .and_then(|d| d.file_name())
-                .is_some_and(|n| n.to_string_lossy() == format!("usersync-demo-{}", demo.id()))
-        });
-    if let Some(pid_file) = pid_file {
-        let pg_port: u16 = std::fs::read_to_string(&pid_file)
-            .unwrap()
-            .lines()
-            .nth(3)
-            .and_then(|l| l.trim().parse().ok())
-            .expect("postmaster.pid names the port");
-        assert!(
-            std::net::TcpStream::connect(("127.0.0.1", pg_port)).is_err(),
-            "the demo's PostgreSQL listens on TCP"
-        );
-    }
+    nothing_of_the_demo_is_on_the_network(port, demo.id());
     unsafe { libc::kill(demo.id() as i32, libc::SIGINT) };
     let out = demo.wait_with_output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -390,6 +362,44 @@ fn usersync_demo_starts_everything_repairs_the_missing_fifth_and_cleans_up_on_ct
         .and_then(|rest| rest.split(')').next())
         .expect("the data directory is printed");
     assert!(!Path::new(dir).exists(), "{dir} removed");
+}
+
+/// The daemon is on loopback whatever http.listen says, and PostgreSQL has no TCP port at all.
+fn nothing_of_the_demo_is_on_the_network(port: u16, demo: u32) {
+    let outside = std::net::UdpSocket::bind("0.0.0.0:0")
+        .and_then(|u| u.connect("192.0.2.1:9").map(|()| u))
+        .and_then(|u| u.local_addr())
+        .map(|a| a.ip());
+    if let Ok(ip) = outside
+        && !ip.is_loopback()
+    {
+        assert!(
+            std::net::TcpStream::connect((ip, port)).is_err(),
+            "the demo's daemon answers on {ip}"
+        );
+    }
+    let pid_file = std::fs::read_dir(std::env::temp_dir())
+        .unwrap()
+        .flatten()
+        .map(|e| e.path().join("data/postmaster.pid"))
+        .find(|p| {
+            p.parent()
+                .and_then(|d| d.parent())
+                .and_then(|d| d.file_name())
+                .is_some_and(|n| n.to_string_lossy() == format!("usersync-demo-{demo}"))
+        });
+    if let Some(pid_file) = pid_file {
+        let pg_port: u16 = std::fs::read_to_string(&pid_file)
+            .unwrap()
+            .lines()
+            .nth(3)
+            .and_then(|l| l.trim().parse().ok())
+            .expect("postmaster.pid names the port");
+        assert!(
+            std::net::TcpStream::connect(("127.0.0.1", pg_port)).is_err(),
+            "the demo's PostgreSQL listens on TCP"
+        );
+    }
 }
 
 mod observability;

@@ -1,6 +1,7 @@
 //! Around the lifecycle: older GoTrue schemas, a manual sync's retries, check's lifecycle findings, the daemon's lifecycle sweep.
 
 use super::*;
+use crate::support::{AuthUser, insert_users};
 
 #[tokio::test]
 async fn an_older_gotrue_schema_is_refused_naming_the_column_and_the_oldest_supported() {

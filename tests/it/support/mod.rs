@@ -19,23 +19,25 @@
 #![allow(dead_code)]
 
 use std::path::Path;
-use std::process::Command;
 use std::str::FromStr;
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio_postgres::{Client, Config, NoTls};
-use uuid::Uuid;
 
 mod clusters;
 pub mod docs;
 pub mod pgbouncer;
 mod snapshot;
+mod tools;
+mod users;
 
 use clusters::Throwaway;
 pub use clusters::{OwnCluster, free_port};
 pub use snapshot::{schema_snapshot, snapshot_diff};
+pub use tools::{OwnDir, tool, usersync};
+pub use users::{AuthUser, count, insert_users, supabase_default_privileges};
 
 pub const APP_ROLE: &str = "usersync_app";
 const APP_PASSWORD: &str = "usersync-test";
@@ -274,6 +276,26 @@ impl TestDb {
     }
 
     /// The URL the daemon is given: the runtime role's.
+    /// The application's `public.orders` (a user-id column without a foreign key), made by its
+    /// owner and registered for the count; the runtime role's settings with `env` and the column
+    /// in `integrity.user_id_columns`.
+    pub async fn with_orders(&self, env: &[(&str, &str)]) -> usersync::config::Settings {
+        let mut app = self.app().await;
+        app.batch_execute("CREATE TABLE public.orders (id serial PRIMARY KEY, user_id uuid)")
+            .await
+            .unwrap();
+        let mut env = env.to_vec();
+        env.push((
+            "USERSYNC__INTEGRITY__USER_ID_COLUMNS",
+            "public.orders.user_id",
+        ));
+        let settings = self.runtime_settings_with(&env);
+        usersync::db::grant::grant(&mut app, RUNTIME_ROLE, &settings.integrity.user_id_columns)
+            .await
+            .unwrap();
+        settings
+    }
+
     pub fn runtime_url(&self) -> String {
         self.app_url().replacen(APP_ROLE, RUNTIME_ROLE, 1).replacen(
             APP_PASSWORD,
@@ -377,160 +399,4 @@ impl Drop for TestDb {
         })
         .join();
     }
-}
-
-/// A directory of the test's own under the temporary directory, removed when dropped.
-pub struct OwnDir(std::path::PathBuf);
-
-impl OwnDir {
-    pub fn new(tag: &str) -> OwnDir {
-        static NEXT: AtomicU32 = AtomicU32::new(1);
-        let dir = std::env::temp_dir().join(format!(
-            "usersync-it-{}-{tag}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        OwnDir(dir)
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for OwnDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// What GoTrue would insert for one user; tests build these and [`insert_users`] writes them.
-#[derive(Clone, Debug)]
-pub struct AuthUser {
-    pub id: Uuid,
-    pub email: Option<String>,
-    pub phone: Option<String>,
-    pub is_anonymous: bool,
-    pub user_meta: Option<serde_json::Value>,
-    /// Whether created_at is set (GoTrue always sets it; imports may not).
-    pub created_at: Option<chrono::DateTime<chrono::Utc>>,
-    pub deleted: bool,
-}
-
-impl AuthUser {
-    pub fn email(address: &str) -> AuthUser {
-        AuthUser {
-            id: Uuid::new_v4(),
-            email: Some(address.to_string()),
-            phone: None,
-            is_anonymous: false,
-            user_meta: Some(serde_json::json!({})),
-            created_at: Some(chrono::Utc::now()),
-            deleted: false,
-        }
-    }
-}
-
-/// Inserts users the way GoTrue does: as `supabase_auth_admin`, which has no privilege on
-/// `public.user_profiles`, so the trigger works only through SECURITY DEFINER.
-pub async fn insert_users(
-    client: &Client,
-    users: &[AuthUser],
-) -> Result<(), tokio_postgres::Error> {
-    client.batch_execute("SET ROLE supabase_auth_admin").await?;
-    let result = async {
-        for u in users {
-            client
-                .execute(
-                    "INSERT INTO auth.users (instance_id, id, aud, role, email, phone,
-                         encrypted_password, confirmation_token, recovery_token,
-                         email_change_token_new, email_change, raw_app_meta_data,
-                         raw_user_meta_data, created_at, updated_at, is_anonymous, deleted_at)
-                     VALUES ('00000000-0000-0000-0000-000000000000', $1, 'authenticated',
-                         'authenticated', $2, $3, '', '', '', '', '',
-                         '{\"provider\": \"email\"}', $4, $5, $5, $6,
-                         CASE WHEN $7 THEN now() END)",
-                    &[
-                        &u.id,
-                        &u.email,
-                        &u.phone,
-                        &u.user_meta,
-                        &u.created_at,
-                        &u.is_anonymous,
-                        &u.deleted,
-                    ],
-                )
-                .await?;
-        }
-        Ok(())
-    }
-    .await;
-    client.batch_execute("RESET ROLE").await?;
-    result
-}
-
-/// Whether a tool a test needs can run. When it cannot, the test is skipped with one line
-/// naming the tool on stderr (written past libtest's capture, so `cargo test` shows it), but
-/// under `CI=true`, where `.ci/run` installs every tool, a missing one fails the test.
-pub fn tool(test: &str, program: &str, args: &[&str], package: &str) -> bool {
-    let runs = Command::new(program)
-        .args(args)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if runs {
-        return true;
-    }
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "{test}: {program} ({package}) is missing, and CI=true needs every tool"
-    );
-    use std::io::Write;
-    let _ = writeln!(
-        std::io::stderr(),
-        "skipped: {test} needs {program} ({package})"
-    );
-    false
-}
-
-/// Runs the usersync binary with `args`, only the given environment, and returns
-/// (exit code, stdout, stderr).
-pub fn usersync(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
-    let output = Command::new(env!("CARGO_BIN_EXE_usersync"))
-        .args(args)
-        .env_clear()
-        .envs(env.iter().copied())
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .output()
-        .expect("running the usersync binary");
-    (
-        output.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
-}
-
-/// What a hosted Supabase project has in force: whatever the migration role creates in
-/// `public` is granted ALL to anon, authenticated and service_role.
-pub async fn supabase_default_privileges(admin: &Client) {
-    admin
-        .batch_execute(&format!(
-            "ALTER DEFAULT PRIVILEGES FOR ROLE {APP_ROLE} IN SCHEMA public
-                 GRANT ALL ON TABLES TO anon, authenticated, service_role;
-             ALTER DEFAULT PRIVILEGES FOR ROLE {APP_ROLE} IN SCHEMA public
-                 GRANT ALL ON FUNCTIONS TO anon, authenticated, service_role;"
-        ))
-        .await
-        .expect("setting Supabase's default privileges");
-}
-
-/// Number of rows in a table (a trusted name from the test itself).
-pub async fn count(client: &Client, table: &str) -> i64 {
-    client
-        .query_one(&format!("SELECT count(*) FROM {table}"), &[])
-        .await
-        .unwrap_or_else(|e| panic!("counting {table}: {e}"))
-        .get(0)
 }

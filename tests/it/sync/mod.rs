@@ -242,23 +242,13 @@ fn sync_detects_creates_preserves_reports_and_is_idempotent() {
             }
 
             // Reporting accuracy: every count is the measured difference.
-            prop_assert_eq!(report.scanned, case.members.len() as u64);
-            prop_assert_eq!(report.missing, expected.len() as u64);
-            prop_assert_eq!(report.total_created(), (after.len() - before.len()) as u64);
-            prop_assert_eq!(report.created, expected.len() as u64);
-            prop_assert_eq!(report.raced, 0);
-            prop_assert_eq!(report.failed, 0);
-            prop_assert_eq!(report.skipped_deleted, deleted_without as u64);
-            let anonymous_skipped = if case.include_anonymous { 0 } else { anonymous_without as u64 };
-            prop_assert_eq!(report.skipped_anonymous, anonymous_skipped);
-            if expected.len() as u64 <= case.list_limit {
-                // Listed: batches of users.
-                let fewest = expected.len().div_ceil(case.batch_size as usize) as u64;
-                prop_assert!(report.batches >= fewest && report.batches <= expected.len() as u64);
-            } else {
-                // Swept by page range: batches of pages, at least one.
-                prop_assert!(report.batches >= 1, "{} batches", report.batches);
-            }
+            let measured = Measured {
+                missing: expected.len() as u64,
+                created: (after.len() - before.len()) as u64,
+                deleted_without: deleted_without as u64,
+                anonymous_without: anonymous_without as u64,
+            };
+            report_is_exact(&report, &case, &measured)?;
 
             // Idempotence: a second pass finds and creates nothing.
             let again = sync::run(&db, &options(&case, false), None).await.map_err(property::fail)?;
@@ -268,6 +258,40 @@ fn sync_detects_creates_preserves_reports_and_is_idempotent() {
             Ok(())
         })
     });
+}
+
+/// What a case measured around a pass.
+struct Measured {
+    missing: u64,
+    created: u64,
+    deleted_without: u64,
+    anonymous_without: u64,
+}
+
+/// Every count of the pass's report is the measured difference.
+fn report_is_exact(report: &sync::Report, case: &Case, m: &Measured) -> Result<(), TestCaseError> {
+    prop_assert_eq!(report.scanned, case.members.len() as u64);
+    prop_assert_eq!(report.missing, m.missing);
+    prop_assert_eq!(report.total_created(), m.created);
+    prop_assert_eq!(report.created, m.missing);
+    prop_assert_eq!(report.raced, 0);
+    prop_assert_eq!(report.failed, 0);
+    prop_assert_eq!(report.skipped_deleted, m.deleted_without);
+    let anonymous_skipped = if case.include_anonymous {
+        0
+    } else {
+        m.anonymous_without
+    };
+    prop_assert_eq!(report.skipped_anonymous, anonymous_skipped);
+    if m.missing <= case.list_limit {
+        // Listed: batches of users.
+        let fewest = m.missing.div_ceil(case.batch_size as u64);
+        prop_assert!(report.batches >= fewest && report.batches <= m.missing);
+    } else {
+        // Swept by page range: batches of pages, at least one.
+        prop_assert!(report.batches >= 1, "{} batches", report.batches);
+    }
+    Ok(())
 }
 
 fn default_options() -> Options {

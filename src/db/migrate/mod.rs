@@ -4,7 +4,6 @@
 //! two deploys never migrate at once. History lives in `usersync.schema_migrations`, which
 //! migration 0001 itself creates, so `down` to zero leaves no trace.
 
-use crate::db::RowExt;
 use std::time::Instant;
 
 use serde::Serialize;
@@ -12,6 +11,13 @@ use sha2::{Digest, Sha256};
 use tokio_postgres::Client;
 
 use crate::error::{DbContext, Error, Result};
+
+mod preflight;
+mod status;
+
+use preflight::preflight_first_install;
+pub use preflight::{ForeignTrigger, foreign_profile_triggers, require_auth_users};
+pub use status::{MigrationStatus, State, status};
 
 /// One versioned schema change: plain SQL files under `migrations/`, built into the binary.
 #[derive(Debug)]
@@ -38,9 +44,15 @@ macro_rules! migration {
         Migration {
             version: $version,
             name: $name,
-            up: include_str!(concat!("../../migrations/", $prefix, "_", $name, ".up.sql")),
+            up: include_str!(concat!(
+                "../../../migrations/",
+                $prefix,
+                "_",
+                $name,
+                ".up.sql"
+            )),
             down: include_str!(concat!(
-                "../../migrations/",
+                "../../../migrations/",
                 $prefix,
                 "_",
                 $name,
@@ -93,41 +105,6 @@ const PIN_SEARCH_PATH: &str = "SET LOCAL search_path = pg_catalog, pg_temp";
 // Any constant works as long as nothing else uses it; this one spells "usersync".
 const MIGRATE_LOCK: i64 = 0x7573_6572_7379_6e63;
 
-/// Where one migration stands in a database.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case", tag = "state")]
-pub enum State {
-    Applied {
-        applied_at: String,
-        duration_ms: i64,
-    },
-    Pending,
-    /// Applied, but the file built into this binary has changed since.
-    Drifted {
-        applied_checksum: String,
-    },
-    /// In the history but unknown to this binary (applied by a newer usersync).
-    Unknown,
-}
-
-#[derive(Clone, Debug, Serialize)]
-pub struct MigrationStatus {
-    pub version: i32,
-    pub name: String,
-    pub checksum: String,
-    #[serde(flatten)]
-    pub state: State,
-}
-
-impl MigrationStatus {
-    pub fn is_applied(&self) -> bool {
-        matches!(
-            self.state,
-            State::Applied { .. } | State::Drifted { .. } | State::Unknown
-        )
-    }
-}
-
 /// Which way a step went.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -145,147 +122,6 @@ pub struct Step {
     pub duration_ms: i64,
 }
 
-struct HistoryRow {
-    version: i32,
-    name: String,
-    checksum: String,
-    applied_at: String,
-    duration_ms: i64,
-}
-
-async fn history(client: &Client) -> Result<Vec<HistoryRow>> {
-    let exists: bool = client
-        .query_one(
-            "SELECT pg_catalog.to_regclass('usersync.schema_migrations') IS NOT NULL",
-            &[],
-        )
-        .await
-        .context("reading migration history")?
-        .value(0)?;
-    if !exists {
-        return Ok(Vec::new());
-    }
-    let rows = client
-        .query(
-            "SELECT version, name, checksum,
-                    pg_catalog.to_char(applied_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'),
-                    duration_ms
-             FROM usersync.schema_migrations ORDER BY version",
-            &[],
-        )
-        .await
-        .context("reading migration history")?;
-    rows.iter()
-        .map(|r| {
-            Ok(HistoryRow {
-                version: r.value(0)?,
-                name: r.value(1)?,
-                checksum: r.value(2)?,
-                applied_at: r.value(3)?,
-                duration_ms: r.value(4)?,
-            })
-        })
-        .collect()
-}
-
-/// Every known and every recorded migration, in version order.
-pub async fn status(client: &Client) -> Result<Vec<MigrationStatus>> {
-    let history = history(client).await?;
-    let mut out: Vec<MigrationStatus> = MIGRATIONS
-        .iter()
-        .map(|m| {
-            let checksum = m.checksum();
-            let state = match history.iter().find(|h| h.version == m.version) {
-                None => State::Pending,
-                Some(h) if h.checksum != checksum => State::Drifted {
-                    applied_checksum: h.checksum.clone(),
-                },
-                Some(h) => State::Applied {
-                    applied_at: h.applied_at.clone(),
-                    duration_ms: h.duration_ms,
-                },
-            };
-            MigrationStatus {
-                version: m.version,
-                name: m.name.to_string(),
-                checksum,
-                state,
-            }
-        })
-        .collect();
-    for h in history
-        .iter()
-        .filter(|h| MIGRATIONS.iter().all(|m| m.version != h.version))
-    {
-        out.push(MigrationStatus {
-            version: h.version,
-            name: h.name.clone(),
-            checksum: h.checksum.clone(),
-            state: State::Unknown,
-        });
-    }
-    out.sort_by_key(|s| s.version);
-    Ok(out)
-}
-
-/// Fails with the Supabase hint when the database has no `auth.users`.
-pub async fn require_auth_users(client: &Client) -> Result<()> {
-    let present: bool = client
-        .query_one(
-            concat!("SELECT ", crate::auth_users_oid!(), " IS NOT NULL"),
-            &[],
-        )
-        .await
-        .context("looking for auth.users")?
-        .value(0)?;
-    if present {
-        Ok(())
-    } else {
-        Err(Error::NotSupabase)
-    }
-}
-
-/// A trigger on `auth.users` that is not ours but looks like a profile trigger.
-#[derive(Clone, Debug, Serialize)]
-pub struct ForeignTrigger {
-    pub trigger: String,
-    pub function: String,
-}
-
-/// Triggers someone else installed to create profiles: the classic `on_auth_user_created`
-/// calling `handle_new_user()`, or any trigger function that writes `user_profiles`.
-pub async fn foreign_profile_triggers(client: &Client) -> Result<Vec<ForeignTrigger>> {
-    let rows = client
-        .query(
-            concat!(
-                "SELECT t.tgname::text, p.oid::regprocedure::text
-             FROM pg_catalog.pg_trigger t
-             JOIN pg_catalog.pg_proc p ON p.oid = t.tgfoid
-             JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
-             WHERE t.tgrelid = ",
-                crate::auth_users_oid!(),
-                "
-               AND NOT t.tgisinternal
-               AND n.nspname <> 'usersync'
-               AND (t.tgname = 'on_auth_user_created'
-                    OR p.proname = 'handle_new_user'
-                    OR p.prosrc ILIKE '%profile%')
-             ORDER BY 1"
-            ),
-            &[],
-        )
-        .await
-        .context("looking for existing profile triggers")?;
-    rows.iter()
-        .map(|r| {
-            Ok(ForeignTrigger {
-                trigger: r.value(0)?,
-                function: r.value(1)?,
-            })
-        })
-        .collect()
-}
-
 /// Options of `migrate up`.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct UpOptions {
@@ -296,8 +132,6 @@ pub struct UpOptions {
 }
 
 /// Applies every pending migration up to `to`. Running it again is a no-op.
-// Long on purpose: the whole of `up` under its lock, in order: preflight, one transaction per
-// migration with its history row; one place to read it.
 pub async fn up(client: &mut Client, options: UpOptions) -> Result<Vec<Step>> {
     let target = options.to.unwrap_or_else(latest);
     if MIGRATIONS.iter().all(|m| m.version != target) {
@@ -340,82 +174,49 @@ pub async fn up(client: &mut Client, options: UpOptions) -> Result<Vec<Step>> {
         }
         let mut steps = Vec::new();
         for m in pending {
-            let started = Instant::now();
-            let tx = client
-                .transaction()
-                .await
-                .context("starting a transaction")?;
-            tx.batch_execute(PIN_SEARCH_PATH)
-                .await
-                .context("starting a transaction")?;
-            tx.batch_execute(m.up)
-                .await
-                .context(format!("applying {}", m.up_file()))?;
-            let duration_ms = started.elapsed().as_millis() as i64;
-            tx.execute(
-                "INSERT INTO usersync.schema_migrations (version, name, checksum, duration_ms)
-                 VALUES ($1, $2, $3, $4)",
-                &[&m.version, &m.name, &m.checksum(), &duration_ms],
-            )
-            .await
-            .context("recording migration history")?;
-            tx.commit()
-                .await
-                .context(format!("committing {}", m.up_file()))?;
-            tracing::info!(
-                version = m.version,
-                name = m.name,
-                duration_ms,
-                "migration applied"
-            );
-            steps.push(Step {
-                version: m.version,
-                name: m.name.to_string(),
-                direction: Direction::Up,
-                duration_ms,
-            });
+            steps.push(apply(client, m).await?);
         }
         Ok(steps)
     })
     .await
 }
 
-/// Before the first install: no profile table of someone else's, no doubled trigger.
-async fn preflight_first_install(client: &Client, allow_existing_trigger: bool) -> Result<()> {
-    let exists: bool = client
-        .query_one(
-            "SELECT pg_catalog.to_regclass('public.user_profiles') IS NOT NULL",
-            &[],
-        )
+/// One migration with its history row, in one transaction.
+async fn apply(client: &mut Client, m: &Migration) -> Result<Step> {
+    let started = Instant::now();
+    let tx = client
+        .transaction()
         .await
-        .context("looking for public.user_profiles")?
-        .value(0)?;
-    if exists {
-        return Err(Error::Migration(
-            "public.user_profiles already exists and was not created by usersync; \
-             rename or drop it before `usersync migrate up`"
-                .into(),
-        ));
-    }
-    let foreign = foreign_profile_triggers(client).await?;
-    if !foreign.is_empty() && !allow_existing_trigger {
-        let list = foreign
-            .iter()
-            .map(|f| format!("{} calling {}", f.trigger, f.function))
-            .collect::<Vec<_>>()
-            .join(", ");
-        let first = &foreign[0].trigger;
-        return Err(Error::Migration(format!(
-            "auth.users already has a profile trigger ({list}); usersync installs its own: \
-             drop yours (DROP TRIGGER \"{first}\" ON auth.users;, which hosted Supabase's \
-             postgres may run through supautils) or keep both with --allow-existing-trigger"
-        )));
-    }
-    for f in &foreign {
-        tracing::warn!(trigger = %f.trigger, function = %f.function,
-            "keeping an existing profile trigger on auth.users beside usersync's");
-    }
-    Ok(())
+        .context("starting a transaction")?;
+    tx.batch_execute(PIN_SEARCH_PATH)
+        .await
+        .context("starting a transaction")?;
+    tx.batch_execute(m.up)
+        .await
+        .context(format!("applying {}", m.up_file()))?;
+    let duration_ms = started.elapsed().as_millis() as i64;
+    tx.execute(
+        "INSERT INTO usersync.schema_migrations (version, name, checksum, duration_ms)
+         VALUES ($1, $2, $3, $4)",
+        &[&m.version, &m.name, &m.checksum(), &duration_ms],
+    )
+    .await
+    .context("recording migration history")?;
+    tx.commit()
+        .await
+        .context(format!("committing {}", m.up_file()))?;
+    tracing::info!(
+        version = m.version,
+        name = m.name,
+        duration_ms,
+        "migration applied"
+    );
+    Ok(Step {
+        version: m.version,
+        name: m.name.to_string(),
+        direction: Direction::Up,
+        duration_ms,
+    })
 }
 
 /// Rolls back applied migrations above `to` (default: the latest one only), newest first.
