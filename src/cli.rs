@@ -56,8 +56,24 @@ pub enum Command {
         /// Also prove that deleting a user takes its profile along: a probe user inserted and
         /// deleted in auth.users, rolled back. Needs INSERT and DELETE on auth.users (the
         /// migration role), and fires the application's own triggers there.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "history")]
         e2e: bool,
+        /// Print how each check's value changed, as the daemon recorded it, instead of
+        /// checking.
+        #[arg(long)]
+        history: bool,
+        /// With --history: since this long ago (`90s`, `30m`, `24h`, `7d`) or this date
+        /// (`2026-11-30`, or an RFC 3339 time). Default: 7 days.
+        #[arg(long, requires = "history", value_name = "WHEN")]
+        since: Option<String>,
+        #[command(flatten)]
+        output: Output,
+    },
+    /// Why a user has the profile it has, or none, and what `usersync sync` would do for it:
+    /// exit 0 nothing to do, 1 something to do, 2 no such user.
+    Explain {
+        /// The user's id, or e-mail.
+        user: String,
         #[command(flatten)]
         output: Output,
     },

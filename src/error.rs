@@ -53,6 +53,10 @@ pub enum Error {
     #[error("{0}")]
     NotFound(String),
 
+    /// No such user (`usersync explain`: exit 2).
+    #[error("{0}")]
+    NoSuchUser(String),
+
     /// Something usersync itself got wrong.
     #[error("internal error: {0}")]
     Internal(String),
@@ -87,7 +91,7 @@ impl Error {
         match self {
             Error::Config { .. } | Error::ConfigSource(_) => exit::CONFIG,
             Error::Unreachable { .. } | Error::Busy { .. } => exit::UNAVAILABLE,
-            Error::Usage(_) => exit::USAGE,
+            Error::Usage(_) | Error::NoSuchUser(_) => exit::USAGE,
             Error::Db { source, .. } if is_connection_error(&source.0) => exit::UNAVAILABLE,
             _ => exit::FAILED,
         }

@@ -42,6 +42,26 @@ macro_rules! holds_personal_data {
     };
 }
 
+/// "This live user's metadata has what the profile lacks": a name or a picture the builder
+/// would take (`$b`, a `usersync.build_profile` row of the user) where the profile (`$p`) has
+/// NULL. The user's alias is `u`; a soft-deleted user is never filled.
+#[macro_export]
+macro_rules! fillable {
+    ($p:literal, $b:literal) => {
+        concat!(
+            "(u.deleted_at IS NULL AND ((",
+            $p,
+            ".full_name IS NULL AND ",
+            $b,
+            ".full_name IS NOT NULL) OR (",
+            $p,
+            ".avatar_url IS NULL AND ",
+            $b,
+            ".avatar_url IS NOT NULL)))"
+        )
+    };
+}
+
 /// The oid of `auth.users`, NULL without one, found by name: needs no privilege on schema auth.
 #[macro_export]
 macro_rules! auth_users_oid {

@@ -6,6 +6,7 @@ use std::io::Write;
 
 use serde::Serialize;
 
+mod explain;
 mod migrate;
 mod progress_bar;
 mod render;
@@ -38,7 +39,16 @@ pub async fn run(cli: Cli, settings: Settings) -> Result<u8> {
             Ok(exit::OK)
         }
         Command::Migrate { command } => migrate::run(command, &settings).await,
-        Command::Check { output, e2e } => check_command(&settings, output.json, e2e).await,
+        Command::Check {
+            output,
+            history: true,
+            since,
+            ..
+        } => explain::history_command(&settings, since.as_deref(), output.json).await,
+        Command::Check { output, e2e, .. } => check_command(&settings, output.json, e2e).await,
+        Command::Explain { user, output } => {
+            explain::explain_command(&settings, &user, output.json).await
+        }
         Command::Users { command } => users_command(command, &settings).await,
         Command::Sync {
             dry_run,

@@ -102,8 +102,9 @@ pub(super) fn sync_text(r: &sync::Report, verbose: bool) -> String {
     }
     let a = &r.applied;
     out.push_str(&format!(
-        "lifecycle: {} e-mails filled, {} followed; soft-deleted users' profiles: {} scrubbed, {} deleted\n",
-        a.emails_filled, a.emails_followed, a.scrubbed, a.deleted
+        "lifecycle: {} e-mails filled, {} followed; {} names or pictures filled from metadata; \
+         soft-deleted users' profiles: {} scrubbed, {} deleted\n",
+        a.emails_filled, a.emails_followed, a.filled_from_metadata, a.scrubbed, a.deleted
     ));
     out.push_str(&format!(
         "sweep: {} scanned, {} missing, {} created, {} raced, {} deferred, {} failed; \

@@ -89,6 +89,10 @@ pub struct IntegritySettings {
     pub queue_max_attempts: i32,
     /// Columns holding a user id with no foreign key.
     pub user_id_columns: Vec<UserIdColumn>,
+    /// Days each check's history is kept (its latest value always is).
+    pub history_days: u32,
+    /// Most rows of history kept.
+    pub history_max_rows: i64,
 }
 
 /// `schema.table.column` of a column that holds user ids without a foreign key.
@@ -152,6 +156,8 @@ pub struct SyncSettings {
     pub follow_email: bool,
     /// What a soft-deleted user's profile becomes.
     pub soft_deleted: SoftDeleted,
+    /// Empty names and pictures filled when the metadata gains them.
+    pub fill_from_metadata: bool,
 }
 
 impl SyncSettings {
@@ -161,6 +167,7 @@ impl SyncSettings {
             include_anonymous: self.include_anonymous,
             follow_email: self.follow_email,
             soft_deleted: self.soft_deleted,
+            fill_from_metadata: self.fill_from_metadata,
         }
     }
 }

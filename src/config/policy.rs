@@ -1,5 +1,5 @@
 //! The lifecycle policies as configured (`sync.include_anonymous`, `sync.follow_email`,
-//! `sync.soft_deleted`): plain values. `migrate up` writes them to `usersync.policy`, where the
+//! `sync.soft_deleted`, `sync.fill_from_metadata`): plain values. `migrate up` writes them to `usersync.policy`, where the
 //! triggers and the daemon read them (`crate::sync::policy`).
 
 use serde::Serialize;
@@ -39,6 +39,8 @@ pub struct Policy {
     pub include_anonymous: bool,
     pub follow_email: bool,
     pub soft_deleted: SoftDeleted,
+    /// A profile's NULL full_name and avatar_url filled from metadata that arrives later.
+    pub fill_from_metadata: bool,
 }
 
 impl Default for Policy {
@@ -47,6 +49,7 @@ impl Default for Policy {
             include_anonymous: true,
             follow_email: false,
             soft_deleted: SoftDeleted::Scrub,
+            fill_from_metadata: true,
         }
     }
 }
@@ -55,10 +58,11 @@ impl std::fmt::Display for Policy {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "include_anonymous={} follow_email={} soft_deleted={}",
+            "include_anonymous={} follow_email={} soft_deleted={} fill_from_metadata={}",
             self.include_anonymous,
             self.follow_email,
-            self.soft_deleted.as_str()
+            self.soft_deleted.as_str(),
+            self.fill_from_metadata
         )
     }
 }

@@ -55,6 +55,8 @@ pub(super) struct RawIntegrity {
     pub(super) queue_stale_secs: u64,
     pub(super) queue_max_attempts: i32,
     pub(super) user_id_columns: Vec<String>,
+    pub(super) history_days: u32,
+    pub(super) history_max_rows: i64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -82,6 +84,7 @@ pub(super) struct RawSync {
     pub(super) include_anonymous: bool,
     pub(super) follow_email: bool,
     pub(super) soft_deleted: String,
+    pub(super) fill_from_metadata: bool,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -172,6 +172,7 @@ impl TryFrom<&RawSync> for SyncSettings {
                     format!("{:?} is not scrub, delete or keep", raw.soft_deleted),
                 )
             })?,
+            fill_from_metadata: raw.fill_from_metadata,
         })
     }
 }
@@ -206,6 +207,12 @@ impl TryFrom<&RawIntegrity> for IntegritySettings {
                 .iter()
                 .map(|c| user_id_column(c))
                 .collect::<Result<_>>()?,
+            history_days: ranged("integrity.history_days", raw.history_days, 1..=3650)?,
+            history_max_rows: ranged(
+                "integrity.history_max_rows",
+                raw.history_max_rows,
+                100..=10_000_000,
+            )?,
         })
     }
 }

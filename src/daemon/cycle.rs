@@ -155,6 +155,8 @@ async fn counted_check(
         let users = counts.user_id_columns.then_some(deletions.users);
         let profiles = (counts.orphans || !stored.orphans_found()).then_some(deletions.profiles);
         integrity::stored::save(&**client, &report.counted, users, profiles).await?;
+        let report = report.with_stored(&stored);
+        history(shared, &mut client, &report).await;
         Ok::<_, crate::Error>(report)
     }
     .await;
@@ -164,7 +166,7 @@ async fn counted_check(
     Ok(Done::Checked {
         handled: look.handled,
         counted: counts,
-        report: checked?.with_stored(&stored),
+        report: checked?,
     })
 }
 
@@ -231,6 +233,7 @@ async fn scan(
         let (users, profiles) = (Some(deletions.users), Some(deletions.profiles));
         integrity::stored::save(&tx, &checks.counted, users, profiles).await?;
         tx.commit().await.context("recording the full scan")?;
+        history(shared, client, &checks).await;
     }
     Ok(FullScan {
         due,
@@ -239,6 +242,15 @@ async fn scan(
         sync: swept,
         checks,
     })
+}
+
+/// Each check's value into the findings' history, when it changed. A failure is logged: the
+/// history is for people, the run's findings are on the metrics either way.
+async fn history(shared: &Shared, client: &mut tokio_postgres::Client, report: &integrity::Report) {
+    let values = report.values();
+    if let Err(e) = integrity::history::record(client, &values, &shared.settings.integrity).await {
+        tracing::warn!(error = %crate::error::Chain(&e), "the findings' history was not recorded");
+    }
 }
 
 impl Done {

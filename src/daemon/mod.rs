@@ -34,7 +34,7 @@ use crate::state::Shared;
 use crate::state::board::LastRun;
 
 /// Advisory lock namespace of the daemon's jobs (the two-key form: namespace, job).
-const JOB_LOCK_NAMESPACE: i32 = 0x7573_796a; // "usyj"
+const JOB_LOCK_NAMESPACE: i32 = crate::db::JOB_NAMESPACE;
 const INTEGRITY_LOCK: i32 = 3;
 const FULL_SCAN_LOCK: i32 = 4;
 

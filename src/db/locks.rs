@@ -4,6 +4,11 @@
 
 use deadpool_postgres::Object;
 
+/// The namespace of the daemon's locks: its jobs' (by job) and the findings' history writers'.
+pub const JOB_NAMESPACE: i32 = 0x7573_796a; // "usyj"
+/// The key of the findings' history writers (a transaction-scoped lock).
+pub const HISTORY_KEY: i32 = 5;
+
 use super::RowExt;
 use crate::error::{DbContext, Result};
 

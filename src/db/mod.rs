@@ -20,7 +20,7 @@ use crate::error::{Error, Result, db_message};
 
 use deadpool_postgres::Object;
 
-pub use locks::{Held, release_advisory_lock, try_advisory_lock};
+pub use locks::{HISTORY_KEY, Held, JOB_NAMESPACE, release_advisory_lock, try_advisory_lock};
 
 /// The pool, with what its errors need to name: host and port, never the password.
 #[derive(Clone)]

@@ -109,6 +109,7 @@ fn route_name(path: &str) -> &'static str {
         "/" => "/",
         "/status" => "/status",
         "/v1/users" | "/v1/users/" => "/v1/users",
+        p if p.starts_with("/v1/users/") && p.ends_with("/explain") => "/v1/users/{id}/explain",
         p if p.starts_with("/v1/users/") => "/v1/users/{id}",
         _ => "other",
     }

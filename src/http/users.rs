@@ -47,14 +47,22 @@ pub async fn route(
     }
     Some(match rest {
         "" | "/" => list(query, shared).await,
-        _ => match rest.strip_prefix('/').map(Uuid::parse_str) {
-            Some(Ok(id)) if !rest[1..].contains('/') => one(id, shared).await,
-            _ => error(
-                StatusCode::BAD_REQUEST,
-                "bad_id",
-                "the user id is not a UUID",
-            ),
-        },
+        _ => {
+            let rest = rest.strip_prefix('/').unwrap_or(rest);
+            let (id, explained) = match rest.strip_suffix("/explain") {
+                Some(id) => (id, true),
+                None => (rest, false),
+            };
+            match Uuid::parse_str(id) {
+                Ok(id) if explained => explain(id, shared).await,
+                Ok(id) => one(id, shared).await,
+                Err(_) => error(
+                    StatusCode::BAD_REQUEST,
+                    "bad_id",
+                    "the user id is not a UUID",
+                ),
+            }
+        }
     })
 }
 
@@ -93,6 +101,27 @@ async fn one(id: Uuid, shared: &Shared) -> Response<Body> {
         Ok(Some(user)) => json(
             StatusCode::OK,
             serde_json::to_string(&user).expect("a user serializes"),
+        ),
+        Ok(None) => error(StatusCode::NOT_FOUND, "not_found", "no such user"),
+        Err(response) => response,
+    }
+}
+
+/// `GET /v1/users/{id}/explain`: what `usersync explain` says, as JSON.
+async fn explain(id: Uuid, shared: &Shared) -> Response<Body> {
+    use crate::sync::explain::{self, Key};
+    let configured = shared.settings.sync.policy();
+    let explained = bounded(shared, async |tx| {
+        let policy = crate::sync::policy::load_in(tx)
+            .await?
+            .unwrap_or(configured);
+        explain::explain(tx, &Key::Id(id), policy).await
+    })
+    .await;
+    match explained {
+        Ok(Some(e)) => json(
+            StatusCode::OK,
+            serde_json::to_string(&e).expect("an explanation serializes"),
         ),
         Ok(None) => error(StatusCode::NOT_FOUND, "not_found", "no such user"),
         Err(response) => response,

@@ -171,9 +171,30 @@ pub fn policy(policies: &Policies, findings: &mut Vec<Finding>) {
     });
 }
 
-/// The profile's lifecycle: e-mails that no longer match auth.users, and personal data left
-/// in the profiles of soft-deleted users (and of users inserted already deleted).
+/// The profile's lifecycle: e-mails that no longer match auth.users, personal data left in the
+/// profiles of soft-deleted users (and of users inserted already deleted), names and pictures
+/// the metadata has and the profile lacks.
 fn lifecycle(census: &plan::Census, policy: &Policy, findings: &mut Vec<Finding>) {
+    let (empty, empty_samples) = census.empty_from_metadata.clone();
+    if empty > 0 {
+        findings.push(Finding {
+            check: "empty_from_metadata".into(),
+            level: Level::Warning,
+            object: Some("public.user_profiles".into()),
+            title: format!(
+                "{} with an empty name or picture that the user's metadata has",
+                crate::words::plural(empty as u64, "profile")
+            ),
+            detail: "sync.fill_from_metadata is on, and these were not filled: the metadata \
+                     arrived while the update trigger was off or failing, or the application \
+                     cleared the value after it was filled"
+                .into(),
+            count: empty,
+            samples: empty_samples,
+            fix: "usersync sync".into(),
+            fix_kind: FixKind::Command,
+        });
+    }
     let (stale, stale_samples) = census.stale_email.clone();
     let (left, left_samples) = census.soft_deleted_left.clone();
     if stale > 0 {

@@ -14,6 +14,7 @@
 
 mod checks;
 mod columns;
+pub mod history;
 mod probe;
 pub mod stored;
 
@@ -44,6 +45,7 @@ pub const CHECKS: &[&str] = &[
     "unreadable_table",
     "stale_email",
     "soft_deleted_personal_data",
+    "empty_from_metadata",
     "policy",
 ];
 

@@ -13,6 +13,7 @@
 //! range another process holds is left to it. Each batch is its own short transaction.
 
 pub mod apply;
+pub mod explain;
 pub mod plan;
 pub mod policy;
 mod ranges;

@@ -254,8 +254,12 @@ pub struct Census {
     /// Profiles of soft-deleted users that the policy says should be scrubbed (still holding
     /// personal data) or gone.
     pub soft_deleted_left: (i64, Vec<String>),
+    /// Profiles of live users with a NULL name or picture their metadata has, under
+    /// `fill_from_metadata`.
+    pub empty_from_metadata: (i64, Vec<String>),
     /// Profiles the sweep's lifecycle statements would change: an e-mail to fill (or follow,
-    /// with `follow_email`), a soft-deleted user's profile to scrub or delete.
+    /// with `follow_email`), a name or picture to fill, a soft-deleted user's profile to scrub
+    /// or delete.
     pub lifecycle_pending: i64,
 }
 
@@ -267,10 +271,11 @@ pub async fn census(
 ) -> Result<Census> {
     // Counts only, so that PostgreSQL runs it in parallel (array_agg cannot be in 15); the
     // samples come from a second, LIMITed look only for a count that is not zero.
-    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 4] = [
+    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 5] = [
         &policy.include_anonymous,
         &grace.as_secs_f64(),
         &policy.soft_deleted.as_str(),
+        &policy.fill_from_metadata,
         &policy.follow_email,
     ];
     let row = client
@@ -278,13 +283,14 @@ pub async fn census(
         .await
         .context("counting users and their profiles")?;
     let mut census = Census {
-        lifecycle_pending: row.value(3)?,
+        lifecycle_pending: row.value(4)?,
         ..Census::default()
     };
     for (i, (kind, slot)) in [
         ("missing", &mut census.missing),
         ("stale", &mut census.stale_email),
         ("left_behind", &mut census.soft_deleted_left),
+        ("empty_meta", &mut census.empty_from_metadata),
     ]
     .into_iter()
     .enumerate()
@@ -293,11 +299,11 @@ pub async fn census(
         if count == 0 {
             continue;
         }
-        // `kind` is one of the three constant column names above.
+        // `kind` is one of the four constant column names above.
         let ids: Vec<String> = client
             .query(
                 &format!("SELECT x.id::text {CENSUS_FROM} WHERE x.{kind} LIMIT {samples}"),
-                &params[..3],
+                &params[..4],
             )
             .await
             .context("sampling users and their profiles")?
@@ -310,10 +316,11 @@ pub async fn census(
 }
 
 const CENSUS_COUNTS: &str = "count(*) FILTER (WHERE x.missing), count(*) FILTER (WHERE x.stale),
-    count(*) FILTER (WHERE x.left_behind),
-    count(*) FILTER (WHERE x.left_behind OR x.to_fill OR (x.stale AND $4))";
+    count(*) FILTER (WHERE x.left_behind), count(*) FILTER (WHERE x.empty_meta),
+    count(*) FILTER (WHERE x.left_behind OR x.to_fill OR (x.stale AND $5) OR x.empty_meta)";
 
-// $1 include_anonymous, $2 the grace period in seconds, $3 sync.soft_deleted, $4 follow_email.
+// $1 include_anonymous, $2 the grace period in seconds, $3 sync.soft_deleted, $4
+// fill_from_metadata ($5 follow_email, in the counts).
 const CENSUS_FROM: &str = concat!(
     "
     FROM (SELECT u.id,
@@ -330,8 +337,13 @@ const CENSUS_FROM: &str = concat!(
                      AND ($3 = 'delete' OR ($3 = 'scrub'
                           AND ",
     crate::holds_personal_data!("p"),
-    ")) AS left_behind
-          FROM usersync.auth_users u LEFT JOIN public.user_profiles p ON p.id = u.id) AS x"
+    ")) AS left_behind,
+                 p.id IS NOT NULL AND $4 AND ",
+    crate::fillable!("p", "b"),
+    " AS empty_meta
+          FROM usersync.auth_users u LEFT JOIN public.user_profiles p ON p.id = u.id
+          CROSS JOIN LATERAL usersync.build_profile(u.id, u.email::text, u.raw_user_meta_data,
+                                                    u.created_at) b) AS x"
 );
 
 #[cfg(test)]

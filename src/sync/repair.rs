@@ -35,6 +35,7 @@ fn add(a: &policy::Applied, b: &policy::Applied) -> policy::Applied {
         emails_followed: a.emails_followed + b.emails_followed,
         scrubbed: a.scrubbed + b.scrubbed,
         deleted: a.deleted + b.deleted,
+        filled_from_metadata: a.filled_from_metadata + b.filled_from_metadata,
     }
 }
 

@@ -202,8 +202,7 @@ const READ: &str = concat!(
                (SELECT pg_catalog.string_agg(c.oid::pg_catalog.text || ':' || c.xmin::pg_catalog.text,
                                              ',' ORDER BY c.oid)
                 FROM pg_catalog.pg_constraint c WHERE c.conrelid IN (u.oid, p.oid)),
-               (SELECT concat_ws(',', x.include_anonymous, x.follow_email, x.soft_deleted)
-                FROM usersync.policy x))),
+               (SELECT pg_catalog.to_jsonb(x)::pg_catalog.text FROM usersync.policy x))),
            pg_catalog.pg_stat_get_tuples_inserted(u.oid),
            pg_catalog.pg_stat_get_tuples_deleted(u.oid),
            pg_catalog.pg_stat_get_tuples_deleted(p.oid),
@@ -323,17 +322,25 @@ pub async fn record(
 }
 
 /// How long a count the statistics show but the journal does not gets to settle before it
-/// counts as a write around the triggers: a backend flushes its counters one table after the
-/// other, so a reader can catch it halfway.
-pub const SETTLE: std::time::Duration = std::time::Duration::from_millis(500);
+/// counts as a write around the triggers, in steps: a backend flushes its counters one table
+/// after the other, so a reader can catch it halfway, and on a busy server it may flush some
+/// tables now and retry the rest a second later (a flush does not wait for a table's lock). A
+/// real write around the triggers waits 1.5 s for its full scan.
+pub const SETTLE: [std::time::Duration; 2] = [
+    std::time::Duration::from_millis(500),
+    std::time::Duration::from_millis(1000),
+];
 
 /// Compares now with the last full scan's baseline, and empties the journal.
 pub async fn look(client: &Client) -> Result<Look> {
     let base = baseline(client).await?;
     let mut reading = read(client).await?;
     let mut due = verdict(base.as_ref(), &reading);
-    if due.is_some_and(|d| d.reason == Reason::UnseenChanges) {
-        tokio::time::sleep(SETTLE).await;
+    for wait in SETTLE {
+        if !due.is_some_and(|d| d.reason == Reason::UnseenChanges) {
+            break;
+        }
+        tokio::time::sleep(wait).await;
         reading = read(client).await?;
         due = verdict(base.as_ref(), &reading);
     }

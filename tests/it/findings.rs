@@ -10,7 +10,7 @@ use crate::daemon::{Daemon, NEVER, eventually};
 use crate::support::{TestDb, count};
 
 /// Every replica's value of one check's finding.
-async fn everywhere(daemons: &[Daemon], check: &str) -> Vec<f64> {
+pub async fn everywhere(daemons: &[Daemon], check: &str) -> Vec<f64> {
     let mut values = Vec::new();
     for d in daemons {
         let series = format!("usersync_integrity_findings{{check=\"{check}\"}}");
@@ -21,7 +21,7 @@ async fn everywhere(daemons: &[Daemon], check: &str) -> Vec<f64> {
 
 /// Waits until every replica reports `value` for `check`, then that it keeps doing so for
 /// `hold` (a few cycles).
-async fn reported(daemons: &[Daemon], check: &str, value: f64, hold: Duration) {
+pub async fn reported(daemons: &[Daemon], check: &str, value: f64, hold: Duration) {
     let all = |v: Vec<f64>| v.iter().all(|x| *x == value);
     assert!(
         eventually(Duration::from_secs(8), || async {
@@ -42,6 +42,19 @@ async fn reported(daemons: &[Daemon], check: &str, value: f64, hold: Duration) {
     }
 }
 
+/// Five users through the triggers, each with a row in `public.orders`.
+pub async fn five_users_with_an_order(admin: &tokio_postgres::Client) {
+    admin
+        .batch_execute(
+            "INSERT INTO auth.users (id, email, created_at)
+             SELECT gen_random_uuid(), 'o' || g || '@example.test', now()
+             FROM generate_series(1, 5) g;
+             INSERT INTO public.orders (user_id) SELECT id FROM auth.users;",
+        )
+        .await
+        .unwrap();
+}
+
 async fn stays_until_the_data_changes(sweep: &str, integrity: &str, replicas: usize) {
     let db = TestDb::migrated().await;
     let admin = db.admin().await;
@@ -52,15 +65,7 @@ async fn stays_until_the_data_changes(sweep: &str, integrity: &str, replicas: us
             ("USERSYNC__SYNC__FULL_SCAN_SCHEDULE", NEVER),
         ])
         .await;
-    admin
-        .batch_execute(
-            "INSERT INTO auth.users (id, email, created_at)
-             SELECT gen_random_uuid(), 'o' || g || '@example.test', now()
-             FROM generate_series(1, 5) g;
-             INSERT INTO public.orders (user_id) SELECT id FROM auth.users;",
-        )
-        .await
-        .unwrap();
+    five_users_with_an_order(&admin).await;
     let mut daemons = Vec::new();
     for _ in 0..replicas {
         daemons.push(Daemon::start(settings.clone()).await);

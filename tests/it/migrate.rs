@@ -219,13 +219,17 @@ async fn two_concurrent_ups_apply_each_migration_once() {
 async fn unknown_target_versions_are_rejected_before_anything_runs() {
     let db = TestDb::new().await;
     let mut app = db.app().await;
+    let beyond = migrate::MIGRATIONS.len() as i32 + 1;
     let options = UpOptions {
-        to: Some(7),
+        to: Some(beyond),
         ..Default::default()
     };
     let err = migrate::up(&mut app, options).await.unwrap_err();
     let err = usersync::error::Chain(&err).to_string();
-    assert!(err.contains("--to 7: no such migration"), "{err}");
+    assert!(
+        err.contains(&format!("--to {beyond}: no such migration")),
+        "{err}"
+    );
     let err = migrate::down(&mut app, Some(9)).await.unwrap_err();
     let err = usersync::error::Chain(&err).to_string();
     assert!(err.contains("--to 9: no such migration"), "{err}");

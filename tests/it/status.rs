@@ -10,7 +10,7 @@ use crate::support::{TestDb, tool};
 const TOKEN: &str = "status-token-0123456789abcdef";
 
 /// Runs headless Chromium with `args` and the page's URL; its stdout.
-fn chromium(args: &[&str], url: &str) -> String {
+pub fn chromium(args: &[&str], url: &str) -> String {
     let profile = std::env::temp_dir().join(format!("usersync-it-{}-chromium", std::process::id()));
     let out = Command::new("chromium")
         .args([

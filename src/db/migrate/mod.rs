@@ -70,6 +70,7 @@ pub static MIGRATIONS: &[Migration] = &[
     migration!(4, "0004", "watch"),
     migration!(5, "0005", "runtime_access"),
     migration!(6, "0006", "findings_stay"),
+    migration!(7, "0007", "metadata_and_history"),
 ];
 
 /// The latest version this binary knows.

@@ -183,33 +183,42 @@ pub(super) async fn check_trigger(client: &Client, report: &mut Report) -> Resul
     Ok(())
 }
 
-/// The triggers later migrations add beside the sign-up trigger: the lifecycle's (0003) and
-/// the two that count deletions for the cheap path (0004). Present and firing, once their
+/// Each companion trigger: the migration that adds it, its table, its name, its check.
+const COMPANIONS: [(i32, &str, &str, &str, &str); 4] = [
+    (
+        3,
+        "auth",
+        "users",
+        "usersync_on_auth_user_updated",
+        "trigger.updated",
+    ),
+    (
+        4,
+        "auth",
+        "users",
+        "usersync_on_auth_users_deleted",
+        "trigger.users_deleted",
+    ),
+    (
+        4,
+        "public",
+        "user_profiles",
+        "usersync_on_profiles_deleted",
+        "trigger.profiles_deleted",
+    ),
+    (
+        7,
+        "auth",
+        "users",
+        "usersync_on_auth_user_metadata",
+        "trigger.metadata",
+    ),
+];
+
+/// The triggers later migrations add beside the sign-up trigger: the lifecycle's (0003), the
+/// two that count deletions for the cheap path (0004) and the metadata's (0007). Present and firing, once their
 /// migration is applied; while one is off, what it handles waits for a full scan.
 pub(super) async fn check_companion_triggers(client: &Client, report: &mut Report) -> Result<()> {
-    const COMPANIONS: [(i32, &str, &str, &str, &str); 3] = [
-        (
-            3,
-            "auth",
-            "users",
-            "usersync_on_auth_user_updated",
-            "trigger.updated",
-        ),
-        (
-            4,
-            "auth",
-            "users",
-            "usersync_on_auth_users_deleted",
-            "trigger.users_deleted",
-        ),
-        (
-            4,
-            "public",
-            "user_profiles",
-            "usersync_on_profiles_deleted",
-            "trigger.profiles_deleted",
-        ),
-    ];
     let recorded: bool = client
         .query_one(
             "SELECT pg_catalog.to_regclass('usersync.schema_migrations') IS NOT NULL",

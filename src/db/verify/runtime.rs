@@ -74,12 +74,18 @@ pub const RUNTIME_PRIVILEGES: &[Privilege] = &[
     p(Kind::Table, "usersync.scan_state", "INSERT"),
     p(Kind::Table, "usersync.scan_state", "UPDATE"),
     p(Kind::Table, "usersync.user_id_columns", "SELECT"),
+    // Each check's value over time: a row when it changes, old rows pruned.
+    p(Kind::Table, "usersync.findings_history", "SELECT"),
+    p(Kind::Table, "usersync.findings_history", "INSERT"),
+    p(Kind::Table, "usersync.findings_history", "DELETE"),
     p(
         Kind::Function,
         "usersync.build_profile(uuid, text, jsonb, timestamp with time zone)",
         "EXECUTE",
     ),
     p(Kind::Function, "usersync.meta_text(jsonb, text)", "EXECUTE"),
+    p(Kind::Function, "usersync.meta_name(jsonb)", "EXECUTE"),
+    p(Kind::Function, "usersync.meta_picture(jsonb)", "EXECUTE"),
     p(Kind::Function, "usersync.analyze_profiles()", "EXECUTE"),
     p(
         Kind::Function,

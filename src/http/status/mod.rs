@@ -42,6 +42,9 @@ pub struct Status {
     /// Unix time the last full scan recorded in the database ended, whichever replica ran it;
     /// None when none is recorded or the database did not answer in time.
     pub last_full_scan: Option<f64>,
+    /// The last seven days of each check that was not zero in them, with when its current
+    /// findings first appeared (`usersync.findings_history`).
+    pub history: Vec<crate::integrity::history::Line>,
     /// Whether ids and error messages are shown (the API token was sent).
     pub detailed: bool,
     pub runbook: &'static str,
@@ -140,12 +143,14 @@ pub async fn collect(shared: &Shared, readiness: &super::Readiness, detailed: bo
             })
             .collect()
     });
-    let (repair_queue, last_full_scan) =
-        tokio::time::timeout(Duration::from_secs(2), from_database(shared, detailed))
-            .await
-            .ok()
-            .flatten()
-            .map_or((None, None), |(queue, scan)| (Some(queue), scan));
+    let read = tokio::time::timeout(Duration::from_secs(2), from_database(shared, detailed))
+        .await
+        .ok()
+        .flatten();
+    let (repair_queue, last_full_scan, history) = match read {
+        Some(read) => (Some(read.queue), read.last_full_scan, read.history),
+        None => (None, None, Vec::new()),
+    };
     let not_ready = readiness.check(shared).await.err();
     Status {
         version: env!("CARGO_PKG_VERSION"),
@@ -158,15 +163,23 @@ pub async fn collect(shared: &Shared, readiness: &super::Readiness, detailed: bo
         checked_at: board.checked_at,
         repair_queue,
         last_full_scan,
+        history,
         detailed,
         runbook: RUNBOOK,
     }
 }
 
-/// The page's small queries (the repair queue, when the last full scan ended) run within the
-/// API's share of the pool: however many clients ask for `/`, the jobs and readiness keep their
-/// connections (no permit free: nothing from the database shown).
-async fn from_database(shared: &Shared, detailed: bool) -> Option<(Queue, Option<f64>)> {
+/// What the page reads from the database itself.
+struct FromDatabase {
+    queue: Queue,
+    last_full_scan: Option<f64>,
+    history: Vec<crate::integrity::history::Line>,
+}
+
+/// The page's small queries (the repair queue, when the last full scan ended, the findings'
+/// history) run within the API's share of the pool: however many clients ask for `/`, the
+/// jobs and readiness keep their connections (no permit free: nothing from the database shown).
+async fn from_database(shared: &Shared, detailed: bool) -> Option<FromDatabase> {
     let _permit = shared.api_permits.try_acquire().ok()?;
     let client = shared.db.get_within(Duration::from_secs(1)).await.ok()?;
     let head = client
@@ -209,10 +222,19 @@ async fn from_database(shared: &Shared, detailed: bool) -> Option<(Queue, Option
         Some(row) => Some(row.value(0).ok()?),
         None => None,
     };
+    let week_ago = crate::metrics::now() - 7.0 * 86_400.0;
+    // Before migration 0007 there is no history: none shown.
+    let history = crate::integrity::history::lines(&client, week_ago)
+        .await
+        .unwrap_or_default();
     let queue = Queue {
         depth: head.value(0).ok()?,
         oldest_secs: head.value(1).ok()?,
         errors,
     };
-    Some((queue, last_full_scan))
+    Some(FromDatabase {
+        queue,
+        last_full_scan,
+        history,
+    })
 }

@@ -5,6 +5,7 @@ use std::fmt::Write;
 
 use super::{Job, Queue, RUNBOOK, Status};
 use crate::integrity::Finding;
+use crate::integrity::history::Line;
 use crate::job::{JobKind, Outcome};
 use crate::words::plural;
 
@@ -16,6 +17,7 @@ pub fn html(status: &Status) -> String {
     missing(&mut p, status);
     jobs(&mut p, &status.jobs, status.last_full_scan);
     findings(&mut p, status);
+    history(&mut p, &status.history);
     queue(&mut p, status.repair_queue.as_ref());
     let _ = write!(
         p,
@@ -154,7 +156,12 @@ fn findings(p: &mut String, status: &Status) {
                 plural(findings.len() as u64, "finding")
             );
             for f in findings {
-                finding(p, f);
+                let first_seen = status
+                    .history
+                    .iter()
+                    .find(|l| l.check == f.check)
+                    .and_then(|l| l.first_seen);
+                finding(p, f, first_seen);
             }
             p.push_str("</tbody></table>");
         }
@@ -162,8 +169,11 @@ fn findings(p: &mut String, status: &Status) {
     p.push_str("</section>");
 }
 
-fn finding(p: &mut String, f: &Finding) {
+fn finding(p: &mut String, f: &Finding, first_seen: Option<f64>) {
     let level = f.level.as_str();
+    let since = first_seen
+        .map(|at| format!("<br><small>first seen {}</small>", ago(at)))
+        .unwrap_or_default();
     let samples = if f.samples.is_empty() {
         String::new()
     } else {
@@ -171,7 +181,7 @@ fn finding(p: &mut String, f: &Finding) {
     };
     let _ = write!(
         p,
-        "<tr><td><b>{}</b></td><td class={level}>{level}</td><td data-label=affected>{}</td>\
+        "<tr><td><b>{}</b>{since}</td><td class={level}>{level}</td><td data-label=affected>{}</td>\
          <td>{}<br><small>{}</small>{samples}</td><td>{}: <code>{}</code></td></tr>",
         esc(&f.check),
         f.count,
@@ -180,6 +190,57 @@ fn finding(p: &mut String, f: &Finding) {
         f.fix_kind.label(),
         esc(&f.fix)
     );
+}
+
+/// Each check that found something in the last seven days, as a step line drawn inline (no
+/// external asset: the page's CSP stays `default-src 'none'`).
+fn history(p: &mut String, lines: &[Line]) {
+    p.push_str("<section><h2>The last 7 days</h2>");
+    if lines.is_empty() {
+        p.push_str("<p class=ok>No check found anything in the last 7 days.</p></section>");
+        return;
+    }
+    let now = crate::metrics::now();
+    for line in lines {
+        let since = line
+            .first_seen
+            .map(|at| format!(", now since {}", ago(at)))
+            .unwrap_or_else(|| ", now clear".into());
+        let _ = write!(
+            p,
+            "<div class=line><b>{}</b> <small>up to {}{since}</small><br>{}</div>",
+            esc(line.check),
+            line.points.iter().map(|p| p.1).max().unwrap_or(0),
+            sparkline(line, now)
+        );
+    }
+    p.push_str("</section>");
+}
+
+const WEEK: f64 = 7.0 * 86_400.0;
+
+/// A 7-day step line of one check's value, ending now.
+fn sparkline(line: &Line, now: f64) -> String {
+    let (w, h) = (336.0, 40.0);
+    let start = now - WEEK;
+    let max = line.points.iter().map(|p| p.1).max().unwrap_or(0).max(1) as f64;
+    let x = |t: f64| ((t - start).clamp(0.0, WEEK) / WEEK * w).round();
+    let y = |v: i64| (h - 2.0 - v as f64 / max * (h - 6.0)).round();
+    let mut d = String::new();
+    for (i, &(at, value)) in line.points.iter().enumerate() {
+        if i == 0 {
+            let _ = write!(d, "M{} {}", x(at), y(value));
+        } else {
+            let _ = write!(d, "H{}V{}", x(at), y(value));
+        }
+    }
+    let _ = write!(d, "H{w}");
+    format!(
+        "<svg viewBox='0 0 {w} {h}' width={w} height={h} role=img aria-label='{} over the last \
+         7 days'><rect width={w} height={h} fill='#f6f8fa'/><path d='{d}' fill=none \
+         stroke='#cf222e' stroke-width=2/></svg>",
+        esc(line.check)
+    )
 }
 
 fn queue(p: &mut String, queue: Option<&Queue>) {
@@ -273,7 +334,7 @@ td,th{text-align:left;padding:6px 4px;border-top:1px solid #eaeef2;vertical-alig
 th{color:#57606a;font-weight:600;border-top:none}code{font:12px ui-monospace,monospace;word-break:break-all;
 background:#f6f8fa;padding:2px 4px;border-radius:4px;display:inline-block}
 .ok{color:#1a7f37;font-weight:600}.error{color:#cf222e;font-weight:600}.warning{color:#9a6700;font-weight:600}
-.big{font-size:28px;font-weight:700}nav a{margin-right:14px}
+.big{font-size:28px;font-weight:700}nav a{margin-right:14px}.line{margin:6px 0}svg{max-width:100%;height:auto}
 @media(max-width:600px){td,th{display:block;border:none;padding:2px 0}tr{display:block;border-top:1px solid #eaeef2;padding:6px 0}thead{display:none}
 td[data-label]::before{content:attr(data-label) ': ';color:#57606a}}";
 

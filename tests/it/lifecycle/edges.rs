@@ -1,7 +1,9 @@
-//! Around the lifecycle: older GoTrue schemas, a manual sync's retries, check's lifecycle findings, the daemon's lifecycle sweep.
+//! Around the lifecycle: older GoTrue schemas, a manual sync's retries, check's lifecycle findings, the daemon's lifecycle sweep, metadata that arrives later.
 
 use super::*;
 use crate::support::{AuthUser, insert_users};
+use tokio_postgres::Client;
+use uuid::Uuid;
 
 #[tokio::test]
 async fn an_older_gotrue_schema_is_refused_naming_the_column_and_the_oldest_supported() {
@@ -154,4 +156,91 @@ async fn the_daemon_scrubs_what_the_triggers_missed_once_a_cycle_sees_the_trigge
     .await;
     daemon.stop().await.unwrap();
     assert!(scrubbed, "the daemon's sweep scrubbed the profile");
+}
+
+/// GoTrue's UpdateUserMetaData, as its role runs it: the whole merged metadata.
+async fn set_metadata(admin: &Client, id: Uuid, meta: serde_json::Value) {
+    admin
+        .batch_execute("SET ROLE supabase_auth_admin")
+        .await
+        .unwrap();
+    admin
+        .execute(
+            "UPDATE auth.users SET raw_user_meta_data = $2, updated_at = now() WHERE id = $1",
+            &[&id, &meta],
+        )
+        .await
+        .unwrap();
+    admin.batch_execute("RESET ROLE").await.unwrap();
+}
+
+async fn name_and_picture(admin: &Client, id: Uuid) -> (Option<String>, Option<String>) {
+    let row = admin
+        .query_one(
+            "SELECT full_name, avatar_url FROM public.user_profiles WHERE id = $1",
+            &[&id],
+        )
+        .await
+        .unwrap();
+    (row.get(0), row.get(1))
+}
+
+#[tokio::test]
+async fn metadata_that_arrives_later_fills_what_is_empty_and_never_what_the_application_wrote() {
+    let db = TestDb::migrated().await;
+    let admin = db.admin().await;
+    let (empty, edited, deleted) = (
+        AuthUser::email("phone-person@example.test"),
+        AuthUser::email("edited@example.test"),
+        AuthUser::email("deleted@example.test"),
+    );
+    insert_users(&admin, &[empty.clone(), edited.clone(), deleted.clone()])
+        .await
+        .unwrap();
+    admin
+        .execute(
+            "UPDATE public.user_profiles SET full_name = 'Chosen Name',
+                 avatar_url = 'https://app.example.test/chosen.png' WHERE id = $1",
+            &[&edited.id],
+        )
+        .await
+        .unwrap();
+    admin
+        .execute(
+            "UPDATE auth.users SET deleted_at = now() WHERE id = $1",
+            &[&deleted.id],
+        )
+        .await
+        .unwrap();
+    let later = serde_json::json!({
+        "full_name": "Phone Person",
+        "avatar_url": "https://img.example.test/p.png"
+    });
+    for user in [&empty, &edited, &deleted] {
+        set_metadata(&admin, user.id, later.clone()).await;
+    }
+    let filled = (
+        Some("Phone Person".to_string()),
+        Some("https://img.example.test/p.png".to_string()),
+    );
+    assert_eq!(name_and_picture(&admin, empty.id).await, filled);
+    let chosen = (
+        Some("Chosen Name".to_string()),
+        Some("https://app.example.test/chosen.png".to_string()),
+    );
+    assert_eq!(
+        name_and_picture(&admin, edited.id).await,
+        chosen,
+        "never overwritten"
+    );
+    assert_eq!(
+        name_and_picture(&admin, deleted.id).await,
+        (None, None),
+        "never filled"
+    );
+    // The sweep neither: what the trigger left is what the policies say.
+    let url = db.runtime_url();
+    assert_eq!(usersync(&["sync"], &[("DATABASE_URL", url.as_str())]).0, 0);
+    assert_eq!(name_and_picture(&admin, edited.id).await, chosen);
+    assert_eq!(name_and_picture(&admin, deleted.id).await, (None, None));
 }

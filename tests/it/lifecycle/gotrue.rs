@@ -5,7 +5,9 @@ use proptest::prelude::*;
 use tokio_postgres::Client;
 use uuid::Uuid;
 
-use super::{Model, User};
+use serde_json::{Map, Value};
+
+use super::model::{Model, User};
 use crate::support::{AuthUser, insert_users};
 
 #[derive(Clone, Debug)]
@@ -18,12 +20,41 @@ pub(super) enum Event {
     SoftDelete(usize),
     Restore(usize),
     HardDelete(usize),
-    AppEdit(usize),
+    /// GoTrue's UpdateUserMetaData, which merges keys into raw_user_meta_data (a null value
+    /// removes one): 0 `PUT /user` with `data`, 1 the admin API's update of `user_metadata`,
+    /// 2 a signup link generated again for an unconfirmed user, 3 identity linking (a new
+    /// auth.identities row, the provider's claims merged in).
+    Metadata(usize, u8, Vec<(usize, Option<usize>)>),
+    /// The application writes the profile: 0 a name and the admin role, 1 a picture, 2 the name
+    /// cleared, 3 the picture cleared.
+    AppEdit(usize, u8),
     Triggers(bool),
 }
 
+/// The keys a metadata update touches, and the values it sets.
+const KEYS: [&str; 5] = ["full_name", "name", "avatar_url", "picture", "bio"];
+
+fn value(i: usize) -> Value {
+    match i {
+        0 => Value::from("Ada Lovelace"),
+        1 => Value::from("   "),
+        2 => Value::from(" Grace Hopper "),
+        3 => Value::from("https://img.example.test/a.png"),
+        _ => Value::from(7),
+    }
+}
+
 pub(super) fn event() -> impl Strategy<Value = Event> {
-    let who = any::<prop::sample::Index>().prop_map(|i| i.index(1 << 16));
+    // Half the events about one of the first three users, so that one user's life has many
+    // steps (an application's name, then metadata that brings another).
+    let who = prop_oneof![
+        3 => 0..3usize,
+        1 => any::<prop::sample::Index>().prop_map(|i| i.index(1 << 16)),
+    ];
+    let patch = prop::collection::vec(
+        (0..KEYS.len(), prop::option::weighted(0.8, 0..5usize)),
+        1..4,
+    );
     prop_oneof![
         4 => (0u8..5).prop_map(Event::SignUp),
         2 => who.clone().prop_map(Event::Convert),
@@ -32,7 +63,8 @@ pub(super) fn event() -> impl Strategy<Value = Event> {
         2 => who.clone().prop_map(Event::SoftDelete),
         1 => who.clone().prop_map(Event::Restore),
         1 => who.clone().prop_map(Event::HardDelete),
-        1 => who.prop_map(Event::AppEdit),
+        5 => (who.clone(), 0u8..4, patch).prop_map(|(i, k, p)| Event::Metadata(i, k, p)),
+        3 => (who, 0u8..4).prop_map(|(i, k)| Event::AppEdit(i, k)),
         1 => any::<bool>().prop_map(Event::Triggers),
     ]
 }
@@ -47,7 +79,8 @@ pub(super) async fn apply(admin: &Client, model: &mut Model, triggers: &mut bool
             admin
                 .batch_execute(&format!(
                     "ALTER TABLE auth.users {verb} TRIGGER usersync_on_auth_user_created;
-                     ALTER TABLE auth.users {verb} TRIGGER usersync_on_auth_user_updated;"
+                     ALTER TABLE auth.users {verb} TRIGGER usersync_on_auth_user_updated;
+                     ALTER TABLE auth.users {verb} TRIGGER usersync_on_auth_user_metadata;"
                 ))
                 .await
                 .unwrap();
@@ -60,36 +93,73 @@ pub(super) async fn apply(admin: &Client, model: &mut Model, triggers: &mut bool
             as_gotrue(admin, sql, old.id, None).await;
             model.profiles.remove(&old.id);
         }
-        Event::AppEdit(i) => {
+        Event::AppEdit(i, kind) => {
             let Some(i) = pick(i) else { return };
-            let id = model.users[i].id;
-            admin
-                .execute(
-                    "UPDATE public.user_profiles SET role = 'admin', full_name = 'App Name' WHERE id = $1",
-                    &[&id],
-                )
-                .await
-                .unwrap();
-            if let Some(p) = model.profiles.get_mut(&id) {
-                p.role = "admin".into();
-                p.full_name = Some("App Name".into());
-            }
+            app_edit(admin, model, model.users[i].id, kind).await;
+        }
+        Event::Metadata(i, 3, _) => {
+            // Identity linking: the identity row first, as GoTrue writes it.
+            let Some(i) = pick(i) else { return };
+            let sql = "INSERT INTO auth.identities (provider_id, user_id, identity_data, provider, created_at)
+                       VALUES (gen_random_uuid()::text, $1, $2::text::jsonb, 'github', now())";
+            let claims = serde_json::json!({ "sub": "1", "email_verified": true }).to_string();
+            as_gotrue(admin, sql, model.users[i].id, Some(&claims)).await;
+            change(admin, model, *triggers, i, event).await;
         }
         Event::Convert(i)
+        | Event::Metadata(i, ..)
         | Event::EmailChange(i)
         | Event::SignIn(i)
         | Event::SoftDelete(i)
         | Event::Restore(i) => {
             let Some(i) = pick(i) else { return };
-            let mut user = model.users[i].clone();
-            for (sql, value, after) in changes(event, &user) {
-                as_gotrue(admin, sql, user.id, value.as_deref()).await;
-                if *triggers && user.fires_update(&after) {
-                    model.updated(&user, &after);
-                }
-                user = after;
+            change(admin, model, *triggers, i, event).await;
+        }
+    }
+}
+
+/// GoTrue's statements for a change of user `i`, the model following while the triggers are
+/// on and their WHEN lets the change through.
+async fn change(admin: &Client, model: &mut Model, triggers: bool, i: usize, event: &Event) {
+    let mut user = model.users[i].clone();
+    for (sql, value, after) in changes(event, &user) {
+        as_gotrue(admin, sql, user.id, value.as_deref()).await;
+        // The triggers in PostgreSQL's order, by name: the metadata's, then the update's.
+        if triggers && user.fires_metadata(&after) {
+            model.metadata(&user, &after);
+        }
+        if triggers && user.fires_update(&after) {
+            model.updated(&user, &after);
+        }
+        user = after;
+    }
+    model.users[i] = user;
+}
+
+/// The application's own write of a profile: never usersync's to undo.
+async fn app_edit(admin: &Client, model: &mut Model, id: Uuid, kind: u8) {
+    let set = match kind {
+        0 => "role = 'admin', full_name = 'App Name'",
+        1 => "avatar_url = 'https://app.example.test/me.png'",
+        2 => "full_name = NULL",
+        _ => "avatar_url = NULL",
+    };
+    admin
+        .execute(
+            &format!("UPDATE public.user_profiles SET {set} WHERE id = $1"),
+            &[&id],
+        )
+        .await
+        .unwrap();
+    if let Some(p) = model.profiles.get_mut(&id) {
+        match kind {
+            0 => {
+                p.role = "admin".into();
+                p.full_name = Some("App Name".into());
             }
-            model.users[i] = user;
+            1 => p.avatar_url = Some("https://app.example.test/me.png".into()),
+            2 => p.full_name = None,
+            _ => p.avatar_url = None,
         }
     }
 }
@@ -100,7 +170,6 @@ async fn sign_up(admin: &Client, model: &mut Model, triggers: bool, kind: u8) {
     let id = Uuid::new_v4();
     let mut user = AuthUser::email(&format!("{}@example.test", id.simple()));
     user.id = id;
-    let mut name = None;
     match kind {
         1 => {
             user.email = None;
@@ -111,7 +180,7 @@ async fn sign_up(admin: &Client, model: &mut Model, triggers: bool, kind: u8) {
             user.is_anonymous = true;
         }
         3 => {
-            name = Some(format!("Name {}", &id.simple().to_string()[..6]));
+            let name = format!("Name {}", &id.simple().to_string()[..6]);
             user.user_meta = Some(serde_json::json!({ "full_name": name, "picture": 7 }));
         }
         4 => user.deleted = true,
@@ -120,11 +189,15 @@ async fn sign_up(admin: &Client, model: &mut Model, triggers: bool, kind: u8) {
     insert_users(admin, std::slice::from_ref(&user))
         .await
         .unwrap();
+    let meta = match &user.user_meta {
+        Some(Value::Object(meta)) => meta.clone(),
+        _ => Map::new(),
+    };
     let u = User {
         id,
         email: user.email.clone(),
         anonymous: user.is_anonymous,
-        name,
+        meta,
         deleted: user.deleted,
     };
     if triggers {
@@ -166,14 +239,35 @@ fn changes(event: &Event, old: &User) -> Vec<(&'static str, Option<String>, User
             let email = format!("{}@deleted.invalid", old.id.simple());
             let deleted = User {
                 deleted: true,
-                name: None,
                 ..with(&email)
             };
+            let blanked = User {
+                meta: Map::new(),
+                ..deleted.clone()
+            };
             vec![
-                (sql::SOFT_DELETE, Some(email), deleted.clone()),
-                (sql::EMPTY_USER_META, None, deleted.clone()),
-                (sql::EMPTY_APP_META, None, deleted),
+                (sql::SOFT_DELETE, Some(email), deleted),
+                (sql::EMPTY_USER_META, None, blanked.clone()),
+                (sql::EMPTY_APP_META, None, blanked),
             ]
+        }
+        Event::Metadata(_, _, patch) => {
+            let mut meta = old.meta.clone();
+            for (key, set) in patch {
+                match set {
+                    Some(v) => meta.insert(KEYS[*key].to_string(), value(*v)),
+                    None => meta.remove(KEYS[*key]),
+                };
+            }
+            let json = Value::Object(meta.clone()).to_string();
+            vec![(
+                sql::UPDATE_USER_META,
+                Some(json),
+                User {
+                    meta,
+                    ..old.clone()
+                },
+            )]
         }
         Event::Restore(_) if old.deleted => {
             let restored = User {
@@ -218,6 +312,10 @@ mod sql {
     pub const EMPTY_APP_META: &str =
         "UPDATE auth.users SET raw_app_meta_data = '{}', updated_at = now()
          WHERE id = $1 AND $2::text IS NULL";
+    /// UpdateUserMetaData: the merged metadata, written with `UpdateOnly(u, "raw_user_meta_data")`.
+    pub const UPDATE_USER_META: &str = "UPDATE auth.users SET raw_user_meta_data = $2::text::jsonb,
+             updated_at = now()
+         WHERE id = $1";
     /// A restore (an operator's, GoTrue has none).
     pub const RESTORE: &str =
         "UPDATE auth.users SET deleted_at = NULL WHERE id = $1 AND $2::text IS NULL";

@@ -1,23 +1,26 @@
 //! The profile through GoTrue's whole lifecycle: random sequences of GoTrue's own statements
-//! (sign-ups of every kind, anonymous conversion, e-mail change, sign-ins, soft delete with
-//! GoTrue's blanking, restore, hard delete, the application editing profiles), some with
-//! usersync's triggers disabled, under random policies; after one sweep the profile table is
-//! exactly what a model of the policies says.
+//! (sign-ups of every kind, anonymous conversion, e-mail change, sign-ins, metadata written
+//! later through `PUT /user`, the admin API, a new signup link and identity linking, soft
+//! delete with GoTrue's blanking, restore, hard delete), interleaved with the application
+//! editing names and pictures, some with usersync's triggers disabled, under random policies:
+//! with the triggers on the table follows a model of the policies event by event, and after one
+//! sweep it is exactly what the model says (filled where empty and allowed, never
+//! overwriting, never for a soft-deleted user).
 
 use std::collections::BTreeMap;
 
 use proptest::prelude::*;
-use tokio_postgres::Client;
 use usersync::sync::Options;
 use usersync::sync::policy::{Policy, SoftDeleted};
-use uuid::Uuid;
 
 use crate::property;
 use crate::support::{TestDb, usersync};
 
 mod gotrue;
+mod model;
 
 use gotrue::{apply, event};
+use model::{Model, profiles};
 
 fn policy() -> impl Strategy<Value = Policy> {
     (
@@ -28,143 +31,16 @@ fn policy() -> impl Strategy<Value = Policy> {
             SoftDeleted::Delete,
             SoftDeleted::Keep,
         ]),
+        any::<bool>(),
     )
-        .prop_map(|(include_anonymous, follow_email, soft_deleted)| Policy {
-            include_anonymous,
-            follow_email,
-            soft_deleted,
-        })
-}
-
-#[derive(Clone, Debug)]
-pub(super) struct User {
-    id: Uuid,
-    email: Option<String>,
-    anonymous: bool,
-    name: Option<String>,
-    deleted: bool,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(super) struct Profile {
-    email: Option<String>,
-    full_name: Option<String>,
-    role: String,
-    is_active: bool,
-}
-
-/// The policies, applied to a model of both tables.
-pub(super) struct Model {
-    policy: Policy,
-    users: Vec<User>,
-    profiles: BTreeMap<Uuid, Profile>,
-}
-
-impl User {
-    /// Whether the update trigger fires on this change: its WHEN clause.
-    fn fires_update(&self, new: &User) -> bool {
-        self.email != new.email || self.anonymous != new.anonymous || self.deleted != new.deleted
-    }
-}
-
-impl Model {
-    fn eligible(&self, u: &User) -> bool {
-        !u.deleted && (!u.anonymous || self.policy.include_anonymous)
-    }
-
-    fn create(&mut self, u: &User) {
-        if self.eligible(u) {
-            self.profiles.entry(u.id).or_insert(Profile {
-                email: u.email.clone(),
-                full_name: u.name.clone(),
-                role: "user".into(),
-                is_active: true,
-            });
-        }
-    }
-
-    /// The update trigger, after a change of e-mail, is_anonymous or deleted_at.
-    fn updated(&mut self, old: &User, new: &User) {
-        if new.deleted {
-            if !old.deleted {
-                match self.policy.soft_deleted {
-                    SoftDeleted::Scrub => {
-                        if let Some(p) = self.profiles.get_mut(&new.id) {
-                            p.email = None;
-                            p.full_name = None;
-                            p.is_active = false;
-                        }
-                    }
-                    SoftDeleted::Delete => {
-                        self.profiles.remove(&new.id);
-                    }
-                    SoftDeleted::Keep => {}
-                }
-            }
-            return;
-        }
-        self.create(new);
-        if old.email != new.email
-            && new.email.is_some()
-            && let Some(p) = self.profiles.get_mut(&new.id)
-            && (p.email.is_none() || self.policy.follow_email)
-        {
-            p.email = new.email.clone();
-        }
-    }
-
-    /// One sweep: what the triggers missed.
-    fn sweep(&mut self) {
-        for u in self.users.clone() {
-            self.create(&u);
-            let Some(p) = self.profiles.get_mut(&u.id) else {
-                continue;
-            };
-            if u.deleted {
-                match self.policy.soft_deleted {
-                    SoftDeleted::Scrub => {
-                        p.email = None;
-                        p.full_name = None;
-                        p.is_active = false;
-                    }
-                    SoftDeleted::Delete => {
-                        self.profiles.remove(&u.id);
-                    }
-                    SoftDeleted::Keep => {}
-                }
-                continue;
-            }
-            if u.email.is_some()
-                && ((p.email.is_none() && !u.anonymous)
-                    || (self.policy.follow_email && p.email != u.email))
-            {
-                p.email = u.email.clone();
-            }
-        }
-    }
-}
-
-async fn profiles(admin: &Client) -> BTreeMap<Uuid, Profile> {
-    admin
-        .query(
-            "SELECT id, email, full_name, role, is_active FROM public.user_profiles",
-            &[],
+        .prop_map(
+            |(include_anonymous, follow_email, soft_deleted, fill_from_metadata)| Policy {
+                include_anonymous,
+                follow_email,
+                soft_deleted,
+                fill_from_metadata,
+            },
         )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| {
-            (
-                r.get(0),
-                Profile {
-                    email: r.get(1),
-                    full_name: r.get(2),
-                    role: r.get(3),
-                    is_active: r.get(4),
-                },
-            )
-        })
-        .collect()
 }
 
 #[test]
@@ -183,6 +59,7 @@ fn after_any_lifecycle_one_sweep_leaves_the_profiles_the_policies_say() {
                 .batch_execute(
                     "ALTER TABLE auth.users ENABLE TRIGGER usersync_on_auth_user_created;
                      ALTER TABLE auth.users ENABLE TRIGGER usersync_on_auth_user_updated;
+                     ALTER TABLE auth.users ENABLE TRIGGER usersync_on_auth_user_metadata;
                      TRUNCATE auth.users CASCADE;",
                 )
                 .await
