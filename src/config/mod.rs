@@ -158,6 +158,9 @@ pub struct SyncSettings {
     pub soft_deleted: SoftDeleted,
     /// Empty names and pictures filled when the metadata gains them.
     pub fill_from_metadata: bool,
+    /// How long unseen changes must stay counted before they are due for a full scan
+    /// (`sync::settle`): not a key, PostgreSQL's flush interval; tests shorten it.
+    pub statistics_horizon: std::time::Duration,
 }
 
 impl SyncSettings {
@@ -171,6 +174,13 @@ impl SyncSettings {
         }
     }
 }
+
+/// How long a backend may keep statistics it could not flush (PostgreSQL's
+/// `PGSTAT_IDLE_INTERVAL`, ten seconds), and a second more: unseen changes must stay counted
+/// this long before they are due for a full scan (`sync::settle`). Not a configuration key, as
+/// it is PostgreSQL's; tests whose writers flush and leave before a cycle set
+/// `SyncSettings::statistics_horizon` to zero.
+pub const STATISTICS_HORIZON: std::time::Duration = std::time::Duration::from_secs(11);
 
 #[derive(Clone, Debug)]
 pub struct LogSettings {

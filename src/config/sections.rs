@@ -173,6 +173,7 @@ impl TryFrom<&RawSync> for SyncSettings {
                 )
             })?,
             fill_from_metadata: raw.fill_from_metadata,
+            statistics_horizon: super::STATISTICS_HORIZON,
         })
     }
 }

@@ -25,8 +25,13 @@ use crate::{sync, words::plural};
 /// follow from it.
 #[derive(Debug)]
 pub enum Done {
-    /// The sweep when nothing changed around the triggers: it drained the repair queue.
-    Quiet { handled: u64, repair: RepairReport },
+    /// The sweep when nothing changed around the triggers (or what the statistics count around
+    /// them is still settling): it drained the repair queue.
+    Quiet {
+        handled: u64,
+        settling: Option<Due>,
+        repair: RepairReport,
+    },
     /// A repair pass: the repair job's, the NOTIFY listener's.
     Repaired(RepairReport),
     /// The integrity check when nothing changed around the triggers: the catalog checks, the
@@ -34,6 +39,7 @@ pub enum Done {
     /// counted.
     Checked {
         handled: u64,
+        settling: Option<Due>,
         counted: Counts,
         report: integrity::Report,
     },
@@ -95,6 +101,12 @@ pub async fn repair(shared: &Shared, policies: &Policies) -> Result<RepairReport
     Ok(report)
 }
 
+/// One look, with this process's suspicion and the settings' horizon.
+async fn look(shared: &Shared, client: &tokio_postgres::Client) -> Result<Look> {
+    let horizon = shared.settings.sync.statistics_horizon;
+    watch::look(client, &shared.suspicion, horizon).await
+}
+
 /// A repair pass under the drain lock, waiting for a drain that is running.
 async fn repair_waiting(shared: &Shared, policies: &Policies) -> Result<RepairReport> {
     let _drain = shared.locks.drain.lock().await;
@@ -102,11 +114,12 @@ async fn repair_waiting(shared: &Shared, policies: &Policies) -> Result<RepairRe
 }
 
 async fn sweep(shared: &Arc<Shared>, policies: &Policies) -> Result<Done> {
-    let look = watch::look(&*shared.db.get().await?).await?;
+    let look = self::look(shared, &*shared.db.get().await?).await?;
     match look.due {
         Some(due) => full_scan(shared, policies, due, Some(look)).await,
         None => Ok(Done::Quiet {
             handled: look.handled,
+            settling: look.settling,
             repair: repair_waiting(shared, policies).await?,
         }),
     }
@@ -116,7 +129,7 @@ async fn sweep(shared: &Arc<Shared>, policies: &Policies) -> Result<Done> {
 /// the data counts that are due.
 async fn check(shared: &Arc<Shared>, policies: &Policies, probe: bool) -> Result<Done> {
     let client = shared.db.get().await?;
-    let look = watch::look(&client).await?;
+    let look = self::look(shared, &client).await?;
     match look.due {
         None => counted_check(shared, client, policies, look, probe).await,
         Some(due) => {
@@ -165,6 +178,7 @@ async fn counted_check(
     }
     Ok(Done::Checked {
         handled: look.handled,
+        settling: look.settling,
         counted: counts,
         report: checked?,
     })
@@ -233,6 +247,8 @@ async fn scan(
         let (users, profiles) = (Some(deletions.users), Some(deletions.profiles));
         integrity::stored::save(&tx, &checks.counted, users, profiles).await?;
         tx.commit().await.context("recording the full scan")?;
+        // What the statistics counted until the baseline is the new baseline's.
+        shared.suspicion.clear();
         history(shared, client, &checks).await;
     }
     Ok(FullScan {
@@ -275,21 +291,35 @@ impl Done {
 impl std::fmt::Display for Done {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Done::Quiet { handled, repair } => write!(
+            Done::Quiet {
+                handled,
+                settling,
+                repair,
+            } => write!(
                 f,
-                "nothing changed around the triggers ({} handled); repair queue: {}",
+                "{} ({} handled); repair queue: {}",
+                Settling(*settling),
                 plural(*handled, "change"),
                 Repair(repair)
             ),
             Done::Repaired(repair) => write!(f, "{}", Repair(repair)),
             Done::Checked {
-                counted, report, ..
-            } => write!(
-                f,
-                "{}{}",
-                Findings(report, f.alternate()),
-                Recounted(*counted)
-            ),
+                counted,
+                report,
+                settling,
+                ..
+            } => {
+                write!(
+                    f,
+                    "{}{}",
+                    Findings(report, f.alternate()),
+                    Recounted(*counted)
+                )?;
+                match settling {
+                    Some(_) => write!(f, "; {}", Settling(*settling)),
+                    None => Ok(()),
+                }
+            }
             Done::FullScan(scan) => write!(
                 f,
                 "full scan, because {}: {} scanned, {} missing, {} created, {} failed; {}",
@@ -302,6 +332,21 @@ impl std::fmt::Display for Done {
             ),
             Done::Skipped => f.write_str("the previous run was still going; tick skipped"),
             Done::Busy(why) => f.write_str(why),
+        }
+    }
+}
+
+/// What the look saw around the triggers, in words.
+struct Settling(Option<Due>);
+
+impl std::fmt::Display for Settling {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            None => f.write_str("nothing changed around the triggers"),
+            Some(due) => write!(
+                f,
+                "{due}, unless the statistics are still settling: a full scan if it lasts"
+            ),
         }
     }
 }

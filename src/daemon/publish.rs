@@ -73,7 +73,9 @@ fn stamp(shared: &Shared, job: JobKind) {
 fn effects(shared: &Shared, done: &Done, took: Duration) {
     let m = &shared.metrics;
     match done {
-        Done::Quiet { handled, repair } => {
+        Done::Quiet {
+            handled, repair, ..
+        } => {
             m.changes_seen.inc_by(*handled);
             repaired(shared, repair);
         }

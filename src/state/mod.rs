@@ -17,6 +17,7 @@ use crate::db::{self, Db};
 use crate::error::{Error, Result};
 use crate::job::JobKind;
 use crate::metrics::{self, Metrics};
+use crate::sync::settle::Suspicion;
 
 /// What every task of the daemon shares.
 pub struct Shared {
@@ -32,6 +33,8 @@ pub struct Shared {
     /// Every task of the daemon, its job runs included: shutdown waits for them.
     pub tasks: TaskTracker,
     pub locks: Locks,
+    /// Unseen changes the looks have counted, and since when (`sync::settle`).
+    pub suspicion: Suspicion,
     /// Unix time of the scheduler's last heartbeat: liveness.
     heartbeat: AtomicU64,
     /// What ended the daemon from inside (a transaction-mode pooler behind `database.url`): the
@@ -80,6 +83,7 @@ impl Shared {
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
             locks: Locks::default(),
+            suspicion: Suspicion::default(),
             heartbeat: AtomicU64::new(metrics::now() as u64),
             fatal: std::sync::Mutex::new(None),
             pooling_checked: AtomicBool::new(false),

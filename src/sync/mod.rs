@@ -19,6 +19,7 @@ pub mod policy;
 mod ranges;
 pub mod repair;
 mod report;
+pub mod settle;
 pub mod watch;
 
 use crate::db::RowExt;

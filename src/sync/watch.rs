@@ -13,7 +13,9 @@
 //! ```
 //!
 //! holds exactly when every such change went through a trigger, which made, queued or released
-//! its profile. More counted than journaled is a write the triggers did not see: a full scan.
+//! its profile. More counted than journaled is a write the triggers did not see: a full scan,
+//! once the count has outlasted the statistics' own delay (a backend may flush the table's
+//! counts ten seconds before the journal's; `sync::settle`).
 //!
 //! What the counters cannot vouch for hands to the full scan too: no baseline yet (a new
 //! install, a restore of the `usersync` schema into another database), a server restart or a
@@ -24,8 +26,12 @@
 //! Updates are not counted (a sign-in would pay for it): an UPDATE under `replica` that
 //! soft-deletes, restores or re-addresses a user waits for the scheduled full scan.
 
+use std::time::{Duration, Instant};
+
 use serde::{Deserialize, Serialize};
 use tokio_postgres::Client;
+
+use super::settle::{SETTLE, Suspicion};
 
 use crate::db::RowExt;
 use crate::error::{DbContext, Result};
@@ -180,8 +186,11 @@ impl Deletions {
 /// What one look found.
 #[derive(Clone, Debug)]
 pub struct Look {
-    /// None: nothing changed around the triggers since the last full scan.
+    /// None: nothing changed around the triggers since the last full scan, or what the
+    /// statistics count around them is still `settling`.
     pub due: Option<Due>,
+    /// Unseen changes counted, not yet for the statistics' horizon (`sync::settle`).
+    pub settling: Option<Due>,
     /// Journal rows this look emptied: the changes the triggers handled since the last look.
     pub handled: u64,
     /// Where a full scan that starts now records it started from.
@@ -321,18 +330,10 @@ pub async fn record(
     Ok(())
 }
 
-/// How long a count the statistics show but the journal does not gets to settle before it
-/// counts as a write around the triggers, in steps: a backend flushes its counters one table
-/// after the other, so a reader can catch it halfway, and on a busy server it may flush some
-/// tables now and retry the rest a second later (a flush does not wait for a table's lock). A
-/// real write around the triggers waits 1.5 s for its full scan.
-pub const SETTLE: [std::time::Duration; 2] = [
-    std::time::Duration::from_millis(500),
-    std::time::Duration::from_millis(1000),
-];
-
-/// Compares now with the last full scan's baseline, and empties the journal.
-pub async fn look(client: &Client) -> Result<Look> {
+/// Compares now with the last full scan's baseline, and empties the journal. Unseen changes are
+/// due only once `suspicion` has counted them for `horizon` (`sync::settle`); until then the
+/// look says they are settling.
+pub async fn look(client: &Client, suspicion: &Suspicion, horizon: Duration) -> Result<Look> {
     let base = baseline(client).await?;
     let mut reading = read(client).await?;
     let mut due = verdict(base.as_ref(), &reading);
@@ -344,9 +345,22 @@ pub async fn look(client: &Client) -> Result<Look> {
         reading = read(client).await?;
         due = verdict(base.as_ref(), &reading);
     }
+    let settling = match due {
+        Some(d) if d.reason == Reason::UnseenChanges => {
+            (!suspicion.confirmed(Instant::now(), horizon)).then_some(d)
+        }
+        _ => {
+            suspicion.clear();
+            None
+        }
+    };
+    if settling.is_some() {
+        due = None;
+    }
     let (handled, deletions) = empty_journal(client).await?;
     Ok(Look {
         due,
+        settling,
         handled,
         reading,
         deletions,
@@ -383,114 +397,5 @@ pub fn verdict(base: Option<&Reading>, now: &Reading) -> Option<Due> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn reading() -> Reading {
-        Reading {
-            server_started: "2026-11-30 06:00:00+00".into(),
-            database: 5,
-            users_table: 16400,
-            users_file: 16400,
-            profiles_table: 16500,
-            profiles_file: 16500,
-            stats_reset: None,
-            catalog: "abc".into(),
-            users_inserted: 1000,
-            users_deleted: 10,
-            profiles_deleted: 20,
-            journaled: 1030,
-            track_counts: true,
-        }
-    }
-
-    #[test]
-    fn changes_the_triggers_journaled_are_quiet_and_others_are_unseen() {
-        let base = reading();
-        assert_eq!(
-            verdict(None, &base).map(|d| d.reason),
-            Some(Reason::NoBaseline)
-        );
-        assert_eq!(verdict(Some(&base), &base), None);
-        let through_triggers = Reading {
-            users_inserted: 1500,
-            profiles_deleted: 25,
-            journaled: 1535,
-            ..base.clone()
-        };
-        assert_eq!(verdict(Some(&base), &through_triggers), None);
-        // The journal flushed before the table: not yet a verdict either way.
-        let halfway = Reading {
-            journaled: 1040,
-            ..base.clone()
-        };
-        assert_eq!(verdict(Some(&base), &halfway), None);
-        let around = Reading {
-            users_inserted: 1003,
-            ..base.clone()
-        };
-        assert_eq!(
-            verdict(Some(&base), &around),
-            Some(Due {
-                reason: Reason::UnseenChanges,
-                unseen: 3
-            })
-        );
-    }
-
-    #[test]
-    fn what_the_counters_cannot_vouch_for_is_a_full_scan_and_says_why() {
-        let base = reading();
-        let reason = |now: &Reading| verdict(Some(&base), now).map(|d| d.reason);
-        let cases: [(Reading, Reason); 6] = [
-            (
-                Reading {
-                    server_started: "later".into(),
-                    ..base.clone()
-                },
-                Reason::ServerRestarted,
-            ),
-            (
-                Reading {
-                    profiles_file: 1,
-                    ..base.clone()
-                },
-                Reason::TableRewritten,
-            ),
-            (
-                Reading {
-                    stats_reset: Some("now".into()),
-                    ..base.clone()
-                },
-                Reason::StatisticsReset,
-            ),
-            (
-                Reading {
-                    users_inserted: 0,
-                    users_deleted: 0,
-                    profiles_deleted: 0,
-                    journaled: 0,
-                    ..base.clone()
-                },
-                Reason::StatisticsReset,
-            ),
-            (
-                Reading {
-                    catalog: "abd".into(),
-                    ..base.clone()
-                },
-                Reason::CatalogChanged,
-            ),
-            (
-                Reading {
-                    track_counts: false,
-                    ..base.clone()
-                },
-                Reason::NoStatistics,
-            ),
-        ];
-        for (now, expected) in cases {
-            assert_eq!(reason(&now), Some(expected));
-        }
-    }
-}
+#[path = "watch_tests.rs"]
+mod tests;

@@ -1,7 +1,9 @@
 //! The cheap path (sync::watch): an unchanged cycle that reads nothing of auth.users; a crash
-//! that loses the statistics; random drift of every kind between daemon cycles (`drift`).
+//! that loses the statistics; random drift of every kind between daemon cycles (`drift`); a
+//! count the journal has not caught up with yet (`settle`).
 
 mod drift;
+mod settle;
 
 use std::sync::Arc;
 
