@@ -11,8 +11,7 @@
 
 use std::sync::Arc;
 
-use super::{FULL_SCAN_LOCK, INTEGRITY_LOCK, JOB_LOCK_NAMESPACE};
-use crate::db::Held;
+use crate::db::{FULL_SCAN_KEY, Held, INTEGRITY_KEY, JOB_NAMESPACE};
 use crate::error::Result;
 use crate::integrity::{self, Counts, Policies};
 use crate::job::JobKind;
@@ -159,7 +158,7 @@ async fn counted_check(
         user_id_columns: deletions.users_pending() || stored.user_id_orphans(),
     };
     let locked = due != Counts::NONE
-        && crate::db::try_advisory_lock(&client, JOB_LOCK_NAMESPACE, INTEGRITY_LOCK).await?;
+        && crate::db::try_advisory_lock(&client, JOB_NAMESPACE, INTEGRITY_KEY).await?;
     let counts = if locked { due } else { Counts::NONE };
     let settings = &shared.settings.integrity;
     let checked = async {
@@ -174,7 +173,7 @@ async fn counted_check(
     }
     .await;
     if locked {
-        crate::db::release_advisory_lock(client, JOB_LOCK_NAMESPACE, INTEGRITY_LOCK).await;
+        crate::db::release_advisory_lock(client, JOB_NAMESPACE, INTEGRITY_KEY).await;
     }
     Ok(Done::Checked {
         handled: look.handled,
@@ -197,7 +196,7 @@ async fn full_scan(
         return Ok(Done::Busy("a full scan is already running"));
     };
     let client = shared.db.get().await?;
-    let Some(mut held) = Held::try_take(client, JOB_LOCK_NAMESPACE, FULL_SCAN_LOCK).await? else {
+    let Some(mut held) = Held::try_take(client, JOB_NAMESPACE, FULL_SCAN_KEY).await? else {
         return Ok(Done::Busy("another replica is running a full scan"));
     };
     tracing::info!(reason = due.reason.as_str(), "full scan starting: {due}");

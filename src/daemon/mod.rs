@@ -33,11 +33,6 @@ use crate::job::JobKind;
 use crate::state::Shared;
 use crate::state::board::LastRun;
 
-/// Advisory lock namespace of the daemon's jobs (the two-key form: namespace, job).
-const JOB_LOCK_NAMESPACE: i32 = crate::db::JOB_NAMESPACE;
-const INTEGRITY_LOCK: i32 = 3;
-const FULL_SCAN_LOCK: i32 = 4;
-
 /// Runs the daemon until `shutdown` resolves; returns once everything has stopped.
 pub async fn run(
     settings: Settings,

@@ -4,13 +4,18 @@
 
 use deadpool_postgres::Object;
 
-/// The namespace of the daemon's locks: its jobs' (by job) and the findings' history writers'.
-pub const JOB_NAMESPACE: i32 = 0x7573_796a; // "usyj"
-/// The key of the findings' history writers (a transaction-scoped lock).
-pub const HISTORY_KEY: i32 = 5;
-
 use super::RowExt;
 use crate::error::{DbContext, Result};
+
+/// The namespace of the daemon's locks, one key each, all of them here (1 and 2 are unused:
+/// an older daemon may still hold them).
+pub const JOB_NAMESPACE: i32 = 0x7573_796a; // "usyj"
+/// The integrity check's data counts: one replica counts.
+pub const INTEGRITY_KEY: i32 = 3;
+/// The full scan: one replica scans.
+pub const FULL_SCAN_KEY: i32 = 4;
+/// The findings' history writers (a transaction-scoped lock).
+pub const HISTORY_KEY: i32 = 5;
 
 /// Takes a session-level advisory lock (the two-key form) if it is free: how sync ranges and
 /// daemon jobs are claimed across workers and replicas.

@@ -20,7 +20,10 @@ use crate::error::{Error, Result, db_message};
 
 use deadpool_postgres::Object;
 
-pub use locks::{HISTORY_KEY, Held, JOB_NAMESPACE, release_advisory_lock, try_advisory_lock};
+pub use locks::{
+    FULL_SCAN_KEY, HISTORY_KEY, Held, INTEGRITY_KEY, JOB_NAMESPACE, release_advisory_lock,
+    try_advisory_lock,
+};
 
 /// The pool, with what its errors need to name: host and port, never the password.
 #[derive(Clone)]

@@ -145,7 +145,8 @@ impl Explanation {
 // The user (by $1 id, or by $2 e-mail), its profile, its repair queue entry and what the
 // builder would take from its metadata. GoTrue keeps e-mails in lower case; an SSO user
 // shares its e-mail with others, and is found too.
-const USER: &str = "
+const USER: &str = concat!(
+    "
     SELECT u.id, u.email::pg_catalog.text, u.phone::pg_catalog.text, u.is_anonymous,
            u.created_at, u.last_sign_in_at, u.deleted_at,
            u.deleted_at IS NOT NULL AND u.created_at IS NOT NULL
@@ -153,7 +154,9 @@ const USER: &str = "
            p.id IS NOT NULL, p.email, p.full_name, p.avatar_url, p.role, p.is_active,
            b.full_name, b.avatar_url,
            q.failures, q.attempts, q.last_sqlstate, q.last_error, q.first_failed_at,
-           q.last_failed_at, q.next_attempt_at
+           q.last_failed_at, q.next_attempt_at, ",
+    crate::holds_personal_data!("p"),
+    "
     FROM usersync.auth_users u
     LEFT JOIN public.user_profiles p ON p.id OPERATOR(pg_catalog.=) u.id
     LEFT JOIN usersync.repair_queue q ON q.user_id OPERATOR(pg_catalog.=) u.id
@@ -162,24 +165,26 @@ const USER: &str = "
     WHERE u.id OPERATOR(pg_catalog.=) $1
        OR ($2::pg_catalog.text IS NOT NULL
            AND pg_catalog.lower(u.email::pg_catalog.text) OPERATOR(pg_catalog.=) pg_catalog.lower($2))
-    LIMIT 2";
+    LIMIT 2"
+);
 
+// usersync's triggers on auth.users by name, with their `tgenabled`, and the last full scan.
 const STATE: &str = concat!(
     "
-    SELECT (SELECT t.tgenabled::pg_catalog.text FROM pg_catalog.pg_trigger t
+    SELECT (SELECT pg_catalog.jsonb_object_agg(t.tgname, t.tgenabled::pg_catalog.text)
+            FROM pg_catalog.pg_trigger t
             WHERE t.tgrelid OPERATOR(pg_catalog.=) ",
     crate::auth_users_oid!(),
-    " AND t.tgname OPERATOR(pg_catalog.=) 'usersync_on_auth_user_created'),
-           (SELECT t.tgenabled::pg_catalog.text FROM pg_catalog.pg_trigger t
-            WHERE t.tgrelid OPERATOR(pg_catalog.=) ",
-    crate::auth_users_oid!(),
-    " AND t.tgname OPERATOR(pg_catalog.=) 'usersync_on_auth_user_updated'),
-           (SELECT t.tgenabled::pg_catalog.text FROM pg_catalog.pg_trigger t
-            WHERE t.tgrelid OPERATOR(pg_catalog.=) ",
-    crate::auth_users_oid!(),
-    " AND t.tgname OPERATOR(pg_catalog.=) 'usersync_on_auth_user_metadata'),
+    "         AND t.tgname::pg_catalog.text OPERATOR(pg_catalog.=) ANY ($1)),
            (SELECT s.finished_at FROM usersync.scan_state s)"
 );
+
+/// The sign-up, update and metadata triggers, in [`Triggers`]' order.
+const TRIGGERS: [&str; 3] = [
+    "usersync_on_auth_user_created",
+    "usersync_on_auth_user_updated",
+    "usersync_on_auth_user_metadata",
+];
 
 /// What is known about one user; None when there is no such user. An e-mail that several
 /// users share (SSO) is an error naming the count.
@@ -206,9 +211,18 @@ pub async fn explain(
         }
     };
     let state = client
-        .query_one(STATE, &[])
+        .query_one(STATE, &[&&TRIGGERS[..]])
         .await
         .context("reading usersync's triggers")?;
+    let enabled: Option<serde_json::Value> = state.value(0)?;
+    let trigger = |name: &str| {
+        trigger_state(
+            enabled
+                .as_ref()
+                .and_then(|e| e.get(name))
+                .and_then(|v| v.as_str()),
+        )
+    };
     let user = User {
         id: row.value(0)?,
         email: row.value(1)?,
@@ -242,23 +256,26 @@ pub async fn explain(
         repair_queue,
         policy,
         triggers: Triggers {
-            sign_up: trigger_state(state.value(0)?),
-            update: trigger_state(state.value(1)?),
-            metadata: trigger_state(state.value(2)?),
+            sign_up: trigger(TRIGGERS[0]),
+            update: trigger(TRIGGERS[1]),
+            metadata: trigger(TRIGGERS[2]),
         },
-        last_full_scan: state.value(3)?,
+        last_full_scan: state.value(1)?,
         actions,
     }))
 }
 
-fn trigger_state(tgenabled: Option<String>) -> &'static str {
-    match tgenabled.as_deref() {
+fn trigger_state(tgenabled: Option<&str>) -> &'static str {
+    match tgenabled {
         None => "missing",
         Some("D") => "disabled",
         Some("R") => "replica only",
         Some(_) => "enabled",
     }
 }
+
+/// A profile that holds no personal data.
+const SCRUBBED: &str = "scrubbed";
 
 fn profile(row: &tokio_postgres::Row, user: &User) -> Result<Option<Profile>> {
     if !row.value::<bool>(8)? {
@@ -278,12 +295,13 @@ fn profile(row: &tokio_postgres::Row, user: &User) -> Result<Option<Profile>> {
     if live && avatar_url.is_none() && meta_picture.is_some() {
         fillable.push("avatar_url");
     }
-    let scrubbed = email.is_none() && full_name.is_none() && avatar_url.is_none() && !is_active;
+    // What the scrub policy clears, by the sweep's own predicate.
+    let holds: bool = row.value(23)?;
     Ok(Some(Profile {
-        state: match (scrubbed, is_active) {
-            (true, _) => "scrubbed",
-            (false, true) => "active",
-            (false, false) => "inactive",
+        state: match (holds, is_active) {
+            (false, _) => SCRUBBED,
+            (true, true) => "active",
+            (true, false) => "inactive",
         },
         email_behind: live && user.email.is_some() && email != user.email,
         email,
@@ -332,10 +350,8 @@ fn actions(
         actions.push(Action::Dequeue);
     }
     if user.deleted_at.is_some() {
-        let holds =
-            p.email.is_some() || p.full_name.is_some() || p.avatar_url.is_some() || p.is_active;
         match policy.soft_deleted {
-            SoftDeleted::Scrub if holds => actions.push(Action::Scrub),
+            SoftDeleted::Scrub if p.state != SCRUBBED => actions.push(Action::Scrub),
             SoftDeleted::Delete => actions.push(Action::DeleteProfile),
             _ => {}
         }

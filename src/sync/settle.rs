@@ -37,11 +37,6 @@ impl Suspicion {
     pub fn clear(&self) {
         *self.0.lock().expect("not poisoned") = None;
     }
-
-    /// Since when the unseen changes have been counted, if they are.
-    pub fn since(&self) -> Option<Instant> {
-        *self.0.lock().expect("not poisoned")
-    }
 }
 
 #[cfg(test)]
@@ -59,8 +54,10 @@ mod tests {
         // Still confirmed while it lasts: a full scan that could not start retries at once.
         assert!(s.confirmed(t0 + Duration::from_secs(12), horizon));
         s.clear();
+        // Counted again from the look after the clearing one.
         assert!(!s.confirmed(t0 + Duration::from_secs(13), horizon));
-        assert_eq!(s.since(), Some(t0 + Duration::from_secs(13)));
+        assert!(!s.confirmed(t0 + Duration::from_secs(23), horizon));
+        assert!(s.confirmed(t0 + Duration::from_secs(24), horizon));
         assert!(Suspicion::default().confirmed(t0, Duration::ZERO));
     }
 }

@@ -345,18 +345,12 @@ pub async fn look(client: &Client, suspicion: &Suspicion, horizon: Duration) -> 
         reading = read(client).await?;
         due = verdict(base.as_ref(), &reading);
     }
-    let settling = match due {
-        Some(d) if d.reason == Reason::UnseenChanges => {
-            (!suspicion.confirmed(Instant::now(), horizon)).then_some(d)
-        }
-        _ => {
-            suspicion.clear();
-            None
-        }
-    };
-    if settling.is_some() {
-        due = None;
+    let unseen = due.filter(|d| d.reason == Reason::UnseenChanges);
+    if unseen.is_none() {
+        suspicion.clear();
     }
+    let settling = unseen.filter(|_| !suspicion.confirmed(Instant::now(), horizon));
+    let due = if settling.is_some() { None } else { due };
     let (handled, deletions) = empty_journal(client).await?;
     Ok(Look {
         due,

@@ -50,6 +50,10 @@ async fn reported_within(
     }
 }
 
+/// The application deletes the orders whose user is gone.
+pub const DELETE_ORPHAN_ORDERS: &str = "DELETE FROM public.orders o
+    WHERE NOT EXISTS (SELECT 1 FROM auth.users u WHERE u.id = o.user_id)";
+
 /// Five users through the triggers, each with a row in `public.orders`.
 pub async fn five_users_with_an_order(admin: &tokio_postgres::Client) {
     admin
@@ -90,13 +94,7 @@ async fn stays_until_the_data_changes(sweep: &str, integrity: &str, replicas: us
         .unwrap();
     let hold = Duration::from_secs(5);
     reported(&daemons, "user_id_column_orphans", 1.0, hold).await;
-    admin
-        .batch_execute(
-            "DELETE FROM public.orders o WHERE NOT EXISTS
-                 (SELECT 1 FROM auth.users u WHERE u.id = o.user_id)",
-        )
-        .await
-        .unwrap();
+    admin.batch_execute(DELETE_ORPHAN_ORDERS).await.unwrap();
     reported(&daemons, "user_id_column_orphans", 0.0, Duration::ZERO).await;
 
     // An orphan profile: its user deleted around the triggers (a restore in replica mode).

@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::daemon::Daemon;
-use crate::findings::{five_users_with_an_order, reported};
+use crate::findings::{DELETE_ORPHAN_ORDERS, five_users_with_an_order, reported};
 use crate::status::chromium;
 use crate::support::{TestDb, tool, usersync};
 
@@ -71,13 +71,7 @@ async fn a_finding_that_appears_grows_and_clears_is_told_by_check_status_and_the
     }
 
     // It clears.
-    admin
-        .batch_execute(
-            "DELETE FROM public.orders o WHERE NOT EXISTS
-                 (SELECT 1 FROM auth.users u WHERE u.id = o.user_id)",
-        )
-        .await
-        .unwrap();
+    admin.batch_execute(DELETE_ORPHAN_ORDERS).await.unwrap();
     reported(daemons, CHECK, 0.0, Duration::ZERO).await;
     // The status JSON: the line ends at zero, nothing current.
     let line = line_of(&daemon).await;

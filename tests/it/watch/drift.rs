@@ -213,9 +213,7 @@ fn sql(drift: &Drift) -> String {
                  (SELECT DISTINCT o.user_id FROM public.orders o JOIN auth.users u ON u.id = o.user_id
                   LIMIT {n});"
         ),
-        Drift::DeleteOrphanOrders => "DELETE FROM public.orders o
-            WHERE NOT EXISTS (SELECT 1 FROM auth.users u WHERE u.id = o.user_id);"
-            .into(),
+        Drift::DeleteOrphanOrders => crate::findings::DELETE_ORPHAN_ORDERS.into(),
         Drift::SignUps(_) | Drift::CopyReplica(_) => unreachable!("not plain SQL: {drift:?}"),
     }
 }
